@@ -1,0 +1,146 @@
+"""The aiohttp application: resources in ``cleanup_ctx``, routes, middleware.
+
+Start and stop are symmetrical: services (embedded or external), then the pool and
+Redis, then the sync machinery; stopped in the reverse order, after every socket is
+closed and every queued update is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+
+from storage.database import create_pool, migrate
+from storage.embedded import EmbeddedPostgres, EmbeddedRedis
+from storage.refresh_tokens import RefreshTokens
+from storage.update_log import UpdateLog
+from storage.users import UserStore
+
+from .api import auth, health
+from .api.errors import add_standard_headers, error_middleware
+from .config import Settings
+from .keys import (
+    ACCESS_TOKENS,
+    POOL,
+    REDIS,
+    REFRESH_TOKENS,
+    REGISTRY,
+    SETTINGS,
+    UPDATE_LOG,
+    USERS,
+    WRITER,
+)
+from .sync.handler import DOC_NAME, sync_endpoint
+from .sync.registry import RoomRegistry
+from .sync.writer import GroupCommitWriter
+from .tokens import AccessTokens, load_or_create_secret
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    """Where PostgreSQL and Redis are, and the embedded servers we started, if any."""
+
+    database_url: str
+    redis_url: str
+    embedded_pg: EmbeddedPostgres | None = None
+    embedded_redis: EmbeddedRedis | None = None
+
+    def stop(self) -> None:
+        if self.embedded_redis is not None:
+            self.embedded_redis.stop()
+        if self.embedded_pg is not None:
+            self.embedded_pg.stop()
+
+
+def start_services(settings: Settings) -> Services:
+    """Blocking: start the embedded servers for whatever has no URL configured."""
+    embedded_pg = embedded_redis = None
+    database_url, redis_url = settings.database_url, settings.redis_url
+    try:
+        if database_url is None:
+            embedded_pg = EmbeddedPostgres(settings.pg_dir)
+            database_url = embedded_pg.start()
+            log.info("embedded PostgreSQL running under %s", settings.pg_dir)
+        if redis_url is None:
+            embedded_redis = EmbeddedRedis(settings.redis_dir)
+            redis_url = embedded_redis.start()
+            log.info("embedded Redis running under %s", settings.redis_dir)
+    except BaseException:
+        Services("", "", embedded_pg, embedded_redis).stop()
+        raise
+    return Services(database_url, redis_url, embedded_pg, embedded_redis)
+
+
+@contextlib.asynccontextmanager
+async def open_storage(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, Redis]]:
+    """A pool and a Redis client, on embedded or external services; for every command."""
+    services = await asyncio.to_thread(start_services, settings)
+    try:
+        pool = await create_pool(services.database_url, max_size=settings.db_pool_max)
+        try:
+            redis = Redis.from_url(services.redis_url)
+            try:
+                yield pool, redis
+            finally:
+                await redis.aclose()
+        finally:
+            await pool.close()
+    finally:
+        await asyncio.to_thread(services.stop)
+
+
+async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    async with open_storage(settings) as (pool, redis):
+        await migrate(pool)
+        app[POOL] = pool
+        app[REDIS] = redis
+        app[USERS] = UserStore(pool)
+        app[UPDATE_LOG] = UpdateLog(pool)
+        secret = load_or_create_secret(settings.jwt_secret, settings.data_dir)
+        app[ACCESS_TOKENS] = AccessTokens(secret, settings.access_token_ttl)
+        app[REFRESH_TOKENS] = RefreshTokens(redis, settings.refresh_token_ttl)
+        yield
+
+
+async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    writer = GroupCommitWriter(app[UPDATE_LOG], max_batch=settings.commit_batch_max)
+    await writer.start()
+    app[WRITER] = writer
+    app[REGISTRY] = RoomRegistry(
+        app[UPDATE_LOG], writer,
+        idle_seconds=settings.room_idle_seconds,
+        max_document_bytes=settings.max_document_bytes,
+        max_connections_per_user=settings.max_connections_per_user,
+    )
+    yield
+    await writer.stop()  # every update received before shutdown is stored
+
+
+async def _close_sockets(app: web.Application) -> None:
+    """on_shutdown runs before handlers are awaited: close live sockets so they end."""
+    if REGISTRY in app:
+        await app[REGISTRY].close()
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_storage_ctx)
+    app.cleanup_ctx.append(_sync_ctx)
+    app.on_shutdown.append(_close_sockets)
+    app.on_response_prepare.append(add_standard_headers)
+    app.add_routes(health.routes)
+    app.add_routes(auth.routes)
+    app.router.add_get("/sync/{name:" + DOC_NAME + "}", sync_endpoint)
+    return app

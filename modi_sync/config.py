@@ -1,0 +1,124 @@
+"""Settings: one frozen dataclass built from command-line flags and the environment.
+
+This is the only module that reads ``os.environ``; everything else gets a ``Settings``.
+Every field is listed, with its default and variable, in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path(".modi")
+    database_url: str | None = None
+    redis_url: str | None = None
+    jwt_secret: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    log_format: str = "text"
+    log_level: str = "INFO"
+
+    access_token_ttl: int = 15 * 60
+    refresh_token_ttl: int = 7 * 24 * 3600
+
+    max_frame_bytes: int = 4 * 1024 * 1024
+    max_document_bytes: int = 64 * 1024 * 1024
+    max_connections_per_user: int = 32
+    max_send_queue_bytes: int = 16 * 1024 * 1024
+    room_idle_seconds: float = 30.0
+    commit_batch_max: int = 2048
+    db_pool_max: int = 10
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.data_dir / "pg"
+
+    @property
+    def redis_dir(self) -> Path:
+        return self.data_dir / "redis"
+
+
+# Environment variable -> field. The contract's names first, then our own tunables.
+ENVIRONMENT: dict[str, str] = {
+    "MODI_HOST": "host",
+    "MODI_PORT": "port",
+    "MODI_DATA_DIR": "data_dir",
+    "DATABASE_URL": "database_url",
+    "REDIS_URL": "redis_url",
+    "JWT_SECRET": "jwt_secret",
+    "MODI_CORS_ORIGINS": "cors_origins",
+    "MODI_LOG_FORMAT": "log_format",
+    "MODI_LOG_LEVEL": "log_level",
+    "MODI_ACCESS_TOKEN_TTL": "access_token_ttl",
+    "MODI_REFRESH_TOKEN_TTL": "refresh_token_ttl",
+    "MODI_MAX_FRAME_BYTES": "max_frame_bytes",
+    "MODI_MAX_DOCUMENT_BYTES": "max_document_bytes",
+    "MODI_MAX_CONNECTIONS_PER_USER": "max_connections_per_user",
+    "MODI_MAX_SEND_QUEUE_BYTES": "max_send_queue_bytes",
+    "MODI_ROOM_IDLE_SECONDS": "room_idle_seconds",
+    "MODI_COMMIT_BATCH_MAX": "commit_batch_max",
+    "MODI_DB_POOL_MAX": "db_pool_max",
+}
+
+_TYPES = {f.name: f.type for f in fields(Settings)}
+
+
+def _convert(name: str, raw: Any) -> Any:
+    kind = _TYPES[name]
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
+    if kind == "Path":
+        return Path(raw)
+    if kind == "tuple[str, ...]":
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if kind == "str | None":
+        return raw or None
+    return raw
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Build settings from the environment, then apply explicit overrides (CLI flags).
+
+    Overrides whose value is ``None`` are ignored, so unset flags fall through.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for var, name in ENVIRONMENT.items():
+        if var in environ:
+            values[name] = _convert(name, environ[var])
+    for name, value in overrides.items():
+        if value is not None:
+            values[name] = _convert(name, value)
+    settings = replace(Settings(), **values)
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    if settings.log_format not in ("json", "text"):
+        raise ConfigError("MODI_LOG_FORMAT must be 'json' or 'text'")
+    for name in ("port", "max_frame_bytes", "max_document_bytes", "max_connections_per_user",
+                 "max_send_queue_bytes", "commit_batch_max", "db_pool_max",
+                 "access_token_ttl", "refresh_token_ttl"):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{name} must be positive")

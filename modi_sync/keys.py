@@ -1,0 +1,30 @@
+"""Typed keys for what the application holds (``app[KEY]``), in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import asyncpg
+from aiohttp import web
+from redis.asyncio import Redis
+
+from .config import Settings
+
+if TYPE_CHECKING:
+    from storage.refresh_tokens import RefreshTokens
+    from storage.update_log import UpdateLog
+    from storage.users import UserStore
+
+    from .sync.registry import RoomRegistry
+    from .sync.writer import GroupCommitWriter
+    from .tokens import AccessTokens
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+REDIS = web.AppKey("redis", Redis)
+ACCESS_TOKENS = web.AppKey("access_tokens", "AccessTokens")
+REFRESH_TOKENS = web.AppKey("refresh_tokens", "RefreshTokens")
+USERS = web.AppKey("users", "UserStore")
+UPDATE_LOG = web.AppKey("update_log", "UpdateLog")
+WRITER = web.AppKey("writer", "GroupCommitWriter")
+REGISTRY = web.AppKey("registry", "RoomRegistry")

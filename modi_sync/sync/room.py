@@ -1,0 +1,165 @@
+"""A room: one user's document in memory, its connections and their awareness.
+
+The room's Doc is a cache of the stored update log. An update is applied to it first
+(that is the validation: it must apply), queued for storage, and sent to the other
+connections only when the writer reports it stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from pycrdt import (
+    Awareness,
+    Doc,
+    TransactionEvent,
+    create_awareness_message,
+    create_sync_message,
+    create_update_message,
+)
+
+from .connection import Connection
+from .protocol import sync_step2_message
+
+if TYPE_CHECKING:
+    from .writer import GroupCommitWriter
+
+log = logging.getLogger(__name__)
+
+RoomKey = tuple[UUID, str]
+
+
+class InvalidUpdate(ValueError):
+    """The bytes are not a Yjs v1 update that applies to this document."""
+
+
+class DocumentTooLarge(ValueError):
+    """Storing the update would take the document past its size limit."""
+
+
+class Room:
+    def __init__(
+        self,
+        key: RoomKey,
+        doc_id: int,
+        updates: list[bytes],
+        writer: GroupCommitWriter,
+        *,
+        max_bytes: int,
+        on_broken: Callable[[Room], None],
+    ) -> None:
+        self.key = key
+        self.doc_id = doc_id
+        self.connections: set[Connection] = set()
+        self.last_ticket = 0  # writer ticket of the newest update applied here
+        self.stored_bytes = sum(len(u) for u in updates)
+        self._writer = writer
+        self._max_bytes = max_bytes
+        self._on_broken = on_broken
+        self.doc = Doc()
+        for update in updates:  # faster than merging them first (see docs/sync.md)
+            self.doc.apply_update(update)
+        self._diff: bytes | None = None
+        self.doc.observe(self._capture_diff)
+        self.awareness = Awareness(self.doc)
+        self.awareness.set_local_state(None)  # the server itself is nobody's peer
+        self.awareness.observe(self._track_awareness)
+
+    # -- documents --------------------------------------------------------------------
+
+    def _capture_diff(self, event: TransactionEvent) -> None:
+        self._diff = event.update
+
+    def apply_update(self, update: bytes, origin: Any) -> int | None:
+        """Apply, queue for storage; return the writer ticket, or None if nothing changed.
+
+        Raises InvalidUpdate or DocumentTooLarge and leaves the document untouched.
+        """
+        if self.stored_bytes + len(update) > self._max_bytes:
+            raise DocumentTooLarge(f"document would exceed {self._max_bytes} bytes")
+        self._diff = None
+        try:
+            self.doc.apply_update(update)
+        except Exception as exc:  # yrs reports every decoding problem as ValueError
+            raise InvalidUpdate(str(exc)) from exc
+        diff, self._diff = self._diff, None
+        # What changed, not what was sent: a reconnecting client resends its whole state,
+        # and only the part new to the server is worth storing and forwarding.
+        if diff is None or diff == b"\x00\x00":
+            return None
+        self.stored_bytes += len(diff)
+        self.last_ticket = self._writer.submit(self, diff, origin)
+        return self.last_ticket
+
+    def committed(self, update: bytes, origin: Any, seq: int) -> None:
+        """Called by the writer once ``update`` is stored: now the others may see it."""
+        message = create_update_message(update)
+        for conn in self.connections:
+            if conn is not origin:
+                conn.send(message)
+
+    def write_failed(self) -> None:
+        """Storage failed: what is in memory may not be stored, so this room must go.
+
+        Clients reconnect, resend what they have, and nothing they hold is lost.
+        """
+        for conn in self.connections:
+            conn.close(1011, "storage unavailable")
+        self._on_broken(self)
+
+    def sync_step1(self) -> bytes:
+        return create_sync_message(self.doc)
+
+    def sync_step2(self, state_vector: bytes) -> tuple[bytes, int]:
+        """The reply to a client's step 1 and the ticket that must be stored before it."""
+        try:
+            update = self.doc.get_update(state_vector)
+        except Exception as exc:
+            raise InvalidUpdate(f"bad state vector: {exc}") from exc
+        return sync_step2_message(update), self.last_ticket
+
+    # -- awareness --------------------------------------------------------------------
+
+    def _track_awareness(self, topic: str, changes: tuple[dict[str, list[int]], Any]) -> None:
+        if topic != "update":
+            return
+        delta, origin = changes
+        if isinstance(origin, Connection):
+            origin.awareness_ids.update(delta["added"], delta["updated"])
+            origin.awareness_ids.difference_update(delta["removed"])
+
+    def apply_awareness(self, conn: Connection, payload: bytes, message: bytes) -> None:
+        try:
+            self.awareness.apply_awareness_update(payload, conn)
+        except Exception as exc:
+            raise InvalidUpdate(f"bad awareness update: {exc}") from exc
+        for peer in self.connections:
+            if peer is not conn:
+                peer.send(message)
+
+    def awareness_message(self) -> bytes | None:
+        """Every known awareness state, for a new or asking connection."""
+        ids = list(self.awareness.states)
+        if not ids:
+            return None
+        return create_awareness_message(self.awareness.encode_awareness_update(ids))
+
+    # -- connections ------------------------------------------------------------------
+
+    def add(self, conn: Connection) -> None:
+        self.connections.add(conn)
+
+    def remove(self, conn: Connection) -> None:
+        """Forget a connection and tell the others its awareness states are gone."""
+        self.connections.discard(conn)
+        gone = [cid for cid in conn.awareness_ids if cid in self.awareness.states]
+        conn.awareness_ids.clear()
+        if not gone:
+            return
+        self.awareness.remove_awareness_states(gone, None)
+        message = create_awareness_message(self.awareness.encode_awareness_update(gone))
+        for peer in self.connections:
+            peer.send(message)

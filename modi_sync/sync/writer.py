@@ -1,0 +1,115 @@
+"""Group commit: every update that arrived meanwhile, from every room, in one round trip.
+
+Updates get increasing tickets as they are submitted. A single task takes everything
+queued, stores it with one INSERT (one transaction, one WAL flush), and only then hands
+each update back to its room for fan-out. Whoever needs to know that something is
+durable (a sync reply, an HTTP write, an idle room about to leave memory) waits for a
+ticket; nothing is allocated per update for those who do not wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from storage.update_log import UpdateLog
+
+log = logging.getLogger(__name__)
+
+
+class WriteFailed(Exception):
+    """The batch holding this update could not be stored."""
+
+
+class CommitTarget(Protocol):
+    doc_id: int
+
+    def committed(self, update: bytes, origin: Any, seq: int) -> None: ...
+
+    def write_failed(self) -> None: ...
+
+
+class GroupCommitWriter:
+    def __init__(self, log_store: UpdateLog, *, max_batch: int = 2048) -> None:
+        self._log = log_store
+        self._max_batch = max_batch
+        self._queue: deque[tuple[CommitTarget, bytes, Any]] = deque()
+        self._submitted = 0  # ticket of the newest submitted update
+        self._committed = 0  # every ticket up to here is stored (or failed)
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def committed(self) -> int:
+        return self._committed
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="group-commit-writer")
+
+    async def stop(self) -> None:
+        """Store everything still queued, then stop."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    def submit(self, target: CommitTarget, update: bytes, origin: Any) -> int:
+        """Queue an update for storage; return its ticket."""
+        self._queue.append((target, update, origin))
+        self._submitted += 1
+        self._wakeup.set()
+        return self._submitted
+
+    async def wait_committed(self, ticket: int) -> None:
+        """Return once ``ticket`` is stored; raise WriteFailed if its batch failed."""
+        if ticket > self._committed:
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.append((ticket, future))
+            await future
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._stopping:
+                    return
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                continue
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
+            await self._store(batch)
+
+    async def _store(self, batch: list[tuple[CommitTarget, bytes, Any]]) -> None:
+        last_ticket = self._committed + len(batch)
+        try:
+            seqs = await self._log.append_many(
+                [target.doc_id for target, _, _ in batch], [update for _, update, _ in batch]
+            )
+        except Exception:
+            log.exception("storing %d updates failed; their rooms are reset", len(batch))
+            self._committed = last_ticket
+            for target in {id(t): t for t, _, _ in batch}.values():
+                target.write_failed()
+            self._wake_waiters(WriteFailed())
+            return
+        self._committed = last_ticket
+        for (target, update, origin), seq in zip(batch, seqs, strict=True):
+            target.committed(update, origin, seq)
+        self._wake_waiters(None)
+
+    def _wake_waiters(self, error: Exception | None) -> None:
+        ready = [w for w in self._waiters if w[0] <= self._committed]
+        if not ready:
+            return
+        self._waiters = [w for w in self._waiters if w[0] > self._committed]
+        for _, future in ready:
+            if not future.done():
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)

@@ -1,0 +1,84 @@
+"""Access tokens (JWT, HS256 only) and the signing secret."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID
+
+import jwt
+
+log = logging.getLogger(__name__)
+
+ALGORITHM = "HS256"
+_REQUIRED_CLAIMS = ["sub", "email", "role", "iat", "exp", "jti"]
+
+
+class InvalidToken(Exception):
+    """The token is missing, malformed, badly signed, of another algorithm, or expired."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    user_id: UUID
+    email: str
+    role: str
+    jti: str
+    expires_at: int
+
+
+class AccessTokens:
+    def __init__(self, secret: str, ttl_seconds: int) -> None:
+        self._secret = secret
+        self.ttl_seconds = ttl_seconds
+
+    def issue(self, user_id: UUID, email: str, role: str) -> str:
+        now = int(time.time())
+        claims = {
+            "sub": str(user_id),
+            "email": email,
+            "role": role,
+            "iat": now,
+            "exp": now + self.ttl_seconds,
+            "jti": uuid.uuid4().hex,
+        }
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def verify(self, token: str) -> AccessClaims:
+        # The algorithm list is pinned: a token naming any other alg, "none" included,
+        # is refused before its signature is looked at.
+        try:
+            claims = jwt.decode(
+                token, self._secret, algorithms=[ALGORITHM],
+                options={"require": _REQUIRED_CLAIMS},
+            )
+            return AccessClaims(
+                user_id=UUID(claims["sub"]),
+                email=str(claims["email"]),
+                role=str(claims["role"]),
+                jti=str(claims["jti"]),
+                expires_at=int(claims["exp"]),
+            )
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise InvalidToken(str(exc)) from exc
+
+
+def load_or_create_secret(configured: str | None, data_dir: Path) -> str:
+    """The configured secret, else one generated once and kept in the data dir (0600)."""
+    if configured:
+        return configured
+    path = data_dir / "jwt_secret"
+    if path.exists():
+        return path.read_text(encoding="ascii").strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(secret)
+    log.warning("JWT_SECRET is not set: generated one and kept it in %s", path)
+    return secret

@@ -1,0 +1,1 @@
+"""The OCR worker (contract section 7). Not built yet: see the issue tracker."""

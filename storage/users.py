@@ -1,0 +1,61 @@
+"""Accounts: the ``users`` table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+
+class EmailTaken(Exception):
+    """Another account already has this email (compared case-insensitively)."""
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: UUID
+    email: str
+    role: str
+    created_at: datetime
+    password_hash: str
+
+
+_COLUMNS = "id, email, role, created_at, password_hash"
+
+
+def _user(row: asyncpg.Record | None) -> User | None:
+    return None if row is None else User(**dict(row))
+
+
+class UserStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def create(self, email: str, password_hash: str, role: str = "user") -> User:
+        try:
+            row = await self._pool.fetchrow(
+                f"INSERT INTO users (email, password_hash, role) VALUES ($1, $2, $3)"
+                f" RETURNING {_COLUMNS}",
+                email, password_hash, role,
+            )
+        except asyncpg.UniqueViolationError as exc:
+            raise EmailTaken(email) from exc
+        return _user(row)
+
+    async def by_email(self, email: str) -> User | None:
+        return _user(await self._pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM users WHERE lower(email) = lower($1)", email
+        ))
+
+    async def by_id(self, user_id: UUID) -> User | None:
+        return _user(await self._pool.fetchrow(
+            f"SELECT {_COLUMNS} FROM users WHERE id = $1", user_id
+        ))
+
+    async def set_password_hash(self, user_id: UUID, password_hash: str) -> None:
+        await self._pool.execute(
+            "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1",
+            user_id, password_hash,
+        )
