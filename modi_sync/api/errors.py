@@ -13,7 +13,7 @@ from aiohttp import web
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID = "request_id"
+REQUEST_ID = web.RequestKey("request_id", str)
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 _CODES = {

@@ -1,0 +1,227 @@
+"""Shared fixtures: real PostgreSQL and Redis, the app, and a real server process.
+
+By default the tests start the embedded PostgreSQL and Redis once per session, the
+same way ``modi-sync serve`` does. With ``DATABASE_URL`` and ``REDIS_URL`` set they use
+those servers instead; each session then works in a database of its own, dropped at
+the end, so runs never see each other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from modi_sync.app import create_app
+from modi_sync.config import Settings
+from storage.embedded import EmbeddedPostgres, EmbeddedRedis
+
+JWT_SECRET = "test-secret-" + "x" * 40
+
+
+@dataclass(frozen=True)
+class ServiceUrls:
+    database_url: str
+    redis_url: str
+
+
+def _with_database(dsn: str, name: str) -> str:
+    base, _, query = dsn.partition("?")
+    base = base.rsplit("/", 1)[0]
+    return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceUrls]:
+    external_db = os.environ.get("DATABASE_URL")
+    external_redis = os.environ.get("REDIS_URL")
+    started: list = []
+    try:
+        if external_db:
+            name = f"modi_test_{uuid.uuid4().hex[:12]}"
+            _run_sql(external_db, f'CREATE DATABASE "{name}"')
+            started.append(lambda: _run_sql(external_db, f'DROP DATABASE "{name}" WITH (FORCE)'))
+            database_url = _with_database(external_db, name)
+        else:
+            pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "pg")
+            database_url = pg.start()
+            started.append(pg.stop)
+        if external_redis:
+            redis_url = external_redis
+        else:
+            redis = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+            redis_url = redis.start()
+            started.append(redis.stop)
+        yield ServiceUrls(database_url, redis_url)
+    finally:
+        for stop in reversed(started):
+            stop()
+
+
+def _run_sql(dsn: str, sql: str) -> None:
+    import asyncio
+
+    async def run() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture
+def settings(services: ServiceUrls, tmp_path: Path) -> Settings:
+    return Settings(
+        data_dir=tmp_path,
+        database_url=services.database_url,
+        redis_url=services.redis_url,
+        jwt_secret=JWT_SECRET,
+        room_idle_seconds=0.2,
+    )
+
+
+@pytest.fixture
+async def make_client(aiohttp_client, settings: Settings):  # noqa: ANN001 - pytest-aiohttp
+    """Start the app with ``settings`` (optionally changed) and return a test client."""
+
+    async def make(**changes):  # noqa: ANN003, ANN202
+        return await aiohttp_client(create_app(replace(settings, **changes)))
+
+    return make
+
+
+@pytest.fixture
+async def client(make_client):  # noqa: ANN001, ANN201
+    return await make_client()
+
+
+@pytest.fixture
+async def db(services: ServiceUrls) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection, to look at what is stored."""
+    conn = await asyncpg.connect(services.database_url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def register(client, email: str | None = None, password: str = "correct horse") -> dict:  # noqa: ANN001
+    email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
+    resp = await client.post("/api/v1/auth/register", json={"email": email, "password": password})
+    assert resp.status == 201, await resp.text()
+    return (await resp.json())["data"]
+
+
+def ws_url(client, name: str, token: str) -> str:  # noqa: ANN001
+    return str(client.make_url(f"/sync/{name}")) + f"?token={token}"
+
+
+# -- a real `modi-sync serve` process ----------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServerProcess:
+    """``modi-sync serve`` on loopback, as a user runs it; restartable and killable."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.env = env
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log_path = data_dir / "server.log"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "modi_sync.cli", "serve", "--port", str(self.port),
+             "--data-dir", str(self.data_dir)],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"server did not listen: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def register(self) -> dict:
+        import json
+        import urllib.request
+
+        body = json.dumps({"email": f"u-{uuid.uuid4().hex[:10]}@example.com",
+                           "password": "correct horse"}).encode()
+        req = urllib.request.Request(self.http_url + "/api/v1/auth/register", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:  # loopback only
+            return json.loads(resp.read())["data"]
+
+
+@pytest.fixture
+def server(services: ServiceUrls, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server on the test session's services (external ones if the env names them)."""
+    env = dict(os.environ, DATABASE_URL=services.database_url, REDIS_URL=services.redis_url,
+               JWT_SECRET=JWT_SECRET, MODI_ROOM_IDLE_SECONDS="0.5")
+    proc = ServerProcess(tmp_path, env)
+    proc.start()
+    yield proc
+    if proc.proc is not None and proc.proc.poll() is None:
+        proc.kill()
+
+
+@pytest.fixture
+def embedded_server(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A server on its own embedded PostgreSQL and Redis: the no-setup default."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env["JWT_SECRET"] = secrets.token_urlsafe(32)
+    proc = ServerProcess(tmp_path / "data", env)
+    proc.data_dir.mkdir()
+    yield proc
+    if proc.proc is not None and proc.proc.poll() is None:
+        proc.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
