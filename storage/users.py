@@ -22,7 +22,14 @@ class User:
     password_hash: str
 
 
-_COLUMNS = "id, email, role, created_at, password_hash"
+_INSERT = """
+INSERT INTO users (email, password_hash, role) VALUES ($1, $2, $3)
+RETURNING id, email, role, created_at, password_hash
+"""
+_BY_EMAIL = """
+SELECT id, email, role, created_at, password_hash FROM users WHERE lower(email) = lower($1)
+"""
+_BY_ID = "SELECT id, email, role, created_at, password_hash FROM users WHERE id = $1"
 
 
 def _user(row: asyncpg.Record | None) -> User | None:
@@ -35,24 +42,16 @@ class UserStore:
 
     async def create(self, email: str, password_hash: str, role: str = "user") -> User:
         try:
-            row = await self._pool.fetchrow(
-                f"INSERT INTO users (email, password_hash, role) VALUES ($1, $2, $3)"
-                f" RETURNING {_COLUMNS}",
-                email, password_hash, role,
-            )
+            row = await self._pool.fetchrow(_INSERT, email, password_hash, role)
         except asyncpg.UniqueViolationError as exc:
             raise EmailTaken(email) from exc
         return _user(row)
 
     async def by_email(self, email: str) -> User | None:
-        return _user(await self._pool.fetchrow(
-            f"SELECT {_COLUMNS} FROM users WHERE lower(email) = lower($1)", email
-        ))
+        return _user(await self._pool.fetchrow(_BY_EMAIL, email))
 
     async def by_id(self, user_id: UUID) -> User | None:
-        return _user(await self._pool.fetchrow(
-            f"SELECT {_COLUMNS} FROM users WHERE id = $1", user_id
-        ))
+        return _user(await self._pool.fetchrow(_BY_ID, user_id))
 
     async def set_password_hash(self, user_id: UUID, password_hash: str) -> None:
         await self._pool.execute(

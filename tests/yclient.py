@@ -130,5 +130,5 @@ async def eventually(
         if result:
             return
         if loop.time() > deadline:
-            raise AssertionError("condition not reached within %.1f s" % timeout)
+            raise AssertionError(f"condition not reached within {timeout:.1f} s")
         await asyncio.sleep(0.01)

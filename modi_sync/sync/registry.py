@@ -9,6 +9,7 @@ updates are stored. A failed load or a failed write pins nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -120,10 +121,8 @@ class RoomRegistry:
     async def _evict(self, room: Room) -> None:
         # Leave only once everything applied in memory is stored: a fresh load
         # from storage must find all of it.
-        try:
+        with contextlib.suppress(WriteFailed):  # write_failed() already discarded the room
             await self._writer.wait_committed(room.last_ticket)
-        except WriteFailed:
-            pass  # write_failed() already discarded the room
         if not room.connections and self.rooms.get(room.key) is room:
             del self.rooms[room.key]
             log.debug("room %s/%s left memory", *room.key)
