@@ -1,23 +1,28 @@
-"""Who is calling: the bearer token of a request, verified."""
+"""Who is calling, and may they: bearer tokens, client addresses, rate limits."""
 
 from __future__ import annotations
 
+import ipaddress
+from functools import lru_cache
+
 from aiohttp import web
 
+from storage.rate_limits import Limit, Verdict
+
 from .api.errors import ApiError
-from .keys import ACCESS_TOKENS
+from .keys import ACCESS_TOKENS, RATE_LIMITER, RATE_VERDICT, REFRESH_TOKENS, SETTINGS
 from .tokens import AccessClaims, InvalidToken
 
 
-def authenticate(request: web.Request, *, allow_query_token: bool = False) -> AccessClaims:
+async def authenticate(request: web.Request, *, allow_query_token: bool = False) -> AccessClaims:
     """The verified claims of the caller's access token, or a 401.
 
     Browsers cannot set headers on a websocket upgrade, so the sync endpoint also
-    takes the token as ``?token=``.
+    takes the token as ``?token=``. A token issued before its user's last password
+    change, or for a deleted user, is refused as well.
     """
     token = None
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         token = value.strip()
     elif allow_query_token:
@@ -25,6 +30,65 @@ def authenticate(request: web.Request, *, allow_query_token: bool = False) -> Ac
     if not token:
         raise ApiError.unauthorized("missing access token")
     try:
-        return request.app[ACCESS_TOKENS].verify(token)
+        claims = request.app[ACCESS_TOKENS].verify(token)
     except InvalidToken:
         raise ApiError.unauthorized("invalid or expired access token") from None
+    if claims.issued_at < await request.app[REFRESH_TOKENS].access_revoked_before(claims.user_id):
+        raise ApiError.unauthorized("invalid or expired access token")
+    return claims
+
+
+async def authenticated_user(request: web.Request) -> AccessClaims:
+    """For REST routes: authenticate, then count the call against the user's limit."""
+    claims = await authenticate(request)
+    await enforce_rate_limit(request, "user", str(claims.user_id),
+                             request.app[SETTINGS].rate_limit_user)
+    return claims
+
+
+async def enforce_rate_limit(request: web.Request, scope: str, identity: str, spec: str) -> None:
+    verdict = await request.app[RATE_LIMITER].hit(scope, identity, _limit(spec))
+    request[RATE_VERDICT] = verdict  # the headers are added to whatever response follows
+    if not verdict.allowed:
+        raise ApiError(429, "too many requests, slow down",
+                       {"retry_after": verdict.retry_after},
+                       headers={"Retry-After": str(verdict.retry_after)})
+
+
+def rate_limit_headers(verdict: Verdict) -> dict[str, str]:
+    return {
+        "X-Rate-Limit-Limit": str(verdict.limit),
+        "X-Rate-Limit-Remaining": str(verdict.remaining),
+        "X-Rate-Limit-Reset": str(verdict.reset_at),
+    }
+
+
+def client_ip(request: web.Request) -> str:
+    """The peer address; behind a trusted proxy, the nearest untrusted X-Forwarded-For hop."""
+    peer = request.remote or "unknown"
+    trusted = _networks(request.app[SETTINGS].trusted_proxies)
+    if not trusted or not _is_trusted(peer, trusted):
+        return peer
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):  # the right end was added by the proxies we trust
+        if not _is_trusted(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
+@lru_cache(maxsize=16)
+def _limit(spec: str) -> Limit:
+    return Limit.parse(spec)
+
+
+@lru_cache(maxsize=16)
+def _networks(specs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(s, strict=False) for s in specs)
+
+
+def _is_trusted(address: str, networks: tuple) -> bool:  # noqa: ANN001
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)

@@ -19,19 +19,22 @@ from redis.asyncio import Redis
 
 from storage.database import create_pool, migrate
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis
+from storage.rate_limits import RateLimiter
 from storage.refresh_tokens import RefreshTokens
 from storage.update_log import UpdateLog
 from storage.users import UserStore
 
-from .api import auth, health
-from .api.errors import add_standard_headers, error_middleware
+from .api import auth, health, openapi
+from .api.middleware import add_standard_headers, cors_middleware, error_middleware
 from .config import Settings
 from .keys import (
     ACCESS_TOKENS,
     POOL,
+    RATE_LIMITER,
     REDIS,
     REFRESH_TOKENS,
     REGISTRY,
+    SESSION_CLOSER,
     SETTINGS,
     UPDATE_LOG,
     USERS,
@@ -39,6 +42,7 @@ from .keys import (
 )
 from .sync.handler import DOC_NAME, sync_endpoint
 from .sync.registry import RoomRegistry
+from .sync.sessions import SessionCloser
 from .sync.writer import GroupCommitWriter
 from .tokens import AccessTokens, load_or_create_secret
 
@@ -108,7 +112,10 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
         app[UPDATE_LOG] = UpdateLog(pool)
         secret = load_or_create_secret(settings.jwt_secret, settings.data_dir)
         app[ACCESS_TOKENS] = AccessTokens(secret, settings.access_token_ttl)
-        app[REFRESH_TOKENS] = RefreshTokens(redis, settings.refresh_token_ttl)
+        app[REFRESH_TOKENS] = RefreshTokens(
+            redis, settings.refresh_token_ttl, settings.access_token_ttl
+        )
+        app[RATE_LIMITER] = RateLimiter(redis)
         yield
 
 
@@ -123,7 +130,11 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
         max_document_bytes=settings.max_document_bytes,
         max_connections_per_user=settings.max_connections_per_user,
     )
+    closer = SessionCloser(app[REDIS], app[REGISTRY])
+    await closer.start()
+    app[SESSION_CLOSER] = closer
     yield
+    await closer.stop()
     await writer.stop()  # every update received before shutdown is stored
 
 
@@ -134,7 +145,9 @@ async def _close_sockets(app: web.Application) -> None:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=1024 * 1024)
+    app = web.Application(
+        middlewares=[cors_middleware, error_middleware], client_max_size=settings.max_body_bytes
+    )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_storage_ctx)
     app.cleanup_ctx.append(_sync_ctx)
@@ -142,5 +155,6 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(add_standard_headers)
     app.add_routes(health.routes)
     app.add_routes(auth.routes)
+    app.add_routes(openapi.routes)
     app.router.add_get("/sync/{name:" + DOC_NAME + "}", sync_endpoint)
     return app

@@ -6,11 +6,14 @@ Every field is listed, with its default and variable, in docs/configuration.md.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
+
+from storage.rate_limits import Limit
 
 
 class ConfigError(ValueError):
@@ -31,6 +34,11 @@ class Settings:
 
     access_token_ttl: int = 15 * 60
     refresh_token_ttl: int = 7 * 24 * 3600
+
+    rate_limit_auth: str = "10/60"
+    rate_limit_user: str = "300/60"
+    trusted_proxies: tuple[str, ...] = ()
+    max_body_bytes: int = 1024 * 1024
 
     max_frame_bytes: int = 4 * 1024 * 1024
     max_document_bytes: int = 64 * 1024 * 1024
@@ -62,6 +70,10 @@ ENVIRONMENT: dict[str, str] = {
     "MODI_LOG_LEVEL": "log_level",
     "MODI_ACCESS_TOKEN_TTL": "access_token_ttl",
     "MODI_REFRESH_TOKEN_TTL": "refresh_token_ttl",
+    "MODI_RATE_LIMIT_AUTH": "rate_limit_auth",
+    "MODI_RATE_LIMIT_USER": "rate_limit_user",
+    "MODI_TRUSTED_PROXIES": "trusted_proxies",
+    "MODI_MAX_BODY_BYTES": "max_body_bytes",
     "MODI_MAX_FRAME_BYTES": "max_frame_bytes",
     "MODI_MAX_DOCUMENT_BYTES": "max_document_bytes",
     "MODI_MAX_CONNECTIONS_PER_USER": "max_connections_per_user",
@@ -117,8 +129,18 @@ def load_settings(
 def _validate(settings: Settings) -> None:
     if settings.log_format not in ("json", "text"):
         raise ConfigError("MODI_LOG_FORMAT must be 'json' or 'text'")
-    for name in ("port", "max_frame_bytes", "max_document_bytes", "max_connections_per_user",
-                 "max_send_queue_bytes", "commit_batch_max", "db_pool_max",
-                 "access_token_ttl", "refresh_token_ttl"):
+    for name in ("rate_limit_auth", "rate_limit_user"):
+        try:
+            Limit.parse(getattr(settings, name))
+        except ValueError:
+            raise ConfigError(f"{name} must look like '10/60' (requests/seconds)") from None
+    for network in settings.trusted_proxies:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(f"MODI_TRUSTED_PROXIES: {network!r} is not an address") from None
+    for name in ("port", "max_body_bytes", "max_frame_bytes", "max_document_bytes",
+                 "max_connections_per_user", "max_send_queue_bytes", "commit_batch_max",
+                 "db_pool_max", "access_token_ttl", "refresh_token_ttl"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name} must be positive")

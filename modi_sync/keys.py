@@ -8,6 +8,8 @@ import asyncpg
 from aiohttp import web
 from redis.asyncio import Redis
 
+from storage.rate_limits import Verdict
+
 from .config import Settings
 
 if TYPE_CHECKING:
@@ -23,3 +25,9 @@ USERS = web.AppKey("users", "UserStore")
 UPDATE_LOG = web.AppKey("update_log", "UpdateLog")
 WRITER = web.AppKey("writer", "GroupCommitWriter")
 REGISTRY = web.AppKey("registry", "RoomRegistry")
+RATE_LIMITER = web.AppKey("rate_limiter", "RateLimiter")
+SESSION_CLOSER = web.AppKey("session_closer", "SessionCloser")
+
+# Per request.
+REQUEST_ID = web.RequestKey("request_id", str)
+RATE_VERDICT = web.RequestKey("rate_verdict", Verdict)

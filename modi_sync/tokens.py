@@ -29,6 +29,7 @@ class AccessClaims:
     email: str
     role: str
     jti: str
+    issued_at: int
     expires_at: int
 
 
@@ -62,6 +63,7 @@ class AccessTokens:
                 email=str(claims["email"]),
                 role=str(claims["role"]),
                 jti=str(claims["jti"]),
+                issued_at=int(claims["iat"]),
                 expires_at=int(claims["exp"]),
             )
         except (jwt.PyJWTError, ValueError, TypeError) as exc:

@@ -32,6 +32,8 @@ ORDER BY o
 RETURNING seq
 """
 
+_EXISTING = "SELECT id FROM documents WHERE id = ANY($1::bigint[])"
+
 _LOAD = "SELECT data FROM doc_updates WHERE doc_id = $1 ORDER BY seq"
 
 
@@ -58,10 +60,23 @@ class UpdateLog:
             rows = await conn.fetch(_LOAD, doc_id)
         return StoredDocument(doc_id, [r[0] for r in rows])
 
-    async def append_many(self, doc_ids: list[int], updates: list[bytes]) -> list[int]:
+    async def append_many(self, doc_ids: list[int], updates: list[bytes]) -> list[int | None]:
         """Store a batch of updates in one round trip and one transaction.
 
-        Returns their sequence numbers, in batch order.
+        Returns their sequence numbers in batch order; None for an update whose
+        document was deleted meanwhile (it is dropped, and the rest still stored).
         """
-        seqs = await self._pool.fetch(_APPEND, doc_ids, updates)
-        return sorted(r[0] for r in seqs)
+        try:
+            rows = await self._pool.fetch(_APPEND, doc_ids, updates)
+            return sorted(r[0] for r in rows)
+        except asyncpg.ForeignKeyViolationError:
+            pass
+        alive = {r[0] for r in await self._pool.fetch(_EXISTING, doc_ids)}
+        keep = [i for i, d in enumerate(doc_ids) if d in alive]
+        rows = await self._pool.fetch(
+            _APPEND, [doc_ids[i] for i in keep], [updates[i] for i in keep]
+        )
+        seqs: list[int | None] = [None] * len(doc_ids)
+        for i, seq in zip(keep, sorted(r[0] for r in rows), strict=True):
+            seqs[i] = seq
+        return seqs

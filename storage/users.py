@@ -58,3 +58,8 @@ class UserStore:
             "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1",
             user_id, password_hash,
         )
+
+    async def delete(self, user_id: UUID) -> bool:
+        """Erase the account; its documents and their history go with it (cascade)."""
+        status = await self._pool.execute("DELETE FROM users WHERE id = $1", user_id)
+        return status == "DELETE 1"

@@ -27,7 +27,7 @@ DOC_NAME = r"[A-Za-z0-9._-]{1,64}"
 
 
 async def sync_endpoint(request: web.Request) -> web.StreamResponse:
-    claims = authenticate(request, allow_query_token=True)  # 401 before any upgrade
+    claims = await authenticate(request, allow_query_token=True)  # 401 before any upgrade
     settings = request.app[SETTINGS]
     registry = request.app[REGISTRY]
     name = request.match_info["name"]

@@ -15,6 +15,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 from uuid import UUID
 
+from .connection import CLOSE_SESSION_ENDED
 from .room import Room, RoomKey
 from .writer import WriteFailed
 
@@ -133,6 +134,17 @@ class RoomRegistry:
         handle = self._idle.pop(room.key, None)
         if handle is not None:
             handle.cancel()
+
+    def close_user(self, user_id: UUID, code: int = CLOSE_SESSION_ENDED) -> int:
+        """Close every sync connection of ``user_id`` on this instance; return how many."""
+        closed = 0
+        for room in self.rooms.values():
+            if room.key[0] != user_id:
+                continue
+            for conn in room.connections:
+                conn.close(code, "session ended")
+                closed += 1
+        return closed
 
     async def close(self) -> None:
         """Shutdown: close every connection (1001, going away) and forget every room."""

@@ -99,7 +99,8 @@ class GroupCommitWriter:
             return
         self._committed = last_ticket
         for (target, update, origin), seq in zip(batch, seqs, strict=True):
-            target.committed(update, origin, seq)
+            if seq is not None:  # None: its document was deleted meanwhile
+                target.committed(update, origin, seq)
         self._wake_waiters(None)
 
     def _wake_waiters(self, error: Exception | None) -> None:

@@ -1,0 +1,145 @@
+"""``GET /api/v1/openapi.json``: the OpenAPI 3.1 description of every REST route.
+
+Written by hand next to the routes it describes; tests/test_openapi.py runs
+schemathesis against a live server so that the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .. import __version__
+from .errors import CODES
+
+routes = web.RouteTableDef()
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _data(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "required": ["data"], "properties": {"data": schema}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {"description": CODES.get(s, "error"), **_json(_ref("Error"))}
+        for s in (*statuses, 429, 500)
+    }
+
+
+_RATE_HEADERS = {
+    name: {"schema": {"type": "integer"}}
+    for name in ("X-Rate-Limit-Limit", "X-Rate-Limit-Remaining", "X-Rate-Limit-Reset")
+}
+
+
+def _op(summary: str, ok: str, ok_body: dict[str, Any] | None, *errors: int,
+        body: str | None = None, auth: bool = False) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {}}
+    op["responses"][ok] = {"description": "success", "headers": _RATE_HEADERS}
+    if ok_body is not None:
+        op["responses"][ok].update(_json(ok_body))
+    op["responses"].update(_errors(*(400, 415, 413, *errors) if body else errors))
+    if body:
+        op["requestBody"] = {"required": True, **_json(_ref(body))}
+    if auth:
+        op["security"] = [{"bearer": []}]
+        op["responses"].update(_errors(401))
+    return op
+
+
+_PASSWORD = {"type": "string", "minLength": 8, "maxLength": 256}
+_EMAIL = {"type": "string", "format": "email", "maxLength": 320}
+
+SPEC: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {"title": "modi-sync", "version": __version__,
+             "description": "Accounts and documents of the Magni app. Sync itself is the "
+                            "y-websocket protocol on GET /sync/{name}?token=..."},
+    "paths": {
+        "/health": {"get": _op("process is up", "200", _data({"type": "object"}))},
+        "/ready": {"get": _op("PostgreSQL and Redis answer", "200", _data({"type": "object"}),
+                              503)},
+        "/api/v1/openapi.json": {"get": _op("this document", "200", {"type": "object"})},
+        "/api/v1/auth/register": {"post": _op(
+            "create an account", "201", _ref("TokenPair"), 409, body="Register")},
+        "/api/v1/auth/login": {"post": _op(
+            "log in", "200", _ref("TokenPair"), 401, body="Login")},
+        "/api/v1/auth/refresh": {"post": _op(
+            "rotate a refresh token", "200", _ref("TokenPair"), 401, body="RefreshToken")},
+        "/api/v1/auth/logout": {"post": _op(
+            "end a session", "204", None, 401, body="RefreshToken")},
+        "/api/v1/auth/password": {"post": _op(
+            "change the password; every other session ends", "200", _ref("TokenPair"),
+            body="PasswordChange", auth=True)},
+        "/api/v1/auth/account": {"delete": _op(
+            "erase the account and all its data", "204", None, body="Password", auth=True)},
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        "schemas": {
+            "Error": {
+                "type": "object", "required": ["error"],
+                "properties": {"error": {
+                    "type": "object", "required": ["code", "message", "details"],
+                    "properties": {
+                        "code": {"enum": sorted(set(CODES.values()))},
+                        "message": {"type": "string"},
+                        "details": {},
+                    },
+                }},
+            },
+            "User": {
+                "type": "object", "required": ["id", "email", "role", "created_at"],
+                "properties": {
+                    "id": {"type": "string", "format": "uuid"},
+                    "email": {"type": "string"},
+                    "role": {"enum": ["user", "admin"]},
+                    "created_at": {"type": "string", "format": "date-time"},
+                },
+            },
+            "TokenPair": _data({
+                "type": "object",
+                "required": ["user", "access_token", "refresh_token", "token_type", "expires_in"],
+                "properties": {
+                    "user": _ref("User"),
+                    "access_token": {"type": "string"},
+                    "refresh_token": {"type": "string"},
+                    "token_type": {"const": "Bearer"},
+                    "expires_in": {"type": "integer"},
+                },
+            }),
+            "Register": {
+                "type": "object", "required": ["email", "password"],
+                "properties": {"email": _EMAIL, "password": _PASSWORD,
+                               "privacy_policy_version": {"type": "string"},
+                               "terms_version": {"type": "string"}},
+            },
+            "Login": {"type": "object", "required": ["email", "password"],
+                      "properties": {"email": _EMAIL, "password": _PASSWORD}},
+            "RefreshToken": {"type": "object", "required": ["refresh_token"],
+                             "properties": {"refresh_token": {"type": "string", "maxLength": 512}}},
+            "Password": {"type": "object", "required": ["password"],
+                         "properties": {"password": _PASSWORD}},
+            "PasswordChange": {"type": "object", "required": ["current_password", "new_password"],
+                               "properties": {"current_password": _PASSWORD,
+                                              "new_password": _PASSWORD}},
+        },
+    },
+}
+
+_BODY = orjson.dumps(SPEC)
+
+
+@routes.get("/api/v1/openapi.json")
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(body=_BODY, content_type="application/json")
