@@ -8,12 +8,15 @@ the end, so runs never see each other's rows.
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -55,7 +58,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceUrls]:
             started.append(lambda: _run_sql(external_db, f'DROP DATABASE "{name}" WITH (FORCE)'))
             database_url = _with_database(external_db, name)
         else:
-            pg = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "pg")
+            pg = EmbeddedPostgres(_private_dir() / "pg")
             database_url = pg.start()
             started.append(pg.stop)
         if external_redis:
@@ -68,6 +71,18 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceUrls]:
     finally:
         for stop in reversed(started):
             stop()
+
+
+def _private_dir() -> Path:
+    """A data dir outside pytest's tmp tree.
+
+    When run as root, embedded PostgreSQL runs as its own system user and opens the
+    path's parents to it; pytest resets its tmp root to 0700 whenever another pytest
+    starts, which would lock that user out mid-run.
+    """
+    path = Path(tempfile.mkdtemp(prefix="modi-test-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 def _run_sql(dsn: str, sql: str) -> None:
@@ -162,12 +177,12 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> None:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "modi_sync.cli", "serve", "--port", str(self.port),
-             "--data-dir", str(self.data_dir)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "modi_sync.cli", "serve", "--port", str(self.port),
+                 "--data-dir", str(self.data_dir)],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -215,12 +230,11 @@ def server(services: ServiceUrls, tmp_path: Path) -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
-def embedded_server(tmp_path: Path) -> Iterator[ServerProcess]:
+def embedded_server() -> Iterator[ServerProcess]:
     """A server on its own embedded PostgreSQL and Redis: the no-setup default."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env["JWT_SECRET"] = secrets.token_urlsafe(32)
-    proc = ServerProcess(tmp_path / "data", env)
-    proc.data_dir.mkdir()
+    proc = ServerProcess(_private_dir(), env)
     yield proc
     if proc.proc is not None and proc.proc.poll() is None:
         proc.stop()
