@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import logging
 import sys
 from collections.abc import Sequence
@@ -28,6 +29,14 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="apply database migrations")
     migrate.add_argument("--data-dir", help="data dir of the embedded services")
+
+    user = commands.add_parser("user", help="manage accounts")
+    user_commands = user.add_subparsers(dest="user_command", required=True)
+    create = user_commands.add_parser(
+        "create", help="create an account; the password is read from a prompt or stdin")
+    create.add_argument("email")
+    create.add_argument("--admin", action="store_true", help="give the account the admin role")
+    create.add_argument("--data-dir", help="data dir of the embedded services")
     return parser
 
 
@@ -47,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(settings)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
+    if args.command == "user" and args.user_command == "create":
+        return _create_user(settings, args.email, admin=args.admin)
     return 2  # argparse rejects unknown commands before this
 
 
@@ -78,6 +89,47 @@ async def _migrate(settings: Settings) -> int:
         applied = await migrate(pool)
     log.info("database schema is current (%s)", ", ".join(applied) or "nothing new to apply")
     return 0
+
+
+def _read_password() -> str:
+    """From a prompt on a terminal, else the first line of stdin; never an argument."""
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat: ") != password:
+            raise ValueError("the passwords differ")
+        return password
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def _create_user(settings: Settings, email: str, *, admin: bool) -> int:
+    from storage.database import migrate
+    from storage.users import EmailTaken, UserStore
+
+    from .api.errors import ApiError
+    from .api.validation import email_field, password_field
+    from .passwords import hash_password
+
+    try:
+        password = _read_password()
+        body = {"email": email, "password": password}
+        email, password = email_field(body), password_field(body)
+    except (ValueError, ApiError) as exc:
+        print(f"modi-sync: {exc}", file=sys.stderr)
+        return 2
+
+    async def create() -> int:
+        async with open_storage(settings) as (pool, _redis):
+            await migrate(pool)
+            try:
+                user = await UserStore(pool).create(
+                    email, await hash_password(password), "admin" if admin else "user")
+            except EmailTaken:
+                print(f"modi-sync: an account with the email {email} exists", file=sys.stderr)
+                return 1
+        print(f"created {user.role} {user.email} ({user.id})")
+        return 0
+
+    return asyncio.run(create())
 
 
 if __name__ == "__main__":  # pragma: no cover
