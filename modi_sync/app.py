@@ -18,15 +18,18 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from storage.database import create_pool, migrate
+from storage.doc_events import doc_events, publish_updates, subscribe_doc_events
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis
 from storage.rate_limits import RateLimiter
 from storage.refresh_tokens import RefreshTokens
-from storage.update_log import UpdateLog
+from storage.session_events import ended_user_ids, subscribe_sessions_ended
+from storage.update_log import Compaction, UpdateLog
 from storage.users import UserStore
 
 from .api import auth, health, openapi
 from .api.middleware import add_standard_headers, cors_middleware, error_middleware
 from .config import Settings
+from .history import compact_document
 from .keys import (
     ACCESS_TOKENS,
     POOL,
@@ -34,15 +37,14 @@ from .keys import (
     REDIS,
     REFRESH_TOKENS,
     REGISTRY,
-    SESSION_CLOSER,
     SETTINGS,
     UPDATE_LOG,
     USERS,
     WRITER,
 )
 from .sync.handler import DOC_NAME, sync_endpoint
-from .sync.registry import RoomRegistry
-from .sync.sessions import SessionCloser
+from .sync.listener import RedisListener
+from .sync.registry import AutoCompaction, RoomRegistry
 from .sync.writer import GroupCommitWriter
 from .tokens import AccessTokens, load_or_create_secret
 
@@ -120,21 +122,36 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    writer = GroupCommitWriter(app[UPDATE_LOG], max_batch=settings.commit_batch_max)
-    await writer.start()
-    app[WRITER] = writer
-    app[REGISTRY] = RoomRegistry(
-        app[UPDATE_LOG], writer,
+    settings, redis, log_store = app[SETTINGS], app[REDIS], app[UPDATE_LOG]
+
+    async def compact(doc_id: int) -> Compaction:
+        return await compact_document(log_store, doc_id, snapshot_every=settings.snapshot_every)
+
+    async def publish(updates: list[tuple[int, bytes]]) -> None:
+        await publish_updates(redis, registry.instance, updates)
+
+    writer = GroupCommitWriter(log_store, max_batch=settings.commit_batch_max, publish=publish)
+    registry = RoomRegistry(
+        log_store, writer,
         idle_seconds=settings.room_idle_seconds,
         max_document_bytes=settings.max_document_bytes,
         max_connections_per_user=settings.max_connections_per_user,
+        auto_compaction=AutoCompaction(
+            compact, settings.auto_compact_updates, settings.auto_compact_bytes),
     )
-    closer = SessionCloser(app[REDIS], app[REGISTRY])
-    await closer.start()
-    app[SESSION_CLOSER] = closer
+    listeners = [
+        RedisListener(redis, subscribe_sessions_ended, ended_user_ids, registry.close_user,
+                      "sessions-ended"),
+        RedisListener(redis, subscribe_doc_events, doc_events, registry.handle_doc_event,
+                      "doc-events"),
+    ]
+    await writer.start()
+    for listener in listeners:
+        await listener.start()
+    app[WRITER], app[REGISTRY] = writer, registry
     yield
-    await closer.stop()
+    for listener in listeners:
+        await listener.stop()
     await writer.stop()  # every update received before shutdown is stored
 
 

@@ -10,6 +10,7 @@ import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,19 @@ class Settings:
     max_connections_per_user: int = 32
     max_send_queue_bytes: int = 16 * 1024 * 1024
     room_idle_seconds: float = 30.0
+    auto_compact_updates: int = 500
+    auto_compact_bytes: int = 4 * 1024 * 1024
+    snapshot_interval_seconds: int = 3600
+    snapshot_retention_days: int = 30
     commit_batch_max: int = 2048
     db_pool_max: int = 10
+
+    @property
+    def snapshot_every(self) -> timedelta | None:
+        """How far apart compaction keeps snapshots; None when retention is off."""
+        if self.snapshot_retention_days <= 0:
+            return None
+        return timedelta(seconds=max(self.snapshot_interval_seconds, 0))
 
     @property
     def pg_dir(self) -> Path:
@@ -79,6 +91,10 @@ ENVIRONMENT: dict[str, str] = {
     "MODI_MAX_CONNECTIONS_PER_USER": "max_connections_per_user",
     "MODI_MAX_SEND_QUEUE_BYTES": "max_send_queue_bytes",
     "MODI_ROOM_IDLE_SECONDS": "room_idle_seconds",
+    "MODI_AUTO_COMPACT_UPDATES": "auto_compact_updates",
+    "MODI_AUTO_COMPACT_BYTES": "auto_compact_bytes",
+    "MODI_SNAPSHOT_INTERVAL": "snapshot_interval_seconds",
+    "MODI_SNAPSHOT_RETENTION_DAYS": "snapshot_retention_days",
     "MODI_COMMIT_BATCH_MAX": "commit_batch_max",
     "MODI_DB_POOL_MAX": "db_pool_max",
 }
@@ -141,6 +157,7 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"MODI_TRUSTED_PROXIES: {network!r} is not an address") from None
     for name in ("port", "max_body_bytes", "max_frame_bytes", "max_document_bytes",
                  "max_connections_per_user", "max_send_queue_bytes", "commit_batch_max",
-                 "db_pool_max", "access_token_ttl", "refresh_token_ttl"):
+                 "db_pool_max", "access_token_ttl", "refresh_token_ttl",
+                 "auto_compact_updates", "auto_compact_bytes"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name} must be positive")

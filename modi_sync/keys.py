@@ -26,7 +26,6 @@ UPDATE_LOG = web.AppKey("update_log", "UpdateLog")
 WRITER = web.AppKey("writer", "GroupCommitWriter")
 REGISTRY = web.AppKey("registry", "RoomRegistry")
 RATE_LIMITER = web.AppKey("rate_limiter", "RateLimiter")
-SESSION_CLOSER = web.AppKey("session_closer", "SessionCloser")
 
 # Per request.
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -6,7 +6,9 @@ and erasure, so the log is the source of truth and a room in memory is a cache o
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from uuid import UUID
 
 import asyncpg
@@ -34,7 +36,58 @@ RETURNING seq
 
 _EXISTING = "SELECT id FROM documents WHERE id = ANY($1::bigint[])"
 
+_FIND = "SELECT id FROM documents WHERE user_id = $1 AND name = $2"
+
 _LOAD = "SELECT data FROM doc_updates WHERE doc_id = $1 ORDER BY seq"
+
+_INFO_SELECT = """
+SELECT d.id, d.user_id, d.name,
+       coalesce(sum(octet_length(u.data)), 0)::bigint AS size_bytes,
+       count(u.seq) AS updates,
+       greatest(d.created_at, max(u.created_at)) AS updated_at
+FROM documents d LEFT JOIN doc_updates u ON u.doc_id = d.id
+"""
+_LIST = _INFO_SELECT + """
+WHERE d.user_id = $1 GROUP BY d.id ORDER BY d.name LIMIT $2 OFFSET $3
+"""
+_COUNT = "SELECT count(*) FROM documents WHERE user_id = $1"
+_INFO_ONE = _INFO_SELECT + "WHERE d.user_id = $1 AND d.name = $2 GROUP BY d.id"
+_INFO_ALL = _INFO_SELECT + "GROUP BY d.id HAVING count(u.seq) >= $1 ORDER BY d.id"
+
+_DELETE = "DELETE FROM documents WHERE user_id = $1 AND name = $2 RETURNING id"
+
+# Compaction: one document at a time (the advisory lock), the rows read are exactly
+# the rows replaced (a row committed meanwhile, whatever its seq, is kept), and the
+# merged row takes the newest replaced seq so the log keeps its order.
+_COMPACT_LOCK = "SELECT pg_advisory_xact_lock(1668246644, $1::int)"
+_COMPACT_READ = """
+SELECT seq, data, created_at FROM doc_updates WHERE doc_id = $1 ORDER BY seq
+"""
+_COMPACT_DELETE = "DELETE FROM doc_updates WHERE doc_id = $1 AND seq = ANY($2::bigint[])"
+_COMPACT_INSERT = """
+INSERT INTO doc_updates (seq, doc_id, data, created_at) OVERRIDING SYSTEM VALUE
+VALUES ($1, $2, $3, $4)
+"""
+# A snapshot only when the document has none newer than the interval ($4).
+_SNAPSHOT_INSERT = """
+INSERT INTO doc_snapshots (doc_id, cut_seq, data)
+SELECT $1, $2, $3 WHERE NOT EXISTS (
+    SELECT 1 FROM doc_snapshots WHERE doc_id = $1 AND taken_at > now() - $4::interval
+)
+"""
+_SNAPSHOTS = """
+SELECT id, taken_at, cut_seq, octet_length(data) AS size_bytes
+FROM doc_snapshots WHERE doc_id = $1 ORDER BY taken_at
+"""
+_SNAPSHOT_AT = """
+SELECT taken_at, cut_seq, data FROM doc_snapshots
+WHERE doc_id = $1 AND taken_at <= $2 ORDER BY taken_at DESC LIMIT 1
+"""
+_ROWS_AFTER = """
+SELECT data FROM doc_updates
+WHERE doc_id = $1 AND seq > $2 AND created_at <= $3 ORDER BY seq
+"""
+_PURGE_SNAPSHOTS = "DELETE FROM doc_snapshots WHERE taken_at < $1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,18 +100,126 @@ class StoredDocument:
         return sum(len(u) for u in self.updates)
 
 
+@dataclass(frozen=True, slots=True)
+class DocumentInfo:
+    doc_id: int
+    user_id: UUID
+    name: str
+    size_bytes: int
+    updates: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Compaction:
+    updates_before: int
+    bytes_before: int
+    updates_after: int
+    bytes_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    id: int
+    taken_at: datetime
+    cut_seq: int
+    size_bytes: int
+
+
+def _info(row: asyncpg.Record) -> DocumentInfo:
+    return DocumentInfo(row["id"], row["user_id"], row["name"], row["size_bytes"],
+                        row["updates"], row["updated_at"])
+
+
 class UpdateLog:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def load(self, user_id: UUID, name: str) -> StoredDocument:
-        """The user's document ``name`` (created on first use) and its stored updates."""
+    async def load(self, user_id: UUID, name: str, *, create: bool = True) -> StoredDocument | None:
+        """The user's document ``name`` and its stored updates.
+
+        With ``create`` a missing document is created; without, it is None.
+        """
         async with self._pool.acquire() as conn:
-            doc_id = None
-            while doc_id is None:  # None only when a concurrent insert won the race
-                doc_id = await conn.fetchval(_DOCUMENT_ID, user_id, name)
+            if create:
+                doc_id = None
+                while doc_id is None:  # None only when a concurrent insert won the race
+                    doc_id = await conn.fetchval(_DOCUMENT_ID, user_id, name)
+            else:
+                doc_id = await conn.fetchval(_FIND, user_id, name)
+                if doc_id is None:
+                    return None
             rows = await conn.fetch(_LOAD, doc_id)
         return StoredDocument(doc_id, [r[0] for r in rows])
+
+    async def list_documents(
+        self, user_id: UUID, limit: int, offset: int
+    ) -> tuple[list[DocumentInfo], int]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(_LIST, user_id, limit, offset)
+            total = await conn.fetchval(_COUNT, user_id)
+        return [_info(r) for r in rows], total
+
+    async def info(self, user_id: UUID, name: str) -> DocumentInfo | None:
+        row = await self._pool.fetchrow(_INFO_ONE, user_id, name)
+        return None if row is None else _info(row)
+
+    async def documents_with(self, min_updates: int) -> list[DocumentInfo]:
+        """Every document with at least ``min_updates`` stored updates."""
+        return [_info(r) for r in await self._pool.fetch(_INFO_ALL, min_updates)]
+
+    async def delete_document(self, user_id: UUID, name: str) -> int | None:
+        """Erase a document and its whole history; its id, or None if there was none."""
+        return await self._pool.fetchval(_DELETE, user_id, name)
+
+    async def compact(
+        self,
+        doc_id: int,
+        merge: Callable[[list[bytes]], Awaitable[bytes]],
+        *,
+        snapshot_every: timedelta | None,
+        dry_run: bool = False,
+    ) -> Compaction:
+        """Replace the document's stored updates with ``merge(updates)``, in one transaction.
+
+        With ``snapshot_every``, the result is also kept as a dated snapshot unless the
+        document already has one that recent (``timedelta(0)``: always).
+        """
+        keep_snapshot = snapshot_every is not None
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_COMPACT_LOCK, doc_id % 2**31)
+            rows = await conn.fetch(_COMPACT_READ, doc_id)
+            before = sum(len(r["data"]) for r in rows)
+            if not rows or (len(rows) == 1 and not keep_snapshot):
+                return Compaction(len(rows), before, len(rows), before)
+            merged = await merge([r["data"] for r in rows])
+            if dry_run:
+                return Compaction(len(rows), before, 1, len(merged))
+            cut = rows[-1]["seq"]
+            await conn.execute(_COMPACT_DELETE, doc_id, [r["seq"] for r in rows])
+            await conn.execute(_COMPACT_INSERT, cut, doc_id, merged, rows[-1]["created_at"])
+            if keep_snapshot:
+                await conn.execute(_SNAPSHOT_INSERT, doc_id, cut, merged, snapshot_every)
+        return Compaction(len(rows), before, 1, len(merged))
+
+    async def snapshots(self, doc_id: int) -> list[Snapshot]:
+        return [Snapshot(**dict(r)) for r in await self._pool.fetch(_SNAPSHOTS, doc_id)]
+
+    async def updates_as_of(self, doc_id: int, at: datetime) -> list[bytes]:
+        """The updates that made the document as it was at ``at``, as far as kept.
+
+        The newest snapshot taken by then, plus the updates stored after its cut and
+        by ``at`` that no later compaction has merged away.
+        """
+        async with self._pool.acquire() as conn:
+            snap = await conn.fetchrow(_SNAPSHOT_AT, doc_id, at)
+            cut = snap["cut_seq"] if snap else 0
+            rows = await conn.fetch(_ROWS_AFTER, doc_id, cut, at)
+        return ([snap["data"]] if snap else []) + [r[0] for r in rows]
+
+    async def purge_snapshots(self, older_than: datetime) -> int:
+        status = await self._pool.execute(_PURGE_SNAPSHOTS, older_than)
+        return int(status.split()[-1])
 
     async def append_many(self, doc_ids: list[int], updates: list[bytes]) -> list[int | None]:
         """Store a batch of updates in one round trip and one transaction.

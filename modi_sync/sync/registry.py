@@ -4,6 +4,9 @@ A connection joins only a fully loaded room, so no client ever sees an empty
 document while it loads. A room whose last connection left stays for
 ``idle_seconds`` (a reconnect finds it warm), then leaves memory once its queued
 updates are stored. A failed load or a failed write pins nothing.
+
+The registry also starts automatic compaction when a room's stored history passes
+the configured count or size; it runs in the background and the room keeps serving.
 """
 
 from __future__ import annotations
@@ -11,25 +14,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from uuid import UUID
+
+from storage.doc_events import DELETED, UPDATE, DocEvent
 
 from .connection import CLOSE_SESSION_ENDED
 from .room import Room, RoomKey
 from .writer import WriteFailed
 
 if TYPE_CHECKING:
-    from storage.update_log import UpdateLog
+    from storage.update_log import Compaction, UpdateLog
 
     from .connection import Connection
     from .writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
 
+CLOSE_DOCUMENT_DELETED = 4404
+
 
 class TooManyConnections(Exception):
     """The user already has the configured number of open sync connections."""
+
+
+class DocumentNotFound(Exception):
+    """No such document, and the caller did not ask to create it."""
+
+
+@dataclass(frozen=True, slots=True)
+class AutoCompaction:
+    compact: Callable[[int], Awaitable[Compaction]]
+    max_updates: int
+    max_bytes: int
 
 
 class RoomRegistry:
@@ -41,41 +62,60 @@ class RoomRegistry:
         idle_seconds: float,
         max_document_bytes: int,
         max_connections_per_user: int,
+        auto_compaction: AutoCompaction | None = None,
     ) -> None:
+        self.instance = uuid.uuid4()  # tells this instance's bus messages from others'
         self._log = update_log
         self._writer = writer
         self._idle_seconds = idle_seconds
         self._max_document_bytes = max_document_bytes
         self._max_connections_per_user = max_connections_per_user
+        self._auto = auto_compaction
         self.rooms: dict[RoomKey, Room] = {}
+        self._by_doc: dict[int, Room] = {}
         self._loading: dict[RoomKey, asyncio.Future[Room]] = {}
         self._idle: dict[RoomKey, asyncio.TimerHandle] = {}
-        self._evicting: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._compacting: set[int] = set()
         self._per_user: Counter[UUID] = Counter()
 
     def connections_of(self, user_id: UUID) -> int:
         return self._per_user[user_id]
 
-    async def get(self, key: RoomKey) -> Room:
-        """The loaded room for ``key``; concurrent callers share one load."""
+    # -- rooms ------------------------------------------------------------------------
+
+    async def get(self, key: RoomKey, *, create: bool = True) -> Room:
+        """The loaded room for ``key``; concurrent callers share one load.
+
+        Without ``create``, a document that does not exist raises DocumentNotFound.
+        """
         room = self.rooms.get(key)
         if room is not None:
             return room
         pending = self._loading.get(key)
         if pending is None:
-            pending = asyncio.ensure_future(self._load(key))
+            pending = asyncio.ensure_future(self._load(key, create))
             self._loading[key] = pending
             pending.add_done_callback(lambda _: self._loading.pop(key, None))
-        return await asyncio.shield(pending)
+        try:
+            return await asyncio.shield(pending)
+        except DocumentNotFound:
+            if not create:
+                raise
+            return await self.get(key, create=True)  # a reader's load found nothing
 
-    async def _load(self, key: RoomKey) -> Room:
+    async def _load(self, key: RoomKey, create: bool) -> Room:
         user_id, name = key
-        stored = await self._log.load(user_id, name)
+        stored = await self._log.load(user_id, name, create=create)
+        if stored is None:
+            raise DocumentNotFound(name)
         room = Room(
             key, stored.doc_id, stored.updates, self._writer,
-            max_bytes=self._max_document_bytes, on_broken=self._discard,
+            max_bytes=self._max_document_bytes,
+            on_broken=self._discard, on_grown=self._maybe_compact,
         )
         self.rooms[key] = room
+        self._by_doc[room.doc_id] = room
         self._schedule_idle(room)  # until someone joins
         return room
 
@@ -89,9 +129,7 @@ class RoomRegistry:
         except BaseException:
             self._release_slot(conn.user_id)
             raise
-        handle = self._idle.pop(key, None)
-        if handle is not None:
-            handle.cancel()
+        self._cancel_idle(key)
         room.add(conn)
         return room
 
@@ -101,23 +139,31 @@ class RoomRegistry:
         if not room.connections and self.rooms.get(room.key) is room:
             self._schedule_idle(room)
 
+    def touch(self, room: Room) -> None:
+        """An HTTP request used the room: keep it for another idle period."""
+        if not room.connections and self.rooms.get(room.key) is room:
+            self._schedule_idle(room)
+
     def _release_slot(self, user_id: UUID) -> None:
         self._per_user[user_id] -= 1
         if self._per_user[user_id] <= 0:
             del self._per_user[user_id]
 
+    # -- leaving memory -----------------------------------------------------------------
+
     def _schedule_idle(self, room: Room) -> None:
+        self._cancel_idle(room.key)
         loop = asyncio.get_running_loop()
-        old = self._idle.pop(room.key, None)
-        if old is not None:
-            old.cancel()
         self._idle[room.key] = loop.call_later(self._idle_seconds, self._start_eviction, room)
+
+    def _cancel_idle(self, key: RoomKey) -> None:
+        handle = self._idle.pop(key, None)
+        if handle is not None:
+            handle.cancel()
 
     def _start_eviction(self, room: Room) -> None:
         self._idle.pop(room.key, None)
-        task = asyncio.create_task(self._evict(room))
-        self._evicting.add(task)
-        task.add_done_callback(self._evicting.discard)
+        self._spawn(self._evict(room))
 
     async def _evict(self, room: Room) -> None:
         # Leave only once everything applied in memory is stored: a fresh load
@@ -125,26 +171,78 @@ class RoomRegistry:
         with contextlib.suppress(WriteFailed):  # write_failed() already discarded the room
             await self._writer.wait_committed(room.last_ticket)
         if not room.connections and self.rooms.get(room.key) is room:
-            del self.rooms[room.key]
+            self._discard(room)
             log.debug("room %s/%s left memory", *room.key)
 
     def _discard(self, room: Room) -> None:
         if self.rooms.get(room.key) is room:
             del self.rooms[room.key]
-        handle = self._idle.pop(room.key, None)
-        if handle is not None:
-            handle.cancel()
+        if self._by_doc.get(room.doc_id) is room:
+            del self._by_doc[room.doc_id]
+            self._compacting.discard(room.doc_id)
+        self._cancel_idle(room.key)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- changes from elsewhere -------------------------------------------------------
+
+    def drop_document(self, doc_id: int) -> None:
+        """The document was erased: close its sockets (4404) and forget its room."""
+        room = self._by_doc.get(doc_id)
+        if room is not None:
+            room.close_all(CLOSE_DOCUMENT_DELETED, "document deleted")
+            self._discard(room)
+
+    def handle_doc_event(self, event: DocEvent) -> None:
+        """From the Redis bus: what other instances and commands did to documents."""
+        if event.instance == self.instance:
+            return
+        room = self._by_doc.get(event.doc_id)
+        if room is None:
+            return  # not in memory here: the next load reads it from storage
+        if event.kind == UPDATE:
+            room.apply_stored(event.update)
+        elif event.kind == DELETED:
+            self.drop_document(event.doc_id)
 
     def close_user(self, user_id: UUID, code: int = CLOSE_SESSION_ENDED) -> int:
         """Close every sync connection of ``user_id`` on this instance; return how many."""
         closed = 0
         for room in self.rooms.values():
-            if room.key[0] != user_id:
-                continue
-            for conn in room.connections:
-                conn.close(code, "session ended")
-                closed += 1
+            if room.key[0] == user_id:
+                closed += len(room.connections)
+                room.close_all(code, "session ended")
         return closed
+
+    # -- automatic compaction -----------------------------------------------------------
+
+    def _maybe_compact(self, room: Room) -> None:
+        auto = self._auto
+        if auto is None or room.doc_id in self._compacting:
+            return
+        if room.stored_updates < auto.max_updates and room.stored_bytes < auto.max_bytes:
+            return
+        self._compacting.add(room.doc_id)
+        self._spawn(self._compact(room, auto))
+
+    async def _compact(self, room: Room, auto: AutoCompaction) -> None:
+        try:
+            result = await auto.compact(room.doc_id)
+        except Exception:
+            # Not retried while the room stays in memory: a failure here repeats.
+            log.exception("automatic compaction of %s/%s failed", *room.key)
+            return
+        room.compacted(result.updates_before - result.updates_after,
+                       result.bytes_before - result.bytes_after)
+        self._compacting.discard(room.doc_id)
+        log.info("compacted %s/%s: %d updates, %d bytes -> %d, %d", *room.key,
+                 result.updates_before, result.bytes_before,
+                 result.updates_after, result.bytes_after)
+
+    # -- shutdown -----------------------------------------------------------------------
 
     async def close(self) -> None:
         """Shutdown: close every connection (1001, going away) and forget every room."""
@@ -152,7 +250,6 @@ class RoomRegistry:
             handle.cancel()
         self._idle.clear()
         for room in list(self.rooms.values()):
-            for conn in list(room.connections):
-                conn.close(1001, "server shutting down")
-        if self._evicting:
-            await asyncio.gather(*self._evicting, return_exceptions=True)
+            room.close_all(1001, "server shutting down")
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -50,15 +50,18 @@ class Room:
         *,
         max_bytes: int,
         on_broken: Callable[[Room], None],
+        on_grown: Callable[[Room], None] | None = None,
     ) -> None:
         self.key = key
         self.doc_id = doc_id
         self.connections: set[Connection] = set()
         self.last_ticket = 0  # writer ticket of the newest update applied here
         self.stored_bytes = sum(len(u) for u in updates)
+        self.stored_updates = len(updates)
         self._writer = writer
         self._max_bytes = max_bytes
         self._on_broken = on_broken
+        self._on_grown = on_grown
         self.doc = Doc()
         for update in updates:  # faster than merging them first (see docs/sync.md)
             self.doc.apply_update(update)
@@ -91,12 +94,36 @@ class Room:
         if diff is None or diff == b"\x00\x00":
             return None
         self.stored_bytes += len(diff)
+        self.stored_updates += 1
         self.last_ticket = self._writer.submit(self, diff, origin)
         return self.last_ticket
 
     def committed(self, update: bytes, origin: Any, seq: int) -> None:
         """Called by the writer once ``update`` is stored: now the others may see it."""
-        message = create_update_message(update)
+        self._broadcast(create_update_message(update), origin)
+        if self._on_grown is not None:
+            self._on_grown(self)
+
+    def apply_stored(self, update: bytes) -> None:
+        """An update another instance (or a command) already stored: apply and fan out."""
+        self._diff = None
+        try:
+            self.doc.apply_update(update)
+        except Exception:
+            log.exception("a stored update from the bus does not apply; reloading the room")
+            self.write_failed()
+            return
+        diff, self._diff = self._diff, None
+        self.stored_bytes += len(update)
+        self.stored_updates += 1
+        if diff is not None and diff != b"\x00\x00":
+            self._broadcast(create_update_message(diff), None)
+
+    def compacted(self, removed_updates: int, removed_bytes: int) -> None:
+        self.stored_updates -= removed_updates
+        self.stored_bytes -= removed_bytes
+
+    def _broadcast(self, message: bytes, origin: Any) -> None:
         for conn in self.connections:
             if conn is not origin:
                 conn.send(message)
@@ -106,9 +133,12 @@ class Room:
 
         Clients reconnect, resend what they have, and nothing they hold is lost.
         """
-        for conn in self.connections:
-            conn.close(1011, "storage unavailable")
+        self.close_all(1011, "storage unavailable")
         self._on_broken(self)
+
+    def close_all(self, code: int, reason: str) -> None:
+        for conn in self.connections:
+            conn.close(code, reason)
 
     def sync_step1(self) -> bytes:
         return create_sync_message(self.doc)
@@ -136,9 +166,7 @@ class Room:
             self.awareness.apply_awareness_update(payload, conn)
         except Exception as exc:
             raise InvalidUpdate(f"bad awareness update: {exc}") from exc
-        for peer in self.connections:
-            if peer is not conn:
-                peer.send(message)
+        self._broadcast(message, conn)
 
     def awareness_message(self) -> bytes | None:
         """Every known awareness state, for a new or asking connection."""
@@ -160,6 +188,5 @@ class Room:
         if not gone:
             return
         self.awareness.remove_awareness_states(gone, None)
-        message = create_awareness_message(self.awareness.encode_awareness_update(gone))
-        for peer in self.connections:
-            peer.send(message)
+        removal = self.awareness.encode_awareness_update(gone)
+        self._broadcast(create_awareness_message(removal), None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -33,8 +34,15 @@ class CommitTarget(Protocol):
 
 
 class GroupCommitWriter:
-    def __init__(self, log_store: UpdateLog, *, max_batch: int = 2048) -> None:
+    def __init__(
+        self,
+        log_store: UpdateLog,
+        *,
+        max_batch: int = 2048,
+        publish: Callable[[list[tuple[int, bytes]]], Awaitable[None]] | None = None,
+    ) -> None:
         self._log = log_store
+        self._publish = publish
         self._max_batch = max_batch
         self._queue: deque[tuple[CommitTarget, bytes, Any]] = deque()
         self._submitted = 0  # ticket of the newest submitted update
@@ -98,10 +106,18 @@ class GroupCommitWriter:
             self._wake_waiters(WriteFailed())
             return
         self._committed = last_ticket
+        stored = []
         for (target, update, origin), seq in zip(batch, seqs, strict=True):
             if seq is not None:  # None: its document was deleted meanwhile
                 target.committed(update, origin, seq)
+                stored.append((target.doc_id, update))
         self._wake_waiters(None)
+        if self._publish is not None and stored:
+            try:
+                await self._publish(stored)  # to the other instances, after local fan-out
+            except Exception:
+                log.exception("publishing %d stored updates to other instances failed",
+                              len(stored))
 
     def _wake_waiters(self, error: Exception | None) -> None:
         ready = [w for w in self._waiters if w[0] <= self._committed]

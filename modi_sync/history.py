@@ -1,0 +1,107 @@
+"""Document history: compaction (merge stored updates) and restore (undo to a date).
+
+Compaction merges the stored Yjs updates into one, through a garbage-collecting Doc:
+the client ids and clocks of every item are kept (clients that synced before the
+compaction still converge), while the content of deleted items is dropped, so it is
+gone from storage. It never rebuilds a document from JSON.
+
+Restore computes the edits that take today's document back to its content at a past
+date, made as new operations on top of today's history, so every client converges to
+it, online or offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from pycrdt import Array, Decoder, Doc, Map, Text
+
+from storage.update_log import Compaction, UpdateLog
+
+# Contract section 5: the roots the server reads (and restores).
+MAGNI_ROOTS = ("workouts", "weights", "food_logs", "favorites")
+
+
+class CompactionRefused(Exception):
+    """Merging would lose content (an update whose dependencies were never stored)."""
+
+
+def _doc_from(updates: list[bytes]) -> Doc:
+    doc = Doc()
+    for update in updates:
+        doc.apply_update(update)
+    return doc
+
+
+def _state_vector(state: bytes) -> dict[int, int]:
+    decoder = Decoder(state)
+    return {decoder.read_var_uint(): decoder.read_var_uint()
+            for _ in range(decoder.read_var_uint())}
+
+
+def merge(updates: list[bytes]) -> bytes:
+    """One garbage-collected update equivalent to ``updates`` (CPU-bound: run in a thread)."""
+    from pycrdt import get_state
+
+    doc = _doc_from(updates)
+    merged_state = _state_vector(doc.get_state())
+    for update in updates:
+        for client, clock in _state_vector(get_state(update)).items():
+            if merged_state.get(client, 0) < clock:
+                # The Doc holds this update as pending, and get_update() would drop it.
+                raise CompactionRefused(f"client {client} has content the log cannot place")
+    return doc.get_update()
+
+
+async def compact_document(
+    log: UpdateLog, doc_id: int, *, snapshot_every: timedelta | None, dry_run: bool = False
+) -> Compaction:
+    async def merge_in_thread(updates: list[bytes]) -> bytes:
+        return await asyncio.to_thread(merge, updates)
+
+    return await log.compact(doc_id, merge_in_thread, snapshot_every=snapshot_every,
+                             dry_run=dry_run)
+
+
+def restore_update(current: list[bytes], past: list[bytes]) -> bytes | None:
+    """The update that brings the §5 roots of ``current`` back to their content in ``past``.
+
+    None when they already match.
+    """
+    now, then = _doc_from(current), _doc_from(past)
+    captured: list[bytes] = []
+    subscription = now.observe(lambda event: captured.append(event.update))
+    with now.transaction():
+        for name in MAGNI_ROOTS:
+            _restore_map(now.get(name, type=Map), then.get(name, type=Map))
+    now.unobserve(subscription)
+    return captured[0] if captured else None
+
+
+def _restore_map(target: Map, wanted: Map) -> None:
+    for key in [k for k in target if k not in wanted]:
+        del target[key]
+    for key, value in wanted.items():
+        current = target.get(key)
+        if isinstance(value, Map):
+            if not isinstance(current, Map):
+                target[key] = Map()
+                current = target[key]
+            _restore_map(current, value)
+        elif isinstance(value, Text | Array):
+            if current is None or type(current) is not type(value) or \
+                    current.to_py() != value.to_py():
+                target[key] = type(value)(value.to_py())
+        elif not _same(current, value):
+            target[key] = value
+
+
+def _same(current: Any, value: Any) -> bool:
+    if isinstance(current, Map | Text | Array):
+        return False
+    return type(current) is type(value) and current == value or (
+        isinstance(current, int | float) and isinstance(value, int | float)
+        and not isinstance(current, bool) and not isinstance(value, bool) and current == value
+    )

@@ -1,0 +1,65 @@
+"""A long-lived Redis subscription that hands each message to a callback.
+
+Two channels use it: the end of a user's sessions (close their sockets with 4401) and
+document changes made by other instances or commands (apply and fan out).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+
+class RedisListener:
+    def __init__(
+        self,
+        redis: Redis,
+        subscribe: Callable[[Redis], Awaitable[PubSub]],
+        read: Callable[[PubSub], AsyncIterator[Any]],
+        handle: Callable[[Any], None],
+        name: str,
+    ) -> None:
+        self._redis = redis
+        self._subscribe = subscribe
+        self._read = read
+        self._handle = handle
+        self._name = name
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Subscribed on return: nothing published afterwards is missed."""
+        pubsub = await self._subscribe(self._redis)
+        self._task = asyncio.create_task(self._run(pubsub), name=self._name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self, pubsub: PubSub) -> None:
+        try:
+            while True:
+                try:
+                    async for item in self._read(pubsub):
+                        try:
+                            self._handle(item)
+                        except Exception:
+                            log.exception("%s: handling a message failed", self._name)
+                except (RedisError, OSError) as exc:
+                    log.warning("%s: subscription lost (%s); resubscribing", self._name, exc)
+                    await asyncio.sleep(1.0)
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.aclose()
+                        pubsub = await self._subscribe(self._redis)
+        finally:
+            await pubsub.aclose()
