@@ -26,7 +26,7 @@ from storage.session_events import ended_user_ids, subscribe_sessions_ended
 from storage.update_log import Compaction, UpdateLog
 from storage.users import UserStore
 
-from .api import auth, health, openapi
+from .api import auth, docs, health, openapi
 from .api.middleware import add_standard_headers, cors_middleware, error_middleware
 from .config import Settings
 from .history import compact_document
@@ -172,6 +172,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(add_standard_headers)
     app.add_routes(health.routes)
     app.add_routes(auth.routes)
+    app.add_routes(docs.routes)
     app.add_routes(openapi.routes)
     app.router.add_get("/sync/{name:" + DOC_NAME + "}", sync_endpoint)
     return app

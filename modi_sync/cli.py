@@ -8,9 +8,12 @@ import getpass
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 
 from aiohttp import web
 
+from . import admin
+from .admin import NOT_FOUND, USAGE, UsageError, parse_doc_ref, parse_timestamp
 from .app import create_app, open_storage
 from .config import ConfigError, Settings, load_settings
 from .logs import configure_logging
@@ -29,6 +32,27 @@ def _parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help="apply database migrations")
     migrate.add_argument("--data-dir", help="data dir of the embedded services")
+
+    compact = commands.add_parser("compact", help="compact document history")
+    which = compact.add_mutually_exclusive_group(required=True)
+    which.add_argument("--doc", metavar="USER_ID/NAME", help="one document")
+    which.add_argument("--all", action="store_true", help="every document")
+    compact.add_argument("--min-updates", type=int, default=2, metavar="N",
+                         help="only documents with at least N stored updates (default 2)")
+    compact.add_argument("--dry-run", action="store_true",
+                         help="report what compaction would do; change nothing")
+    compact.add_argument("--data-dir", help="data dir of the embedded services")
+
+    history = commands.add_parser("history", help="list a document's snapshots")
+    history.add_argument("doc", metavar="USER_ID/NAME")
+    history.add_argument("--data-dir", help="data dir of the embedded services")
+
+    restore = commands.add_parser(
+        "restore", help="bring a document back to its content at a time, as a new update")
+    restore.add_argument("doc", metavar="USER_ID/NAME")
+    restore.add_argument("--at", required=True, metavar="TIMESTAMP",
+                         help="ISO 8601, e.g. 2026-11-20T08:00:00Z (no zone: UTC)")
+    restore.add_argument("--data-dir", help="data dir of the embedded services")
 
     user = commands.add_parser("user", help="manage accounts")
     user_commands = user.add_subparsers(dest="user_command", required=True)
@@ -56,6 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(settings)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
+    if args.command in ("compact", "history", "restore"):
+        try:
+            return asyncio.run(_history_command(settings, args))
+        except UsageError as exc:
+            print(f"modi-sync: {exc}", file=sys.stderr)
+            return USAGE
     if args.command == "user" and args.user_command == "create":
         return _create_user(settings, args.email, admin=args.admin)
     return 2  # argparse rejects unknown commands before this
@@ -89,6 +119,48 @@ async def _migrate(settings: Settings) -> int:
         applied = await migrate(pool)
     log.info("database schema is current (%s)", ", ".join(applied) or "nothing new to apply")
     return 0
+
+
+async def _history_command(settings: Settings, args: argparse.Namespace) -> int:
+    from storage.database import migrate
+    from storage.update_log import UpdateLog
+
+    doc_ref = getattr(args, "doc", None)
+    target = parse_doc_ref(doc_ref) if doc_ref else None
+    at = parse_timestamp(args.at) if args.command == "restore" else None
+    if args.command == "compact" and args.min_updates < 1:
+        raise UsageError("--min-updates must be at least 1")
+    async with open_storage(settings) as (pool, redis):
+        await migrate(pool)
+        log = UpdateLog(pool)
+        if args.command == "history":
+            code = await admin.history(log, *target)
+        elif args.command == "restore":
+            code = await admin.restore(log, redis, *target, at)
+        else:
+            code = await _compact(settings, log, target, args)
+    if code == NOT_FOUND:
+        print(f"modi-sync: no document {doc_ref}", file=sys.stderr)
+    return code
+
+
+async def _compact(settings: Settings, log, target, args: argparse.Namespace) -> int:  # noqa: ANN001
+    if target is None:
+        targets = await log.documents_with(args.min_updates)
+    else:
+        info = await log.info(*target)
+        if info is None:
+            return NOT_FOUND
+        targets = [info] if info.updates >= args.min_updates else []
+    # An operator's compaction always keeps a snapshot (when snapshots are on at all),
+    # and purges the ones past their retention.
+    keep = settings.snapshot_every is not None
+    return await admin.compact(
+        log, targets,
+        snapshot_every=timedelta(0) if keep else None,
+        retention=timedelta(days=settings.snapshot_retention_days) if keep else None,
+        dry_run=args.dry_run,
+    )
 
 
 def _read_password() -> str:

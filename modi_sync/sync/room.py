@@ -143,13 +143,18 @@ class Room:
     def sync_step1(self) -> bytes:
         return create_sync_message(self.doc)
 
-    def sync_step2(self, state_vector: bytes) -> tuple[bytes, int]:
-        """The reply to a client's step 1 and the ticket that must be stored before it."""
+    def update_since(self, state_vector: bytes) -> tuple[bytes, int]:
+        """What a peer at ``state_vector`` lacks, and the ticket to be stored before it goes."""
         try:
             update = self.doc.get_update(state_vector)
         except Exception as exc:
             raise InvalidUpdate(f"bad state vector: {exc}") from exc
-        return sync_step2_message(update), self.last_ticket
+        return update, self.last_ticket
+
+    def sync_step2(self, state_vector: bytes) -> tuple[bytes, int]:
+        """The reply to a client's step 1 and the ticket that must be stored before it."""
+        update, ticket = self.update_since(state_vector)
+        return sync_step2_message(update), ticket
 
     # -- awareness --------------------------------------------------------------------
 

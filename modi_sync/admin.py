@@ -1,0 +1,156 @@
+"""Operator commands on document history: compact, history, restore.
+
+Each returns an exit code a script can rely on:
+
+| code | meaning |
+|---|---|
+| 0 | done (including "nothing to do") |
+| 1 | at least one document failed; the others were done |
+| 2 | bad arguments or settings |
+| 3 | the named document does not exist |
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TextIO
+from uuid import UUID
+
+from storage.doc_events import NO_INSTANCE, publish_updates
+from storage.update_log import DocumentInfo, UpdateLog
+
+from .history import compact_document, restore_update
+from .sync.handler import DOC_NAME
+
+OK, FAILED, USAGE, NOT_FOUND = 0, 1, 2, 3
+
+
+class UsageError(ValueError):
+    """The arguments cannot be used; the message says why."""
+
+
+def parse_doc_ref(ref: str) -> tuple[UUID, str]:
+    """``USER_ID/NAME`` -> (user id, name)."""
+    user, _, name = ref.partition("/")
+    try:
+        user_id = UUID(user)
+    except ValueError:
+        raise UsageError(f"{ref!r} is not USER_ID/NAME") from None
+    if not re.fullmatch(DOC_NAME, name):
+        raise UsageError(f"{name!r} is not a document name")
+    return user_id, name
+
+
+def parse_timestamp(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{text!r} is not an ISO 8601 timestamp") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@dataclass
+class Totals:
+    documents: int = 0
+    failed: int = 0
+    updates_before: int = 0
+    updates_after: int = 0
+    bytes_before: int = 0
+    bytes_after: int = 0
+
+
+class Progress:
+    """A one-line bar on a terminal; nothing when output goes to a file or a pipe."""
+
+    def __init__(self, total: int, out: TextIO) -> None:
+        self.total, self.out, self.done = total, out, 0
+        self.enabled = out.isatty() and total > 0
+
+    def step(self) -> None:
+        self.done += 1
+        if self.enabled:
+            filled = 30 * self.done // self.total
+            bar = "#" * filled + "-" * (30 - filled)
+            self.out.write(f"\r[{bar}] {self.done}/{self.total}")
+            if self.done == self.total:
+                self.out.write("\n")
+            self.out.flush()
+
+
+async def compact(
+    log: UpdateLog,
+    targets: list[DocumentInfo],
+    *,
+    snapshot_every: timedelta | None,
+    retention: timedelta | None,
+    dry_run: bool,
+    out: TextIO = sys.stdout,
+    err: TextIO = sys.stderr,
+) -> int:
+    started = time.monotonic()
+    totals = Totals()
+    progress = Progress(len(targets), err)
+    for info in targets:
+        try:
+            result = await compact_document(log, info.doc_id, snapshot_every=snapshot_every,
+                                            dry_run=dry_run)
+        except Exception as exc:  # reported, counted, and the next document goes on
+            totals.failed += 1
+            err.write(f"\n{info.user_id}/{info.name}: not compacted: {exc}\n")
+        else:
+            totals.documents += 1
+            totals.updates_before += result.updates_before
+            totals.updates_after += result.updates_after
+            totals.bytes_before += result.bytes_before
+            totals.bytes_after += result.bytes_after
+        progress.step()
+    purged = 0
+    if retention is not None and not dry_run:
+        purged = await log.purge_snapshots(datetime.now(UTC) - retention)
+    elapsed = time.monotonic() - started
+    verb = "would compact" if dry_run else "compacted"
+    out.write(
+        f"{verb} {totals.documents} documents: {totals.updates_before} -> "
+        f"{totals.updates_after} updates, {totals.bytes_before} -> {totals.bytes_after} bytes, "
+        f"in {elapsed:.2f} s; {totals.failed} failed; {purged} old snapshots purged\n"
+    )
+    return FAILED if totals.failed else OK
+
+
+async def history(log: UpdateLog, user_id: UUID, name: str, out: TextIO = sys.stdout) -> int:
+    info = await log.info(user_id, name)
+    if info is None:
+        return NOT_FOUND
+    out.write(f"{user_id}/{name}: {info.updates} stored updates, {info.size_bytes} bytes, "
+              f"last change {info.updated_at.isoformat()}\n")
+    snapshots = await log.snapshots(info.doc_id)
+    if not snapshots:
+        out.write("no snapshots (they are kept by compaction)\n")
+    for snap in snapshots:
+        out.write(f"{snap.taken_at.isoformat()}  {snap.size_bytes:>10} bytes  "
+                  f"up to update {snap.cut_seq}\n")
+    return OK
+
+
+async def restore(
+    log: UpdateLog, redis, user_id: UUID, name: str, at: datetime,  # noqa: ANN001 - Redis
+    out: TextIO = sys.stdout,
+) -> int:
+    stored = await log.load(user_id, name, create=False)
+    if stored is None:
+        return NOT_FOUND
+    past = await log.updates_as_of(stored.doc_id, at)
+    update = restore_update(stored.updates, past)
+    if update is None:
+        out.write(f"{user_id}/{name} already holds its content of {at.isoformat()}\n")
+        return OK
+    await log.append_many([stored.doc_id], [update])
+    # Servers holding the document in memory apply it and send it to their clients.
+    await publish_updates(redis, NO_INSTANCE, [(stored.doc_id, update)])
+    out.write(f"restored {user_id}/{name} to {at.isoformat()} with one update "
+              f"of {len(update)} bytes\n")
+    return OK

@@ -1,0 +1,155 @@
+"""Documents over HTTP (contract §4): list, JSON, updates in and out, deletion."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+
+from pycrdt import Doc, Map
+
+from .conftest import register, ws_url
+from .yclient import YClient, eventually
+
+
+def _auth(pair: dict) -> dict[str, str]:
+    return {"Authorization": f"Bearer {pair['access_token']}"}
+
+
+def _workout_update(doc: Doc, key: str, name: str) -> bytes:
+    captured: list[bytes] = []
+    sub = doc.observe(lambda e: captured.append(e.update))
+    doc.get("workouts", type=Map)[key] = Map({"name": name, "sets": 3, "reps": 8})
+    doc.unobserve(sub)
+    return captured[0]
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+async def _post(client, pair: dict, name: str, body: bytes, ctype="application/octet-stream"):  # noqa: ANN001, ANN201
+    return await client.post(f"/api/v1/docs/{name}/update", data=body,
+                             headers={**_auth(pair), "Content-Type": ctype})
+
+
+async def test_posted_update_is_stored_and_fanned_out_like_a_websocket_one(client, db):
+    pair = await register(client)
+    listener = await YClient(client.session, ws_url(client, "log", pair["access_token"])).connect()
+    await listener.wait_synced()
+
+    update = _workout_update(Doc(), "w1", "deadlift")
+    resp = await _post(client, pair, "log", update)
+    assert resp.status == 200
+    state_vector = base64.urlsafe_b64decode((await resp.json())["data"]["state_vector"] + "==")
+    assert state_vector != b"\x00"
+
+    await eventually(lambda: "w1" in listener.workouts())
+    assert listener.workouts()["w1"]["name"] == "deadlift"
+    rows = await db.fetchval(
+        "SELECT count(*) FROM doc_updates u JOIN documents d ON d.id = u.doc_id"
+        " WHERE d.user_id = $1 AND d.name = 'log'", uuid.UUID(pair["user"]["id"]))
+    assert rows == 1
+    await listener.disconnect()
+
+
+async def test_json_view_lists_the_schema_roots_only(client):
+    pair = await register(client)
+    doc = Doc()
+    await _post(client, pair, "plan", _workout_update(doc, "w1", "squat"))
+    captured: list[bytes] = []
+    sub = doc.observe(lambda e: captured.append(e.update))
+    doc.get("scratch", type=Map)["x"] = 1  # a root the server does not read
+    doc.unobserve(sub)
+    await _post(client, pair, "plan", captured[0])
+
+    resp = await client.get("/api/v1/docs/plan", headers=_auth(pair))
+    assert resp.status == 200
+    data = (await resp.json())["data"]
+    assert set(data) == {"workouts", "weights", "food_logs", "favorites"}
+    assert data["workouts"]["w1"]["name"] == "squat"
+
+
+async def test_update_route_returns_what_the_caller_lacks(client):
+    pair = await register(client)
+    doc = Doc()
+    await _post(client, pair, "d", _workout_update(doc, "a", "one"))
+    known = doc.get_state()
+    await _post(client, pair, "d", _workout_update(doc, "b", "two"))
+
+    everything = await client.get("/api/v1/docs/d/update", headers=_auth(pair))
+    assert everything.content_type == "application/octet-stream"
+    fresh = Doc()
+    fresh.apply_update(await everything.read())
+    assert set(fresh.get("workouts", type=Map).keys()) == {"a", "b"}
+
+    missing = await client.get(f"/api/v1/docs/d/update?state_vector={_b64(known)}",
+                               headers=_auth(pair))
+    partial = Doc()
+    partial.apply_update(await missing.read())
+    assert len(await missing.read()) < len(await everything.read())
+    assert "b" in partial.get("workouts", type=Map)
+
+
+async def test_list_shows_name_size_updates_and_time(client):
+    pair = await register(client)
+    await _post(client, pair, "one", _workout_update(Doc(), "a", "x"))
+    await _post(client, pair, "two", _workout_update(Doc(), "a", "y"))
+    resp = await client.get("/api/v1/docs?limit=1&page=2", headers=_auth(pair))
+    body = await resp.json()
+    assert body["pagination"] == {"page": 2, "limit": 1, "total": 2, "total_pages": 2}
+    (entry,) = body["data"]
+    assert entry["name"] == "two" and entry["updates"] == 1 and entry["size_bytes"] > 0
+    assert entry["updated_at"]
+
+
+async def test_bad_requests_store_nothing(make_client, db):
+    client = await make_client(max_frame_bytes=1024)
+    pair = await register(client)
+    assert (await _post(client, pair, "d", b"\x01\x02garbage")).status == 400
+    assert (await _post(client, pair, "d", b"{}", "application/json")).status == 415
+    too_big = await _post(client, pair, "d", b"\x00" * 2048)
+    assert too_big.status == 413
+    assert (await too_big.json())["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    assert (await _post(client, pair, "ok", _workout_update(Doc(), "a", "x"))).status == 200
+    for state_vector in ("!!!", _b64(b"\xff\xff\xff")):
+        bad = await client.get(f"/api/v1/docs/ok/update?state_vector={state_vector}",
+                               headers=_auth(pair))
+        assert bad.status == 400, state_vector
+        assert (await bad.json())["error"]["details"]["field"] == "state_vector"
+    stored = await db.fetchval(
+        "SELECT count(*) FROM doc_updates u JOIN documents d ON d.id = u.doc_id"
+        " WHERE d.user_id = $1 AND d.name = 'd'", uuid.UUID(pair["user"]["id"]))
+    assert stored == 0
+
+
+async def test_another_users_document_is_out_of_reach(client):
+    owner, other = await register(client), await register(client)
+    await _post(client, owner, "private", _workout_update(Doc(), "a", "secret plan"))
+    resp = await client.get("/api/v1/docs/private", headers=_auth(other))
+    assert resp.status == 404
+    raw = await client.get("/api/v1/docs/private/update", headers=_auth(other))
+    assert raw.status == 404
+    assert (await client.delete("/api/v1/docs/private", headers=_auth(other))).status == 404
+    assert (await client.get("/api/v1/docs/private", headers=_auth(owner))).status == 200
+
+
+async def test_delete_erases_history_and_closes_sockets(client, db):
+    pair = await register(client)
+    await _post(client, pair, "gone", _workout_update(Doc(), "a", "x"))
+    conn = await YClient(client.session, ws_url(client, "gone", pair["access_token"])).connect()
+    await conn.wait_synced()
+    resp = await client.delete("/api/v1/docs/gone", headers=_auth(pair))
+    assert resp.status == 204
+    assert await conn.wait_closed(timeout=2) == 4404
+    assert await db.fetchval(
+        "SELECT count(*) FROM documents WHERE user_id = $1 AND name = 'gone'",
+        uuid.UUID(pair["user"]["id"])) == 0
+    assert (await client.get("/api/v1/docs/gone", headers=_auth(pair))).status == 404
+
+
+async def test_routes_need_a_token(client):
+    for method, path in (("GET", "/api/v1/docs"), ("GET", "/api/v1/docs/a"),
+                         ("GET", "/api/v1/docs/a/update"), ("POST", "/api/v1/docs/a/update"),
+                         ("DELETE", "/api/v1/docs/a")):
+        resp = await client.request(method, path)
+        assert resp.status == 401, (method, path)
