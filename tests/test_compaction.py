@@ -1,0 +1,191 @@
+"""Compaction, automatic compaction, history and restore, against the real update log."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+from pycrdt import Doc, Map, Text
+
+from modi_sync.history import compact_document
+from modi_sync.keys import REGISTRY
+from storage.update_log import UpdateLog
+
+from .conftest import JWT_SECRET, register, ws_url
+from .yclient import YClient, eventually
+
+
+async def _rows(db, user_id: uuid.UUID, name: str) -> list[bytes]:  # noqa: ANN001
+    return [r[0] for r in await db.fetch(
+        "SELECT u.data FROM doc_updates u JOIN documents d ON d.id = u.doc_id"
+        " WHERE d.user_id = $1 AND d.name = $2 ORDER BY u.seq", user_id, name)]
+
+
+def _doc_of(updates: list[bytes]) -> Doc:
+    doc = Doc()
+    for update in updates:
+        doc.apply_update(update)
+    return doc
+
+
+async def _cli(services, *args: str) -> tuple[int, str, str]:  # noqa: ANN001
+    env = dict(os.environ, DATABASE_URL=services.database_url, REDIS_URL=services.redis_url,
+               JWT_SECRET=JWT_SECRET)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "modi_sync.cli", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def _client_with_edits(client, name: str, count: int):  # noqa: ANN001, ANN202
+    pair = await register(client)
+    user_id = uuid.UUID(pair["user"]["id"])
+    conn = await YClient(client.session, ws_url(client, name, pair["access_token"])).connect()
+    await conn.wait_synced()
+    for i in range(count):
+        conn.workouts()[f"w{i}"] = Map({"name": f"lift {i}", "sets": 3})
+    return pair, user_id, conn
+
+
+async def test_deleted_content_leaves_no_byte_in_the_log(client, db, services):
+    pair, user_id, conn = await _client_with_edits(client, "diary", 3)
+    notes = conn.doc.get("food_logs", type=Map)
+    notes["secret"] = Map({"food_id": "EMBARRASSING-SNACK-42", "quantity_g": 300})
+    text = conn.doc.get("journal", type=Text)
+    text += "keep this. PRIVATE-THOUGHT-99 gone."
+    await eventually(lambda: _has(db, user_id, "diary", b"PRIVATE-THOUGHT-99"))
+    del notes["secret"]
+    del text[11:31]
+    await eventually(lambda: _count(db, user_id, "diary", 7))
+    assert await _has(db, user_id, "diary", b"EMBARRASSING-SNACK-42")
+
+    code, out, err = await _cli(services, "compact", "--doc", f"{user_id}/diary")
+    assert code == 0, err
+    assert "compacted 1 documents: 7 -> 1 updates" in out
+
+    raw = b"".join(await _rows(db, user_id, "diary"))
+    assert b"EMBARRASSING-SNACK-42" not in raw and b"PRIVATE-THOUGHT-99" not in raw
+    restored = _doc_of(await _rows(db, user_id, "diary"))
+    assert restored.get("workouts", type=Map).to_py() == conn.workouts().to_py()
+    assert str(restored.get("journal", type=Text)) == str(text)
+    await conn.disconnect()
+
+
+async def _has(db, user_id, name, needle: bytes) -> bool:  # noqa: ANN001
+    return any(needle in row for row in await _rows(db, user_id, name))
+
+
+async def _count(db, user_id, name, n: int) -> bool:  # noqa: ANN001
+    return len(await _rows(db, user_id, name)) == n
+
+
+async def test_compaction_under_a_concurrent_writer_loses_nothing(client, db, services):
+    pair, user_id, conn = await _client_with_edits(client, "busy", 50)
+    await eventually(lambda: _count(db, user_id, "busy", 50))
+    pool = await asyncpg.create_pool(services.database_url, min_size=1, max_size=2)
+    log = UpdateLog(pool)
+    doc_id = await db.fetchval("SELECT id FROM documents WHERE user_id = $1", user_id)
+
+    async def writer() -> None:
+        for i in range(50, 150):
+            conn.workouts()[f"w{i}"] = Map({"name": f"lift {i}", "sets": 3})
+            await asyncio.sleep(0)  # let the compaction interleave with the edits
+
+    async def compactor() -> None:
+        for _ in range(5):
+            await compact_document(log, doc_id, snapshot_every=None)
+
+    try:
+        await asyncio.gather(writer(), compactor())
+        expected = {f"w{i}" for i in range(150)}
+
+        async def all_stored() -> bool:
+            return await _stored_keys(db, user_id) == expected
+
+        await eventually(all_stored)
+        await compact_document(log, doc_id, snapshot_every=None)
+    finally:
+        await pool.close()
+    assert len(await _rows(db, user_id, "busy")) == 1
+    assert await _stored_keys(db, user_id) == {f"w{i}" for i in range(150)}
+    await conn.disconnect()
+
+
+async def _stored_keys(db, user_id) -> set[str]:  # noqa: ANN001
+    doc = _doc_of(await _rows(db, user_id, "busy"))
+    return set(doc.get("workouts", type=Map).keys())
+
+
+async def test_automatic_compaction_keeps_the_room_serving(make_client, db):
+    client = await make_client(auto_compact_updates=20)
+    pair, user_id, conn = await _client_with_edits(client, "auto", 60)
+    await eventually(lambda: _rows_below(db, user_id, "auto", 20))
+    other = await YClient(client.session, ws_url(client, "auto", pair["access_token"])).connect()
+    await other.wait_synced()
+    assert set(other.workouts().keys()) == {f"w{i}" for i in range(60)}
+    room = client.server.app[REGISTRY].rooms[(user_id, "auto")]
+    assert room.stored_updates < 20
+    await conn.disconnect()
+    await other.disconnect()
+
+
+async def _rows_below(db, user_id, name, n: int) -> bool:  # noqa: ANN001
+    rows = await _rows(db, user_id, name)
+    keys = set(_doc_of(rows).get("workouts", type=Map).keys())
+    return len(rows) < n and keys == {f"w{i}" for i in range(60)}
+
+
+async def test_compact_all_dry_run_min_updates_and_exit_codes(client, db, services):
+    _, user_id, conn = await _client_with_edits(client, "many", 5)
+    await eventually(lambda: _count(db, user_id, "many", 5))
+    code, out, _ = await _cli(services, "compact", "--all", "--min-updates", "5", "--dry-run")
+    assert code == 0 and out.startswith("would compact")
+    assert await _count(db, user_id, "many", 5)  # a dry run changes nothing
+    code, out, _ = await _cli(services, "compact", "--doc", f"{user_id}/many",
+                              "--min-updates", "6")
+    assert code == 0 and "compacted 0 documents" in out
+    code, _, err = await _cli(services, "compact", "--doc", f"{uuid.uuid4()}/nothing")
+    assert code == 3 and "no document" in err
+    code, _, _ = await _cli(services, "compact", "--doc", "not-a-ref")
+    assert code == 2
+    code, _, _ = await _cli(services, "compact")  # --doc or --all is required
+    assert code == 2
+    await conn.disconnect()
+
+
+async def test_history_and_restore_bring_back_a_past_state(client, db, services):
+    pair, user_id, conn = await _client_with_edits(client, "plan", 3)
+    await eventually(lambda: _count(db, user_id, "plan", 3))
+    code, _, err = await _cli(services, "compact", "--doc", f"{user_id}/plan")
+    assert code == 0, err
+    before = datetime.now(UTC)
+    await eventually(lambda: datetime.now(UTC) > before + timedelta(milliseconds=20))
+    good = conn.workouts().to_py()
+
+    # A bad sync: everything deleted, something odd added.
+    for key in list(conn.workouts().keys()):
+        del conn.workouts()[key]
+    conn.workouts()["junk"] = Map({"name": "???"})
+    await eventually(lambda: _count(db, user_id, "plan", 5))
+    offline = await YClient(client.session, ws_url(client, "plan", pair["access_token"])).connect()
+    await offline.wait_synced()
+    await offline.disconnect()
+
+    code, out, _ = await _cli(services, "history", f"{user_id}/plan")
+    assert code == 0 and "up to update" in out
+    code, out, err = await _cli(services, "restore", f"{user_id}/plan", "--at", before.isoformat())
+    assert code == 0, err
+    assert "restored" in out
+
+    await eventually(lambda: conn.workouts().to_py() == good)  # the connected client
+    await offline.connect()  # the one that was offline during the restore
+    await offline.wait_synced()
+    await eventually(lambda: offline.workouts().to_py() == good)
+    assert _doc_of(await _rows(db, user_id, "plan")).get("workouts", type=Map).to_py() == good
+    await conn.disconnect()
+    await offline.disconnect()
