@@ -58,6 +58,9 @@ def _op(summary: str, ok: str, ok_body: dict[str, Any] | None, *errors: int,
 
 
 _PASSWORD = {"type": "string", "minLength": 8, "maxLength": 256}
+_DOC_NAME = {"name": "name", "in": "path", "required": True,
+             "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}}
+_ENTRIES = {"type": "object", "additionalProperties": {"type": "object"}}
 _EMAIL = {"type": "string", "format": "email", "maxLength": 320}
 
 SPEC: dict[str, Any] = {
@@ -83,6 +86,38 @@ SPEC: dict[str, Any] = {
             body="PasswordChange", auth=True)},
         "/api/v1/auth/account": {"delete": _op(
             "erase the account and all its data", "204", None, body="Password", auth=True)},
+        "/api/v1/docs": {"get": {
+            **_op("the caller's documents", "200", _ref("DocumentList"), 400, auth=True),
+            "parameters": [
+                {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                {"name": "limit", "in": "query",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+            ],
+        }},
+        "/api/v1/docs/{name}": {
+            "parameters": [_DOC_NAME],
+            "get": _op("the document's §5 roots as JSON", "200", _data(_ref("Document")),
+                       404, auth=True),
+            "delete": _op("erase the document and its whole history", "204", None, 404,
+                          auth=True),
+        },
+        "/api/v1/docs/{name}/update": {
+            "parameters": [_DOC_NAME],
+            "get": {
+                **_op("the Yjs v1 update the caller lacks", "200", None, 400, 404, auth=True),
+                "parameters": [{"name": "state_vector", "in": "query",
+                                "schema": {"type": "string"}}],
+            },
+            "post": {
+                **_op("apply, store and fan out a Yjs v1 update", "200", _data({
+                    "type": "object", "required": ["state_vector"],
+                    "properties": {"state_vector": {"type": "string"}}}),
+                    400, 413, 415, auth=True),
+                "requestBody": {"required": True, "content": {
+                    "application/octet-stream": {"schema": {"type": "string",
+                                                            "format": "binary"}}}},
+            },
+        },
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
@@ -118,6 +153,31 @@ SPEC: dict[str, Any] = {
                     "expires_in": {"type": "integer"},
                 },
             }),
+            "Document": {
+                "type": "object",
+                "required": ["workouts", "weights", "food_logs", "favorites"],
+                "properties": {"workouts": _ENTRIES, "weights": _ENTRIES,
+                               "food_logs": _ENTRIES, "favorites": {"type": "object"}},
+            },
+            "DocumentList": {
+                "type": "object", "required": ["data", "pagination"],
+                "properties": {
+                    "data": {"type": "array", "items": {
+                        "type": "object",
+                        "required": ["name", "size_bytes", "updates", "updated_at"],
+                        "properties": {"name": {"type": "string"},
+                                       "size_bytes": {"type": "integer"},
+                                       "updates": {"type": "integer"},
+                                       "updated_at": {"type": "string", "format": "date-time"}},
+                    }},
+                    "pagination": {
+                        "type": "object",
+                        "required": ["page", "limit", "total", "total_pages"],
+                        "properties": {k: {"type": "integer"}
+                                       for k in ("page", "limit", "total", "total_pages")},
+                    },
+                },
+            },
             "Register": {
                 "type": "object", "required": ["email", "password"],
                 "properties": {"email": _EMAIL, "password": _PASSWORD,
