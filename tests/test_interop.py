@@ -13,6 +13,7 @@ import json
 import queue
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -328,3 +329,41 @@ def test_sigkill_loses_nothing_a_peer_saw(server: ServerProcess, node: NodeDrive
     stored = set(node.dump("fresh")["weights"])
     missing = seen - stored
     assert not missing, f"{len(missing)} of {len(seen)} received updates lost: {sorted(missing)}"
+
+
+def test_a_provider_synced_before_compaction_converges_after_it(
+        server: ServerProcess, node: NodeDriver):
+    """A provider goes offline, the document's history is compacted (deleted entries
+    garbage-collected), both sides edit; on reconnect everything converges."""
+    token = server.register()["access_token"]
+    node.connect(server, "phone", "plan", token)
+    node.connect(server, "web", "plan", token)
+    keep, drop, edit_me = new_id(), new_id(), new_id()
+    node.edit(put("phone", "workouts", keep, workout("squat", 100.0)),
+              put("phone", "workouts", drop, workout("dips", 0.0)),
+              put("web", "workouts", edit_me, workout("row", 50.0)))
+    node.call("converge", ids=["phone", "web"])
+    node.call("disconnect", id="phone")
+    node.edit(delete("web", "workouts", drop),
+              field("web", "workouts", edit_me, "reps", 12))
+    node.call("converge", ids=["web"])
+
+    compacted = subprocess.run(
+        [sys.executable, "-m", "modi_sync.cli", "compact", "--all"], env=server.env,
+        capture_output=True, text=True, timeout=120)
+    assert compacted.returncode == 0, compacted.stderr
+    assert "compacted" in compacted.stdout and "0 failed" in compacted.stdout
+
+    offline = new_id()
+    node.edit(put("phone", "workouts", offline, workout("lunge", 30.0)),
+              field("phone", "workouts", edit_me, "notes", "from the phone"))
+    node.call("reconnect", id="phone")
+    docs = node.call("converge", ids=["phone", "web"])["docs"]
+    assert docs["phone"] == docs["web"]
+    doc = docs["phone"]
+    assert set(doc["workouts"]) == {keep, edit_me, offline}
+    assert doc["workouts"][edit_me]["reps"] == 12
+    assert doc["workouts"][edit_me]["notes"] == "from the phone"
+
+    node.connect(server, "fresh", "plan", token)
+    assert node.dump("fresh") == doc
