@@ -1,0 +1,372 @@
+"""Room: one document in memory, on a real GroupCommitWriter and the real UpdateLog."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from uuid import UUID
+
+import asyncpg
+import pytest
+from pycrdt import (
+    Awareness,
+    Doc,
+    Map,
+    Text,
+    YMessageType,
+    YSyncMessageType,
+    create_update_message,
+)
+
+from modi_sync.sync.connection import Connection
+from modi_sync.sync.protocol import parse_message
+from modi_sync.sync.room import DocumentTooLarge, InvalidUpdate, Room
+from modi_sync.sync.writer import GroupCommitWriter, WriteFailed
+from storage.database import create_pool, migrate
+from storage.update_log import UpdateLog
+from storage.users import UserStore
+
+
+class RecordingConnection(Connection):
+    """A Connection whose socket is a list: what the room sends it, and how it closed it."""
+
+    def __init__(self, user_id: UUID) -> None:
+        super().__init__(
+            SimpleNamespace(transport=None),  # type: ignore[arg-type]
+            SimpleNamespace(closed=False),  # type: ignore[arg-type]
+            user_id, max_queue_bytes=1 << 20,
+        )
+        self.sent: list[bytes] = []
+        self.closed_with: int | None = None
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def close(self, code: int, reason: str = "") -> None:
+        self.closed_with = code
+
+
+@pytest.fixture
+async def pool(services) -> AsyncIterator[asyncpg.Pool]:  # noqa: ANN001
+    pool = await create_pool(services.database_url, max_size=4)
+    await migrate(pool)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+async def writer(pool) -> AsyncIterator[GroupCommitWriter]:  # noqa: ANN001
+    writer = GroupCommitWriter(UpdateLog(pool))
+    await writer.start()
+    try:
+        yield writer
+    finally:
+        await writer.stop()
+
+
+@pytest.fixture
+async def user_id(pool) -> UUID:  # noqa: ANN001
+    user = await UserStore(pool).create(f"room-{uuid.uuid4().hex[:10]}@example.com", "x")
+    return user.id
+
+
+class RoomFactory:
+    def __init__(self, pool: asyncpg.Pool, writer: GroupCommitWriter, user_id: UUID) -> None:
+        self.log = UpdateLog(pool)
+        self.pool = pool
+        self.writer = writer
+        self.user_id = user_id
+        self.broken: list[Room] = []
+
+    async def open(self, name: str | None = None, *, max_bytes: int = 1 << 20) -> Room:
+        name = name or f"doc-{uuid.uuid4().hex[:8]}"
+        stored = await self.log.load(self.user_id, name)
+        return Room((self.user_id, name), stored.doc_id, stored.updates, self.writer,
+                    max_bytes=max_bytes, on_broken=self.broken.append)
+
+    async def rows(self, room: Room) -> list[bytes]:
+        records = await self.pool.fetch(
+            "SELECT data FROM doc_updates WHERE doc_id = $1 ORDER BY seq", room.doc_id
+        )
+        return [r["data"] for r in records]
+
+
+@pytest.fixture
+async def rooms(pool, writer, user_id) -> RoomFactory:  # noqa: ANN001
+    return RoomFactory(pool, writer, user_id)
+
+
+def _edit(doc: Doc, key: str, **fields: object) -> bytes:
+    """Make an edit on a client doc; return the update it produced."""
+    before = doc.get_state()
+    doc.get("workouts", type=Map)[key] = Map(fields)
+    return doc.get_update(before)
+
+
+def _snapshot(room: Room) -> tuple[bytes, dict]:
+    return room.doc.get_state(), room.doc.get("workouts", type=Map).to_py()
+
+
+async def test_valid_update_is_applied_stored_then_sent_to_the_others(rooms):
+    room = await rooms.open()
+    sender, peer = RecordingConnection(rooms.user_id), RecordingConnection(rooms.user_id)
+    room.add(sender)
+    room.add(peer)
+    update = _edit(Doc(), "w1", name="squat", sets=5)
+
+    ticket = room.apply_update(update, sender)
+
+    assert ticket is not None and ticket == room.last_ticket
+    assert room.doc.get("workouts", type=Map).to_py() == {"w1": {"name": "squat", "sets": 5.0}}
+    await rooms.writer.wait_committed(ticket)
+    stored = await rooms.rows(room)
+    assert len(stored) == 1
+    # What is stored is what the peer got, and the sender got nothing back.
+    assert peer.sent == [create_update_message(stored[0])]
+    assert sender.sent == []
+    fresh = Doc()
+    fresh.apply_update(stored[0])
+    assert fresh.get("workouts", type=Map).to_py() == {"w1": {"name": "squat", "sets": 5.0}}
+
+
+async def test_room_loads_its_state_from_the_stored_updates(rooms):
+    name = f"doc-{uuid.uuid4().hex[:8]}"
+    first = await rooms.open(name)
+    client = Doc()
+    for i in range(3):
+        ticket = first.apply_update(_edit(client, f"w{i}", sets=i), None)
+    await rooms.writer.wait_committed(ticket)
+
+    again = await rooms.open(name)
+    assert again.doc_id == first.doc_id
+    assert _snapshot(again) == _snapshot(first)
+    assert again.stored_bytes == sum(len(r) for r in await rooms.rows(again))
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"", b"\xff\xff\xff", b"garbage bytes here", b"\x01\x01\x05\x00"],
+)
+async def test_invalid_update_raises_and_changes_nothing(rooms, garbage):
+    room = await rooms.open()
+    peer = RecordingConnection(rooms.user_id)
+    room.add(peer)
+    client = Doc()
+    await rooms.writer.wait_committed(room.apply_update(_edit(client, "w1", sets=1), None))
+    before, ticket_before, bytes_before = _snapshot(room), room.last_ticket, room.stored_bytes
+    peer.sent.clear()
+
+    with pytest.raises(InvalidUpdate):
+        room.apply_update(garbage, None)
+
+    assert _snapshot(room) == before
+    assert (room.last_ticket, room.stored_bytes) == (ticket_before, bytes_before)
+    # A later valid update is stored right after the first: nothing slipped in between.
+    second = _edit(client, "w2", sets=2)
+    await rooms.writer.wait_committed(room.apply_update(second, None))
+    stored = await rooms.rows(room)
+    assert len(stored) == 2
+    assert len(peer.sent) == 1
+
+
+async def test_truncated_valid_update_raises_and_changes_nothing(rooms):
+    room = await rooms.open()
+    update = _edit(Doc(), "w1", name="bench " * 20)
+    before = _snapshot(room)
+    with pytest.raises(InvalidUpdate):
+        room.apply_update(update[:-3], None)
+    assert _snapshot(room) == before
+    assert room.last_ticket == 0
+
+
+async def test_duplicate_update_is_stored_once(rooms):
+    room = await rooms.open()
+    peer = RecordingConnection(rooms.user_id)
+    room.add(peer)
+    update = _edit(Doc(), "w1", sets=3)
+
+    ticket = room.apply_update(update, None)
+    assert ticket is not None
+    assert room.apply_update(update, None) is None  # the diff is empty
+    await rooms.writer.wait_committed(ticket)
+
+    assert len(await rooms.rows(room)) == 1
+    assert len(peer.sent) == 1
+
+
+async def test_full_state_resent_stores_only_what_is_new(rooms):
+    """A reconnecting client resends all it has: only the part new to the server is kept."""
+    room = await rooms.open()
+    client = Doc()
+    await rooms.writer.wait_committed(room.apply_update(_edit(client, "w1", sets=1), None))
+    _edit(client, "w2", sets=2)  # made offline
+
+    ticket = room.apply_update(client.get_update(), None)  # everything the client has
+    await rooms.writer.wait_committed(ticket)
+
+    stored = await rooms.rows(room)
+    assert len(stored) == 2
+    only_new = Doc()
+    only_new.apply_update(stored[1])
+    assert only_new.get("workouts", type=Map).to_py() == {"w2": {"sets": 2.0}}
+
+
+async def test_document_size_limit_raises_and_changes_nothing(rooms):
+    room = await rooms.open(max_bytes=600)
+    peer = RecordingConnection(rooms.user_id)
+    room.add(peer)
+    client = Doc()
+    await rooms.writer.wait_committed(room.apply_update(_edit(client, "w1", sets=1), None))
+    before, bytes_before, ticket_before = _snapshot(room), room.stored_bytes, room.last_ticket
+    peer.sent.clear()
+
+    big = _edit(client, "w2", notes="x" * 1000)
+    with pytest.raises(DocumentTooLarge):
+        room.apply_update(big, None)
+
+    assert _snapshot(room) == before
+    assert (room.stored_bytes, room.last_ticket) == (bytes_before, ticket_before)
+    assert len(await rooms.rows(room)) == 1
+    assert peer.sent == []
+
+
+async def test_size_limit_counts_what_is_already_stored(rooms):
+    name = f"doc-{uuid.uuid4().hex[:8]}"
+    first = await rooms.open(name)
+    client = Doc()
+    text = client.get("notes", type=Text)
+    before = client.get_state()
+    text += "y" * 400
+    await rooms.writer.wait_committed(first.apply_update(client.get_update(before), None))
+
+    # Reloaded with a limit just above what is stored: a small edit still fits,
+    # one that would pass the limit does not.
+    stored = first.stored_bytes
+    room = await rooms.open(name, max_bytes=stored + 100)
+    assert room.stored_bytes == stored
+    room.apply_update(_edit(client, "w1", sets=1), None)
+    with pytest.raises(DocumentTooLarge):
+        room.apply_update(_edit(client, "w2", notes="z" * 200), None)
+    assert "w2" not in room.doc.get("workouts", type=Map)
+
+
+async def test_sync_step2_answers_with_what_the_client_lacks(rooms):
+    room = await rooms.open()
+    client = Doc()
+    room.apply_update(_edit(client, "w1", sets=1), None)
+    other = Doc()
+
+    reply, ticket = room.sync_step2(other.get_state())
+
+    assert ticket == room.last_ticket
+    message = parse_message(reply)
+    assert (message.type, message.sync_type) == (YMessageType.SYNC, YSyncMessageType.SYNC_STEP2)
+    other.apply_update(message.payload)
+    assert other.get("workouts", type=Map).to_py() == {"w1": {"sets": 1.0}}
+    await rooms.writer.wait_committed(ticket)
+
+
+async def test_sync_step2_with_a_bad_state_vector_raises_invalid_update(rooms):
+    room = await rooms.open()
+    with pytest.raises(InvalidUpdate):
+        room.sync_step2(b"\x05\x01")
+
+
+def _awareness_update(state: dict | None, awareness: Awareness | None = None) -> tuple:
+    awareness = awareness or Awareness(Doc())
+    awareness.set_local_state(state)
+    payload = awareness.encode_awareness_update([awareness.client_id])
+    return awareness, payload
+
+
+async def test_awareness_is_tracked_per_connection_relayed_and_removed_on_leave(rooms):
+    room = await rooms.open()
+    a, b = RecordingConnection(rooms.user_id), RecordingConnection(rooms.user_id)
+    room.add(a)
+    room.add(b)
+    aw_a, payload = _awareness_update({"user": "a"})
+    message = b"\x01" + bytes([len(payload)]) + payload
+
+    room.apply_awareness(a, payload, message)
+
+    assert a.awareness_ids == {aw_a.client_id}
+    assert b.awareness_ids == set()
+    assert room.awareness.states[aw_a.client_id] == {"user": "a"}
+    assert b.sent == [message] and a.sent == []
+    # A newcomer is told about it.
+    known = parse_message(room.awareness_message())
+    newcomer = Awareness(Doc())
+    newcomer.apply_awareness_update(known.payload, "server")
+    assert newcomer.states[aw_a.client_id] == {"user": "a"}
+
+    room.remove(a)
+
+    assert aw_a.client_id not in room.awareness.states
+    assert a.awareness_ids == set()
+    assert len(b.sent) == 2
+    # What b got is a removal its own Awareness understands.
+    removal = parse_message(b.sent[1])
+    assert removal.type == YMessageType.AWARENESS
+    newcomer.apply_awareness_update(removal.payload, "server")
+    assert aw_a.client_id not in newcomer.states
+    assert room.awareness_message() is None
+
+
+async def test_awareness_cleared_by_the_client_is_forgotten(rooms):
+    room = await rooms.open()
+    a, b = RecordingConnection(rooms.user_id), RecordingConnection(rooms.user_id)
+    room.add(a)
+    room.add(b)
+    aw, payload = _awareness_update({"user": "a"})
+    room.apply_awareness(a, payload, b"m1")
+    _, payload = _awareness_update(None, aw)  # the client says it is gone itself
+    room.apply_awareness(a, payload, b"m2")
+
+    assert a.awareness_ids == set()
+    assert aw.client_id not in room.awareness.states
+    room.remove(a)
+    assert b.sent == [b"m1", b"m2"]  # no removal of its own: nothing left to remove
+
+
+async def test_leaving_without_awareness_sends_nothing(rooms):
+    room = await rooms.open()
+    a, b = RecordingConnection(rooms.user_id), RecordingConnection(rooms.user_id)
+    room.add(a)
+    room.add(b)
+    room.remove(a)
+    assert room.connections == {b}
+    assert b.sent == []
+
+
+@pytest.mark.parametrize("payload", [b"", b"\x01\x05\x00\x03{no", b"\x01\x05\x00\x20ab"])
+async def test_bad_awareness_update_raises_invalid_update(rooms, payload):
+    room = await rooms.open()
+    a, b = RecordingConnection(rooms.user_id), RecordingConnection(rooms.user_id)
+    room.add(a)
+    room.add(b)
+    with pytest.raises(InvalidUpdate):
+        room.apply_awareness(a, payload, b"\x01" + payload)
+    assert b.sent == []
+    assert room.awareness.states == {}
+
+
+async def test_failed_write_closes_the_connections_and_breaks_the_room(rooms):
+    """A batch PostgreSQL cannot take (a document id outside bigint) fails as a whole."""
+    good = await rooms.open()
+    broken = Room((rooms.user_id, "broken"), 2**63, [], rooms.writer,
+                  max_bytes=1 << 20, on_broken=rooms.broken.append)
+    conn = RecordingConnection(rooms.user_id)
+    broken.add(conn)
+
+    ticket = broken.apply_update(_edit(Doc(), "w1", sets=1), None)
+    with pytest.raises(WriteFailed):
+        await rooms.writer.wait_committed(ticket)
+    assert conn.closed_with == 1011
+    assert rooms.broken == [broken]
+    # The writer goes on: the next batch, of another room, is stored.
+    ok = good.apply_update(_edit(Doc(), "w2", sets=2), None)
+    await rooms.writer.wait_committed(ok)
+    assert len(await rooms.rows(good)) == 1

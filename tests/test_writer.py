@@ -1,0 +1,292 @@
+"""GroupCommitWriter on the real UpdateLog: group commit, order, durability, failures.
+
+To make "what arrives meanwhile" deterministic, a test holds PostgreSQL's own table
+lock on ``doc_updates``: the writer's INSERT really blocks in the database, updates
+pile up behind it, and releasing the lock lets them through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from modi_sync.sync.writer import GroupCommitWriter, WriteFailed
+from storage.database import create_pool, migrate
+from storage.update_log import UpdateLog
+from storage.users import UserStore
+
+from .yclient import eventually
+
+
+class CountingLog(UpdateLog):
+    """The real UpdateLog, remembering the size of every batch it was given."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        super().__init__(pool)
+        self.batches: list[int] = []
+
+    async def append_many(self, doc_ids: list[int], updates: list[bytes]) -> list[int | None]:
+        self.batches.append(len(updates))
+        return await super().append_many(doc_ids, updates)
+
+
+class Target:
+    """A CommitTarget that records what the writer hands back."""
+
+    def __init__(self, doc_id: int) -> None:
+        self.doc_id = doc_id
+        self.committed_seqs: list[tuple[bytes, Any, int]] = []
+        self.failures = 0
+
+    def committed(self, update: bytes, origin: Any, seq: int) -> None:
+        self.committed_seqs.append((update, origin, seq))
+
+    def write_failed(self) -> None:
+        self.failures += 1
+
+
+@pytest.fixture
+async def pool(services) -> AsyncIterator[asyncpg.Pool]:  # noqa: ANN001
+    pool = await create_pool(services.database_url, max_size=4)
+    await migrate(pool)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+async def log(pool) -> CountingLog:  # noqa: ANN001
+    return CountingLog(pool)
+
+
+@pytest.fixture
+async def make_writer(log) -> AsyncIterator:  # noqa: ANN001
+    writers: list[GroupCommitWriter] = []
+
+    async def make(**kwargs: Any) -> GroupCommitWriter:
+        writer = GroupCommitWriter(log, **kwargs)
+        await writer.start()
+        writers.append(writer)
+        return writer
+
+    yield make
+    for writer in writers:
+        await writer.stop()
+
+
+async def _new_doc(pool: asyncpg.Pool) -> int:
+    user = await UserStore(pool).create(f"w-{uuid.uuid4().hex[:10]}@example.com", "x")
+    return (await UpdateLog(pool).load(user.id, "default")).doc_id
+
+
+async def _rows(db: asyncpg.Connection, doc_id: int) -> list[bytes]:
+    records = await db.fetch("SELECT data FROM doc_updates WHERE doc_id = $1 ORDER BY seq", doc_id)
+    return [r["data"] for r in records]
+
+
+@contextlib.asynccontextmanager
+async def table_locked(db: asyncpg.Connection, *, commit: bool = False) -> AsyncIterator[None]:
+    """Hold an EXCLUSIVE lock on doc_updates: reads go on, inserts wait.
+
+    With ``commit``, what ``db`` did meanwhile is committed as the lock is released.
+    """
+    tx = db.transaction()
+    await tx.start()
+    try:
+        await db.execute("LOCK TABLE doc_updates IN EXCLUSIVE MODE")
+        yield
+    except BaseException:
+        await tx.rollback()
+        raise
+    if commit:
+        await tx.commit()
+    else:
+        await tx.rollback()
+
+
+async def insert_is_waiting(db: asyncpg.Connection) -> bool:
+    return bool(await db.fetchval(
+        "SELECT count(*) FROM pg_locks WHERE relation = 'doc_updates'::regclass AND NOT granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    ))
+
+
+async def test_updates_arriving_during_a_commit_share_the_next_round_trip(
+    pool, log, make_writer, services, db
+):
+    writer = await make_writer()
+    doc_id = await _new_doc(pool)
+    target = Target(doc_id)
+    locker = await asyncpg.connect(services.database_url)
+    try:
+        async with table_locked(locker):
+            first = writer.submit(target, b"u0", "o0")
+            await eventually(lambda: insert_is_waiting(locker))
+            # 99 concurrent senders while the first INSERT waits in PostgreSQL.
+
+            async def send(i: int) -> int:
+                await asyncio.sleep(0)
+                return writer.submit(target, f"u{i}".encode(), f"o{i}")
+
+            tickets = await asyncio.gather(*(send(i) for i in range(1, 100)))
+            assert writer.committed < first
+        await asyncio.wait_for(writer.wait_committed(max(tickets)), 10)
+    finally:
+        await locker.close()
+
+    assert log.batches == [1, 99]  # 100 updates, two round trips
+    assert await _rows(db, doc_id) == [f"u{i}".encode() for i in range(100)]
+    # Handed back in submission order, each with its rising sequence number.
+    assert [o for _, o, _ in target.committed_seqs] == [f"o{i}" for i in range(100)]
+    seqs = [s for _, _, s in target.committed_seqs]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 100
+
+
+async def test_a_burst_of_concurrent_submits_takes_fewer_round_trips_than_updates(
+    pool, log, make_writer, db
+):
+    """80 senders on 4 documents, each sending 5 updates one after the other."""
+    writer = await make_writer()
+    targets = [Target(await _new_doc(pool)) for _ in range(4)]
+    order: list[tuple[int, bytes]] = []  # (ticket, update), as submitted
+
+    async def sender(s: int) -> None:
+        target = targets[s % 4]
+        for k in range(5):
+            update = f"{s}:{k}".encode()
+            ticket = writer.submit(target, update, (s, k))
+            order.append((ticket, update))
+            await writer.wait_committed(ticket)
+
+    await asyncio.gather(*(sender(s) for s in range(80)))
+
+    assert sum(log.batches) == 400
+    assert len(log.batches) < 400 // 4, log.batches
+    assert [t for t, _ in order] == list(range(order[0][0], order[0][0] + 400))
+    # Within each document the rows follow the submission order, and so does fan-out.
+    for k, target in enumerate(targets):
+        expected = [u for _, u in order if int(u.split(b":")[0]) % 4 == k]
+        assert await _rows(db, target.doc_id) == expected
+        assert [u for u, _, _ in target.committed_seqs] == expected
+    # Across documents too: sequence numbers rise in ticket order.
+    by_seq = sorted((s, u) for t in targets for u, _, s in t.committed_seqs)
+    assert [u for _, u in by_seq] == [u for _, u in order]
+
+
+async def test_batches_are_capped_at_max_batch(pool, log, make_writer, services):
+    writer = await make_writer(max_batch=8)
+    target = Target(await _new_doc(pool))
+    locker = await asyncpg.connect(services.database_url)
+    try:
+        async with table_locked(locker):
+            writer.submit(target, b"first", None)
+            await eventually(lambda: insert_is_waiting(locker))
+            last = 0
+            for i in range(30):
+                last = writer.submit(target, b"%d" % i, None)
+        await asyncio.wait_for(writer.wait_committed(last), 10)
+    finally:
+        await locker.close()
+    assert log.batches == [1, 8, 8, 8, 6]
+    assert len(target.committed_seqs) == 31
+
+
+async def test_wait_committed_returns_once_the_row_is_visible(pool, make_writer, services):
+    writer = await make_writer()
+    doc_id = await _new_doc(pool)
+    target = Target(doc_id)
+    observer = await asyncpg.connect(services.database_url)
+    locker = await asyncpg.connect(services.database_url)
+    try:
+        async with table_locked(locker):
+            ticket = writer.submit(target, b"durable", "me")
+            waiting = asyncio.ensure_future(writer.wait_committed(ticket))
+            await eventually(lambda: insert_is_waiting(locker))
+            done, _ = await asyncio.wait({waiting}, timeout=0.2)
+            assert not done  # not before PostgreSQL has it
+            assert target.committed_seqs == []  # and no fan-out either
+            assert await _rows(observer, doc_id) == []
+        await asyncio.wait_for(waiting, 10)
+        # The very moment it returns, another connection sees the row.
+        assert await _rows(observer, doc_id) == [b"durable"]
+        assert [u for u, _, _ in target.committed_seqs] == [b"durable"]
+    finally:
+        await locker.close()
+        await observer.close()
+
+
+async def test_wait_committed_for_a_stored_ticket_returns_at_once(pool, make_writer):
+    writer = await make_writer()
+    await asyncio.wait_for(writer.wait_committed(0), 1)
+    ticket = writer.submit(Target(await _new_doc(pool)), b"x", None)
+    await writer.wait_committed(ticket)
+    assert writer.committed >= ticket
+    await asyncio.wait_for(writer.wait_committed(ticket), 1)
+
+
+async def test_stop_stores_everything_still_queued(pool, log, db):
+    writer = GroupCommitWriter(log)
+    await writer.start()
+    target = Target(await _new_doc(pool))
+    for i in range(50):
+        writer.submit(target, b"%d" % i, None)
+    await writer.stop()
+    assert await _rows(db, target.doc_id) == [b"%d" % i for i in range(50)]
+    assert len(target.committed_seqs) == 50
+
+
+async def test_a_failed_batch_fails_its_waiters_and_the_writer_goes_on(pool, log, make_writer,
+                                                                      services, db):
+    writer = await make_writer()
+    good = Target(await _new_doc(pool))
+    bad = Target(2**63)  # PostgreSQL cannot take this id: the whole batch fails
+    locker = await asyncpg.connect(services.database_url)
+    try:
+        async with table_locked(locker):
+            writer.submit(good, b"before", None)
+            await eventually(lambda: insert_is_waiting(locker))
+            tickets = [writer.submit(good, b"same-batch", None),
+                       writer.submit(bad, b"bad-1", None),
+                       writer.submit(bad, b"bad-2", None)]
+            waiters = [asyncio.ensure_future(writer.wait_committed(t)) for t in tickets]
+            await asyncio.sleep(0)  # each waiter registers before the batch is tried
+    finally:
+        await locker.close()
+    results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 10)
+    assert all(isinstance(r, WriteFailed) for r in results), results
+    assert (good.failures, bad.failures) == (1, 1)  # once per target, not per update
+    assert await _rows(db, good.doc_id) == [b"before"]  # one transaction: nothing of it
+
+    after = writer.submit(good, b"after", None)
+    await asyncio.wait_for(writer.wait_committed(after), 10)
+    assert await _rows(db, good.doc_id) == [b"before", b"after"]
+
+
+async def test_an_update_of_a_deleted_document_is_dropped_and_the_rest_stored(
+    pool, log, make_writer, services, db
+):
+    writer = await make_writer()
+    alive, deleted = Target(await _new_doc(pool)), Target(await _new_doc(pool))
+    locker = await asyncpg.connect(services.database_url)
+    try:
+        async with table_locked(locker, commit=True):
+            writer.submit(alive, b"a0", None)
+            await eventually(lambda: insert_is_waiting(locker))
+            writer.submit(alive, b"a1", None)
+            writer.submit(deleted, b"d1", None)
+            last = writer.submit(alive, b"a2", None)
+            # Deleted while its update waits in the queue.
+            await locker.execute("DELETE FROM documents WHERE id = $1", deleted.doc_id)
+    finally:
+        await locker.close()
+    await asyncio.wait_for(writer.wait_committed(last), 10)
+    assert await _rows(db, alive.doc_id) == [b"a0", b"a1", b"a2"]
+    assert [u for u, _, _ in alive.committed_seqs] == [b"a0", b"a1", b"a2"]
+    assert deleted.committed_seqs == [] and deleted.failures == 0
