@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from storage.database import create_pool, migrate
-from storage.doc_events import doc_events, publish_updates, subscribe_doc_events
+from storage.doc_events import doc_events, subscribe_doc_events
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis
 from storage.rate_limits import RateLimiter
 from storage.refresh_tokens import RefreshTokens
@@ -42,6 +43,7 @@ from .keys import (
     USERS,
     WRITER,
 )
+from .sync.bus import UpdatePublisher
 from .sync.handler import DOC_NAME, sync_endpoint
 from .sync.listener import RedisListener
 from .sync.registry import AutoCompaction, RoomRegistry
@@ -127,10 +129,10 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
     async def compact(doc_id: int) -> Compaction:
         return await compact_document(log_store, doc_id, snapshot_every=settings.snapshot_every)
 
-    async def publish(updates: list[tuple[int, bytes]]) -> None:
-        await publish_updates(redis, registry.instance, updates)
-
-    writer = GroupCommitWriter(log_store, max_batch=settings.commit_batch_max, publish=publish)
+    instance = uuid.uuid4()  # tells this instance's bus messages from the others'
+    publisher = UpdatePublisher(redis, instance)
+    writer = GroupCommitWriter(log_store, max_batch=settings.commit_batch_max,
+                               publish=publisher.publish)
     registry = RoomRegistry(
         log_store, writer,
         idle_seconds=settings.room_idle_seconds,
@@ -138,6 +140,7 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
         max_connections_per_user=settings.max_connections_per_user,
         auto_compaction=AutoCompaction(
             compact, settings.auto_compact_updates, settings.auto_compact_bytes),
+        instance=instance,
     )
     listeners = [
         RedisListener(redis, subscribe_sessions_ended, ended_user_ids, registry.close_user,
@@ -145,6 +148,7 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
         RedisListener(redis, subscribe_doc_events, doc_events, registry.handle_doc_event,
                       "doc-events"),
     ]
+    await publisher.start()
     await writer.start()
     for listener in listeners:
         await listener.start()
@@ -153,6 +157,7 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
     for listener in listeners:
         await listener.stop()
     await writer.stop()  # every update received before shutdown is stored
+    await publisher.stop()
 
 
 async def _close_sockets(app: web.Application) -> None:

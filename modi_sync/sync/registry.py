@@ -63,8 +63,9 @@ class RoomRegistry:
         max_document_bytes: int,
         max_connections_per_user: int,
         auto_compaction: AutoCompaction | None = None,
+        instance: uuid.UUID | None = None,
     ) -> None:
-        self.instance = uuid.uuid4()  # tells this instance's bus messages from others'
+        self.instance = instance or uuid.uuid4()  # tells our bus messages from others'
         self._log = update_log
         self._writer = writer
         self._idle_seconds = idle_seconds

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class GroupCommitWriter:
         log_store: UpdateLog,
         *,
         max_batch: int = 2048,
-        publish: Callable[[list[tuple[int, bytes]]], Awaitable[None]] | None = None,
+        publish: Callable[[list[tuple[int, bytes]]], None] | None = None,
     ) -> None:
         self._log = log_store
         self._publish = publish
@@ -48,6 +48,8 @@ class GroupCommitWriter:
         self._submitted = 0  # ticket of the newest submitted update
         self._committed = 0  # every ticket up to here is stored (or failed)
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        # Ticket ranges of recent failed batches, so a late waiter learns of the failure.
+        self._failed: deque[tuple[int, int]] = deque(maxlen=64)
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -80,6 +82,8 @@ class GroupCommitWriter:
             future = asyncio.get_running_loop().create_future()
             self._waiters.append((ticket, future))
             await future
+        elif any(first <= ticket <= last for first, last in self._failed):
+            raise WriteFailed()
 
     async def _run(self) -> None:
         while True:
@@ -100,6 +104,7 @@ class GroupCommitWriter:
             )
         except Exception:
             log.exception("storing %d updates failed; their rooms are reset", len(batch))
+            self._failed.append((self._committed + 1, last_ticket))
             self._committed = last_ticket
             for target in {id(t): t for t, _, _ in batch}.values():
                 target.write_failed()
@@ -113,11 +118,7 @@ class GroupCommitWriter:
                 stored.append((target.doc_id, update))
         self._wake_waiters(None)
         if self._publish is not None and stored:
-            try:
-                await self._publish(stored)  # to the other instances, after local fan-out
-            except Exception:
-                log.exception("publishing %d stored updates to other instances failed",
-                              len(stored))
+            self._publish(stored)  # to the other instances; queued, never waited for
 
     def _wake_waiters(self, error: Exception | None) -> None:
         ready = [w for w in self._waiters if w[0] <= self._committed]
