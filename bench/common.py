@@ -226,6 +226,25 @@ def _modi_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def modi_source(rev: str) -> Path:
+    """Where to run modi-sync from: the work tree as it is (``worktree``), or a snapshot of
+    commit ``rev`` (``git archive`` into a temporary directory), so that edits others
+    make to the shared work tree while a long run goes on do not change what is measured.
+    """
+    if rev == "worktree":
+        return ROOT
+    out = subprocess.run(["git", "rev-parse", "--short", rev], cwd=ROOT, capture_output=True,
+                         text=True, timeout=30)
+    if out.returncode != 0:
+        raise RuntimeError(f"git rev-parse {rev}: {out.stderr.strip()}")
+    target = Path(tempfile.mkdtemp(prefix=f"modi-src-{out.stdout.strip()}-"))
+    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True,
+                             timeout=120, check=True)
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True,
+                   timeout=120)
+    return target
+
+
 def _python() -> str:
     venv = ROOT / ".venv" / "bin" / "python"
     return str(venv) if venv.exists() else sys.executable
@@ -242,6 +261,7 @@ class ModiServer:
     data_dir: Path
     env_extra: dict[str, str] = field(default_factory=dict)
     pin: bool = True
+    src: Path = ROOT  # run ``python -m modi_sync.cli`` from here (see modi_source)
     port: int = 0
     proc: subprocess.Popen | None = None
 
@@ -249,8 +269,10 @@ class ModiServer:
     proto = "y"
 
     @classmethod
-    def fresh(cls, env_extra: dict[str, str] | None = None, pin: bool = True) -> ModiServer:
-        return cls(Path(tempfile.mkdtemp(prefix="modi-bench-")), dict(env_extra or {}), pin)
+    def fresh(cls, env_extra: dict[str, str] | None = None, pin: bool = True,
+              src: Path = ROOT) -> ModiServer:
+        return cls(Path(tempfile.mkdtemp(prefix="modi-bench-")), dict(env_extra or {}), pin,
+                   src)
 
     @property
     def log_path(self) -> Path:
@@ -275,7 +297,7 @@ class ModiServer:
                "--data-dir", str(self.data_dir)]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                pinned(cmd, SERVER_CORE) if self.pin else cmd, cwd=ROOT,
+                pinned(cmd, SERVER_CORE) if self.pin else cmd, cwd=self.src,
                 env=_modi_env(self.env_extra), stdout=log, stderr=subprocess.STDOUT)
         wait_listening(self.port, self.proc, timeout, self.log_path)
 
@@ -333,7 +355,7 @@ class ModiServer:
         cmd = [_python(), "-m", "modi_sync.cli", "compact", "--all", "--data-dir",
                str(self.data_dir)]
         t0 = time.perf_counter()
-        out = subprocess.run(pinned(cmd, SERVER_CORE) if self.pin else cmd, cwd=ROOT,
+        out = subprocess.run(pinned(cmd, SERVER_CORE) if self.pin else cmd, cwd=self.src,
                              env=_modi_env(self.env_extra), capture_output=True, text=True,
                              timeout=timeout)
         wall = time.perf_counter() - t0
@@ -341,9 +363,14 @@ class ModiServer:
             raise RuntimeError(f"compact failed ({out.returncode}): {out.stderr[-2000:]}")
         return wall, out.stdout + out.stderr
 
-    def cleanup(self) -> None:
+    def cleanup(self, keep_log: Path | None = None) -> None:
         self.stop()
+        if keep_log is not None and self.log_path.exists():
+            keep_log.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.log_path, keep_log)
         shutil.rmtree(self.data_dir, ignore_errors=True)
+        if self.src != ROOT:
+            shutil.rmtree(self.src, ignore_errors=True)
 
 
 def node_ready() -> str | None:
@@ -465,8 +492,11 @@ class AnchorServer:
             self.proc.kill()
             self.proc.wait(10)
 
-    def cleanup(self) -> None:
+    def cleanup(self, keep_log: Path | None = None) -> None:
         self.stop()
+        if keep_log is not None and self.log_path.exists():
+            keep_log.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.log_path, keep_log)
         shutil.rmtree(self.data_dir, ignore_errors=True)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -44,6 +45,7 @@ from common import (  # noqa: E402
     anchors_ready,
     have_taskset,
     median,
+    modi_source,
     node_ready,
     pinned,
     rss_kb,
@@ -173,10 +175,11 @@ def run_loadgen(cfg: dict, on_event=None, timeout: float = 300.0) -> dict:  # no
 class Bench:
     """One server kind for the whole run: its data dir, its accounts (modi-sync)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, modi_rev: str) -> None:
         self.kind = kind
         if kind == "modi-sync":
-            self.server: ModiServer | AnchorServer = ModiServer.fresh(MODI_ENV)
+            self.server: ModiServer | AnchorServer = ModiServer.fresh(
+                MODI_ENV, src=modi_source(modi_rev))
         else:
             self.server = AnchorServer.fresh(kind)
         self._tokens: list[str] = []
@@ -206,8 +209,8 @@ class Bench:
         return {"proto": self.server.proto, "urlTemplate": self.server.url_template(),
                 "tokens": self.tokens(count)}
 
-    def cleanup(self) -> None:
-        self.server.cleanup()
+    def cleanup(self, keep_log: Path | None = None) -> None:
+        self.server.cleanup(keep_log)
 
 
 # -- workloads ---------------------------------------------------------------------------
@@ -229,8 +232,10 @@ def w1(bench: Bench, sizes: Sizes, reps: int, restart: bool) -> list[dict]:
                     bench.stop()
                 bench.start()
                 started = True
+            # Connecting is not measured in W1: at most 50 at once (modi-sync answers 500
+            # to some upgrades when ~100 arrive at once; see README.md).
             cfg = dict(bench.base_cfg(params["docs"]), mode="w1", docPrefix=_name(f"w1{sub}", rep),
-                       **params)
+                       concurrency=50, **params)
             monitor = bench.server.monitor()
             stats: dict = {}
 
@@ -301,12 +306,12 @@ def w2(bench: Bench, sizes: Sizes, reps: int) -> list[dict]:
     return records
 
 
-def w3(bench: Bench, sizes: Sizes, reps: int) -> list[dict]:
+def w3(bench: Bench, sizes: Sizes, reps: int, concurrency: int) -> list[dict]:
     records = []
     for count in sizes.w3:
         for rep in range(reps):
             bench.start()
-            cfg = dict(bench.base_cfg(1), mode="w3", connections=count, concurrency=200,
+            cfg = dict(bench.base_cfg(1), mode="w3", connections=count, concurrency=concurrency,
                        docPrefix=_name(f"w3x{count}", rep), holdMs=120000, connectTimeoutMs=60000)
             server = bench.server
             assert server.proc is not None
@@ -438,7 +443,8 @@ def _fmt(v: float | None, digits: int) -> str:
     return f"{v:,.{digits}f}"
 
 
-def report(records: list[dict], servers: list[str], sizes: Sizes, reps: int) -> str:
+def report(records: list[dict], servers: list[str], sizes: Sizes, reps: int,
+           modi_rev: str = "") -> str:
     names = {"modi-sync": "modi-sync", **{k: v[0] for k, v in ANCHORS.items()}}
     anchors = [s for s in servers if s != "modi-sync"]
     head = ["figure", "modi-sync"]
@@ -472,6 +478,7 @@ def report(records: list[dict], servers: list[str], sizes: Sizes, reps: int) -> 
         verdict.append(f"{names[s]}: {len(mine) - len(bad)}/{len(mine)} runs ok{note}")
     pin = "server on core 0, client on core 1" if have_taskset() else "NOT pinned (taskset missing)"
     return ("\n".join(lines) + "\n\n"
+            f"modi-sync at {modi_rev}. "
             f"Medians of {reps} runs; {pin}. ratio = modi-sync / anchor (for rates, above 1 "
             "means modi-sync is faster; for ms, MB, kB and CPU, below 1 means modi-sync uses "
             "less). '–': not applicable (no storage to load from) or the runs failed.\n"
@@ -488,7 +495,13 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=None, help="runs per figure (default 3; "
                         "1 with --quick)")
     parser.add_argument("--w1", default=None, help="W1 sub-workloads (default 50x4,1x50,rate)")
+    parser.add_argument("--w3-concurrency", type=int, default=200, metavar="N",
+                        help="W3: at most N connections opening at once (default 200)")
     parser.add_argument("--json", metavar="FILE", help="write every run's raw figures here")
+    parser.add_argument("--logs", metavar="DIR", help="keep each server's log here")
+    parser.add_argument("--modi-rev", default="HEAD", metavar="REV",
+                        help="the commit of modi-sync to run (a snapshot, so others' edits to "
+                        "the work tree during a run change nothing); 'worktree': as it is")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     reps = args.reps or (1 if args.quick else 3)
@@ -507,23 +520,32 @@ def main() -> int:
     if not have_taskset():
         log("warning: taskset or a second core is missing; server and client are not pinned")
 
+    # SIGTERM ends the run like Ctrl-C: every server started so far is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     records: list[dict] = []
     started = time.monotonic()
     for kind in servers:
-        bench = Bench(kind)
-        log(f"== {bench.name}")
+        bench = Bench(kind, args.modi_rev)
+        log(f"== {bench.name}" + (f" ({bench.server.src})" if kind == "modi-sync" else ""))
         try:
             if "W1" in workloads:
                 records += w1(bench, sizes, reps, restart=not args.quick)
             if "W2" in workloads:
                 records += w2(bench, sizes, reps)
             if "W3" in workloads:
-                records += w3(bench, sizes, reps)
+                records += w3(bench, sizes, reps, args.w3_concurrency)
         finally:
-            bench.cleanup()
+            bench.cleanup(Path(args.logs) / f"{kind}.log" if args.logs else None)
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1, default=str))
-    print(report(records, servers, sizes, reps))
+    rev = args.modi_rev
+    if rev != "worktree":
+        out = subprocess.run(["git", "log", "-1", "--format=%h %s", rev], cwd=BENCH,
+                             capture_output=True, text=True, timeout=30)
+        rev = f"commit {out.stdout.strip()[:80]}"
+    else:
+        rev = "the work tree"
+    print(report(records, servers, sizes, reps, rev))
     log(f"total {time.monotonic() - started:.0f} s")
     return 0 if all(_ok(r) for r in records) else 1
 

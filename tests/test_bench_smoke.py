@@ -35,6 +35,7 @@ def test_quick_benchmark_reports_figures_and_convergence(tmp_path: Path) -> None
     raw = tmp_path / "records.json"
     proc = subprocess.run(
         [sys.executable, str(BENCH / "run.py"), "--quick", "--servers", "modi-sync",
+         "--modi-rev", "worktree",
          "--json", str(raw)],
         cwd=ROOT, capture_output=True, text=True, timeout=240,
     )
