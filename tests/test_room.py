@@ -28,20 +28,54 @@ from storage.update_log import UpdateLog
 from storage.users import UserStore
 
 
+class RecordingTransport:
+    """The bytes the connection writes, as a socket's peer would read them."""
+
+    def __init__(self) -> None:
+        self.written = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def messages(self) -> list[bytes]:
+        """Unframe what was written: unmasked binary frames, as RFC 6455 lays them out."""
+        out, data, i = [], bytes(self.written), 0
+        while i < len(data):
+            assert data[i] == 0x82, "a final, binary frame"
+            size, i = data[i + 1], i + 2
+            if size == 126:
+                size, i = int.from_bytes(data[i:i + 2], "big"), i + 2
+            elif size == 127:
+                size, i = int.from_bytes(data[i:i + 8], "big"), i + 8
+            out.append(data[i:i + size])
+            i += size
+        return out
+
+
 class RecordingConnection(Connection):
-    """A Connection whose socket is a list: what the room sends it, and how it closed it."""
+    """A real Connection on a recording transport; ``close`` is only noted."""
 
     def __init__(self, user_id: UUID) -> None:
+        self.transport = RecordingTransport()
         super().__init__(
-            SimpleNamespace(transport=None),  # type: ignore[arg-type]
+            SimpleNamespace(transport=self.transport),  # type: ignore[arg-type]
             SimpleNamespace(closed=False),  # type: ignore[arg-type]
             user_id, max_queue_bytes=1 << 20,
         )
-        self.sent: list[bytes] = []
         self.closed_with: int | None = None
 
-    def send(self, data: bytes) -> None:
-        self.sent.append(data)
+    @property
+    def sent(self) -> list[bytes]:
+        return self.transport.messages()
+
+    def clear(self) -> None:
+        self.transport.written.clear()
 
     def close(self, code: int, reason: str = "") -> None:
         self.closed_with = code
@@ -157,7 +191,7 @@ async def test_invalid_update_raises_and_changes_nothing(rooms, garbage):
     client = Doc()
     await rooms.writer.wait_committed(room.apply_update(_edit(client, "w1", sets=1), None))
     before, ticket_before, bytes_before = _snapshot(room), room.last_ticket, room.stored_bytes
-    peer.sent.clear()
+    peer.clear()
 
     with pytest.raises(InvalidUpdate):
         room.apply_update(garbage, None)
@@ -221,7 +255,7 @@ async def test_document_size_limit_raises_and_changes_nothing(rooms):
     client = Doc()
     await rooms.writer.wait_committed(room.apply_update(_edit(client, "w1", sets=1), None))
     before, bytes_before, ticket_before = _snapshot(room), room.stored_bytes, room.last_ticket
-    peer.sent.clear()
+    peer.clear()
 
     big = _edit(client, "w2", notes="x" * 1000)
     with pytest.raises(DocumentTooLarge):

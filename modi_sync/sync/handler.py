@@ -32,10 +32,11 @@ async def sync_endpoint(request: web.Request) -> web.StreamResponse:
     registry = request.app[REGISTRY]
     name = request.match_info["name"]
 
-    ws = web.WebSocketResponse(max_msg_size=settings.max_frame_bytes, heartbeat=30.0)
+    # No compression: every peer of a room is sent the same frame (see connection.py).
+    ws = web.WebSocketResponse(max_msg_size=settings.max_frame_bytes, heartbeat=30.0,
+                               compress=False)
     await ws.prepare(request)
     conn = Connection(request, ws, claims.user_id, settings.max_send_queue_bytes)
-    conn.start()
     try:
         room = await registry.join((claims.user_id, name), conn)
     except TooManyConnections:

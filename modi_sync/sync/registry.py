@@ -242,6 +242,8 @@ class RoomRegistry:
         log.info("compacted %s/%s: %d updates, %d bytes -> %d, %d", *room.key,
                  result.updates_before, result.bytes_before,
                  result.updates_after, result.bytes_after)
+        if self._by_doc.get(room.doc_id) is room:
+            self._maybe_compact(room)  # what arrived meanwhile may be over the line again
 
     # -- shutdown -----------------------------------------------------------------------
 

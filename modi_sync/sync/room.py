@@ -21,7 +21,7 @@ from pycrdt import (
     create_update_message,
 )
 
-from .connection import Connection
+from .connection import Connection, frame
 from .protocol import sync_step2_message
 
 if TYPE_CHECKING:
@@ -124,9 +124,10 @@ class Room:
         self.stored_bytes -= removed_bytes
 
     def _broadcast(self, message: bytes, origin: Any) -> None:
+        data = frame(message)  # framed once, written to every peer as it is
         for conn in self.connections:
             if conn is not origin:
-                conn.send(message)
+                conn.send_frame(data)
 
     def write_failed(self) -> None:
         """Storage failed: what is in memory may not be stored, so this room must go.

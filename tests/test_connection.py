@@ -1,0 +1,71 @@
+"""Outgoing frames: built once per message, written as is; slow readers dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from uuid import UUID
+
+import pytest
+from pycrdt import Text
+
+from modi_sync.keys import REGISTRY
+from modi_sync.sync.connection import frame
+
+from .conftest import register, ws_url
+from .yclient import YClient, eventually
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_frame_header_follows_rfc_6455(size):
+    message = os.urandom(size)
+    data = frame(message)
+    assert data[0] == 0x82  # FIN, binary, no RSV bits: no compression
+    if size < 126:
+        assert data[1] == size and data[2:] == message
+    elif size < 65536:
+        assert data[1] == 126 and int.from_bytes(data[2:4], "big") == size
+        assert data[4:] == message
+    else:
+        assert data[1] == 127 and int.from_bytes(data[2:10], "big") == size
+        assert data[10:] == message
+
+
+async def _silent_socket(client, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:  # noqa: ANN001
+    """A websocket handshake, then a client that never reads another byte."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port, limit=1024)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    await writer.drain()
+    status = await reader.readline()
+    assert b"101" in status
+    return reader, writer
+
+
+async def test_a_client_that_stops_reading_is_dropped(make_client):
+    client = await make_client(max_send_queue_bytes=256 * 1024, max_frame_bytes=8 << 20)
+    pair = await register(client)
+    user_id = UUID(pair["user"]["id"])
+    registry = client.server.app[REGISTRY]
+    _, silent = await _silent_socket(client, f"/sync/big?token={pair['access_token']}")
+    await eventually(lambda: registry.connections_of(user_id) == 1)
+
+    writer = await YClient(client.session, ws_url(client, "big", pair["access_token"])).connect()
+    await writer.wait_synced()
+    text = writer.doc.get("notes", type=Text)
+    for _ in range(40):  # at most 40 MB in all: far past any socket buffer
+        text += "x" * (1 << 20)
+        if registry.connections_of(user_id) == 1:
+            break  # the silent one is gone
+        await asyncio.sleep(0.05)  # let the server write, so buffers fill
+    await eventually(lambda: registry.connections_of(user_id) == 1)
+    # The writer is still served and the server's copy is whole.
+    room = registry.rooms[(user_id, "big")]
+    text += "the end"
+    await eventually(lambda: str(room.doc.get("notes", type=Text)) == str(text))
+    assert writer.ws is not None and not writer.ws.closed
+    silent.close()
+    await writer.disconnect()
