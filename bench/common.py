@@ -373,6 +373,16 @@ class ModiServer:
             shutil.rmtree(self.src, ignore_errors=True)
 
 
+def log_errors(path: Path) -> int:
+    """Lines of a server log that report an error (``ERROR`` or an exception)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return 0
+    return sum(1 for line in text.splitlines()
+               if "ERROR" in line or line.startswith(("Error", "error")))
+
+
 def node_ready() -> str | None:
     """None when the npm packages are installed, else what to run."""
     if shutil.which("node") is None:
@@ -473,8 +483,12 @@ class AnchorServer:
                 list(self.store_path.glob("*")) if self.store_path.exists() else []
             # SQLite's -wal and -journal files
             files += list(self.data_dir.glob(self.store_path.name + "-*"))
-            state = tuple(sorted((str(f), f.stat().st_mtime_ns, f.stat().st_size)
-                                 for f in files if f.exists()))
+            seen = []
+            for f in files:
+                with contextlib.suppress(OSError):  # a journal comes and goes
+                    st = f.stat()
+                    seen.append((str(f), st.st_mtime_ns, st.st_size))
+            state = tuple(sorted(seen))
             if state != last:
                 last, since = state, time.monotonic()
             elif time.monotonic() - since >= quiet:

@@ -44,6 +44,7 @@ from common import (  # noqa: E402
     ModiServer,
     anchors_ready,
     have_taskset,
+    log_errors,
     median,
     modi_source,
     node_ready,
@@ -205,6 +206,9 @@ class Bench:
             self._tokens.append(self.server.register()["access_token"])
         return self._tokens[:count]
 
+    def errors(self) -> int:
+        return log_errors(self.server.log_path)
+
     def base_cfg(self, count: int) -> dict:
         return {"proto": self.server.proto, "urlTemplate": self.server.url_template(),
                 "tokens": self.tokens(count)}
@@ -245,11 +249,13 @@ def w1(bench: Bench, sizes: Sizes, reps: int, restart: bool) -> list[dict]:
                 elif msg["event"] == "load-end":
                     stats.update(monitor.stop())
 
+            errors_before = bench.errors()
             try:
                 result = run_loadgen(cfg, on_event, timeout=params["durationMs"] / 1000 + 150)
             except LoadgenError as exc:
                 result = {"ok": False, "error": str(exc)}
             result.update(stats)
+            result["server_log_errors"] = bench.errors() - errors_before
             records.append({"workload": "W1", "sub": sub, "server": bench.kind, "rep": rep,
                             **result})
             log(f"  W1 {sub} rep {rep + 1}: " + _short(result, [
@@ -277,10 +283,12 @@ def w2(bench: Bench, sizes: Sizes, reps: int) -> list[dict]:
                     log("  (the store was still being written after the wait)")
                 send("go")
 
+        errors_before = bench.errors()
         try:
             result = run_loadgen(cfg, on_event, timeout=600)
         except LoadgenError as exc:
             result = {"ok": False, "error": str(exc)}
+        result["server_log_errors"] = bench.errors() - errors_before
         records.append({"workload": "W2", "sub": tag, "server": bench.kind, "phase": "warm",
                         **result})
         log(f"  W2 {tag} warm: " + _short(result, ["updates", "update_bytes", "state_bytes",
@@ -334,11 +342,13 @@ def w3(bench: Bench, sizes: Sizes, reps: int, concurrency: int) -> list[dict]:
                     stats["side_pss_per_conn_kb"] = (_side_pss(monitor) - before["side"]) / opened
                     send("close")
 
+            errors_before = bench.errors()
             try:
                 result = run_loadgen(cfg, on_event, timeout=240)
             except LoadgenError as exc:
                 result = {"ok": False, "error": str(exc)}
             result.update(stats)
+            result["server_log_errors"] = bench.errors() - errors_before
             records.append({"workload": "W3", "sub": str(count), "server": bench.kind,
                             "rep": rep, **result})
             log(f"  W3 {count} rep {rep + 1}: " + _short(result, [
@@ -475,6 +485,9 @@ def report(records: list[dict], servers: list[str], sizes: Sizes, reps: int,
         if bad:
             why = bad[0].get("convergence_error") or bad[0].get("error")
             note = f" (first failure: {bad[0]['workload']} {bad[0]['sub']}: {why})"
+        errors = sum(r.get("server_log_errors") or 0 for r in mine)
+        if errors:
+            note += f" [the server logged {errors} error lines]"
         verdict.append(f"{names[s]}: {len(mine) - len(bad)}/{len(mine)} runs ok{note}")
     pin = "server on core 0, client on core 1" if have_taskset() else "NOT pinned (taskset missing)"
     return ("\n".join(lines) + "\n\n"
@@ -499,12 +512,21 @@ def main() -> int:
                         help="W3: at most N connections opening at once (default 200)")
     parser.add_argument("--json", metavar="FILE", help="write every run's raw figures here")
     parser.add_argument("--logs", metavar="DIR", help="keep each server's log here")
+    parser.add_argument("--report", metavar="FILES",
+                        help="print the table from --json files of earlier runs (comma-separated);"
+                        " run nothing")
     parser.add_argument("--modi-rev", default="HEAD", metavar="REV",
                         help="the commit of modi-sync to run (a snapshot, so others' edits to "
                         "the work tree during a run change nothing); 'worktree': as it is")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     reps = args.reps or (1 if args.quick else 3)
+    if args.report:
+        records = [r for f in args.report.split(",") for r in json.loads(Path(f).read_text())]
+        servers = [s for s in ALL_SERVERS + OPTIONAL_SERVERS
+                   if any(r["server"] == s for r in records)]
+        print(report(records, servers, sizes, reps, args.modi_rev))
+        return 0
     workloads = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
     unknown = [s for s in servers if s not in ALL_SERVERS + OPTIONAL_SERVERS]
@@ -524,20 +546,34 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     records: list[dict] = []
     started = time.monotonic()
+
+    def save() -> None:
+        if args.json:
+            Path(args.json).write_text(json.dumps(records, indent=1, default=str))
+
     for kind in servers:
         bench = Bench(kind, args.modi_rev)
         log(f"== {bench.name}" + (f" ({bench.server.src})" if kind == "modi-sync" else ""))
         try:
-            if "W1" in workloads:
-                records += w1(bench, sizes, reps, restart=not args.quick)
-            if "W2" in workloads:
-                records += w2(bench, sizes, reps)
-            if "W3" in workloads:
-                records += w3(bench, sizes, reps, args.w3_concurrency)
+            for workload in ("W1", "W2", "W3"):
+                if workload not in workloads:
+                    continue
+                try:
+                    if workload == "W1":
+                        records += w1(bench, sizes, reps, restart=not args.quick)
+                    elif workload == "W2":
+                        records += w2(bench, sizes, reps)
+                    else:
+                        records += w3(bench, sizes, reps, args.w3_concurrency)
+                except Exception as exc:  # noqa: BLE001 - one broken workload, not the run
+                    log(f"  {workload} broke off: {exc!r}")
+                    records.append({"workload": workload, "sub": "?", "server": kind,
+                                    "ok": False, "error": f"broke off: {exc!r}"})
+                    bench.stop()
+                save()
         finally:
             bench.cleanup(Path(args.logs) / f"{kind}.log" if args.logs else None)
-    if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=1, default=str))
+    save()
     rev = args.modi_rev
     if rev != "worktree":
         out = subprocess.run(["git", "log", "-1", "--format=%h %s", rev], cwd=BENCH,
