@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import asyncpg
 from aiohttp import web
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from storage.database import create_pool, migrate
 from storage.doc_events import doc_events, subscribe_doc_events
@@ -95,7 +95,10 @@ async def open_storage(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, 
     try:
         pool = await create_pool(services.database_url, max_size=settings.db_pool_max)
         try:
-            redis = Redis.from_url(services.redis_url)
+            # A blocking pool: a burst of requests waits for a free connection instead
+            # of failing with "Too many connections".
+            redis = Redis.from_pool(BlockingConnectionPool.from_url(
+                services.redis_url, max_connections=settings.redis_pool_max, timeout=10))
             try:
                 yield pool, redis
             finally:

@@ -52,6 +52,7 @@ class Settings:
     snapshot_retention_days: int = 30
     commit_batch_max: int = 2048
     db_pool_max: int = 10
+    redis_pool_max: int = 32
 
     @property
     def snapshot_every(self) -> timedelta | None:
@@ -97,6 +98,7 @@ ENVIRONMENT: dict[str, str] = {
     "MODI_SNAPSHOT_RETENTION_DAYS": "snapshot_retention_days",
     "MODI_COMMIT_BATCH_MAX": "commit_batch_max",
     "MODI_DB_POOL_MAX": "db_pool_max",
+    "MODI_REDIS_POOL_MAX": "redis_pool_max",
 }
 
 _TYPES = {f.name: f.type for f in fields(Settings)}
@@ -155,9 +157,11 @@ def _validate(settings: Settings) -> None:
             ipaddress.ip_network(network, strict=False)
         except ValueError:
             raise ConfigError(f"MODI_TRUSTED_PROXIES: {network!r} is not an address") from None
+    if settings.redis_pool_max < 4:
+        raise ConfigError("MODI_REDIS_POOL_MAX must be at least 4 (two serve subscriptions)")
     for name in ("port", "max_body_bytes", "max_frame_bytes", "max_document_bytes",
                  "max_connections_per_user", "max_send_queue_bytes", "commit_batch_max",
-                 "db_pool_max", "access_token_ttl", "refresh_token_ttl",
+                 "db_pool_max", "redis_pool_max", "access_token_ttl", "refresh_token_ttl",
                  "auto_compact_updates", "auto_compact_bytes"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name} must be positive")

@@ -69,3 +69,17 @@ async def test_a_client_that_stops_reading_is_dropped(make_client):
     assert writer.ws is not None and not writer.ws.closed
     silent.close()
     await writer.disconnect()
+
+
+async def test_a_burst_of_opens_waits_for_pool_connections_instead_of_failing(make_client):
+    client = await make_client(redis_pool_max=4, db_pool_max=2)  # 2 held by subscriptions
+    pair = await register(client)
+
+    async def open_one(i: int) -> int:
+        ws = await client.session.ws_connect(ws_url(client, f"burst-{i}", pair["access_token"]))
+        first = await ws.receive()  # the server's sync step 1: the handshake went through
+        await ws.close()
+        return first.type.value
+
+    kinds = await asyncio.gather(*(open_one(i) for i in range(30)))
+    assert kinds == [0x2] * 30  # every one got a binary message, none a 500
