@@ -72,6 +72,7 @@ class RecordingConnection(Connection):
 
     @property
     def sent(self) -> list[bytes]:
+        self.flush()  # what the peer will have read once this turn of the loop ends
         return self.transport.messages()
 
     def clear(self) -> None:

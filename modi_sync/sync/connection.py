@@ -1,10 +1,14 @@
 """One client's websocket: its identity, its outgoing frames, its awareness ids.
 
 Fan-out is the hot path: one update goes to every other client of a document. The
-room frames a message once (``frame``) and every connection writes the same bytes to
-its transport, synchronously, with no task and no copy per peer. Server frames are
-not masked, and compression is off for sync sockets, so one frame fits every peer;
-aiohttp's own ``send_bytes`` would build the frame again for each of them.
+room frames a message once (``frame``) and every connection takes the same bytes, with
+no task and no copy per peer. Server frames are not masked, and compression is off for
+sync sockets, so one frame fits every peer; aiohttp's own ``send_bytes`` would build
+the frame again for each of them.
+
+Frames queued during one turn of the event loop leave in one write at its end (a
+group commit hands a room many updates at once): one system call per peer and turn,
+not per message.
 
 The transport buffers what the peer has not read yet. A peer whose buffer passes
 ``max_queue_bytes`` has stopped reading: it is dropped, not buffered without end.
@@ -52,6 +56,7 @@ class Connection:
         self._transport = request.transport
         self._max_queue_bytes = max_queue_bytes
         self._closing: asyncio.Task[None] | None = None
+        self._out: list[bytes] | None = None  # frames waiting for the end of this turn
 
     @property
     def closing(self) -> bool:
@@ -61,10 +66,21 @@ class Connection:
         self.send_frame(frame(message))
 
     def send_frame(self, data: bytes) -> None:
-        transport = self._transport
-        if self.closing or transport is None or transport.is_closing():
+        if self.closing:
             return
-        transport.write(data)
+        if self._out is None:
+            self._out = [data]
+            asyncio.get_running_loop().call_soon(self.flush)
+        else:
+            self._out.append(data)
+
+    def flush(self) -> None:
+        """Write the frames queued so far; it runs by itself at the end of the turn."""
+        out, self._out = self._out, None
+        transport = self._transport
+        if not out or transport is None or transport.is_closing():
+            return
+        transport.write(out[0] if len(out) == 1 else b"".join(out))
         if transport.get_write_buffer_size() > self._max_queue_bytes:
             # It is not reading, so it would not read a close frame either: drop it.
             log.warning("dropping a client that stopped reading (%d bytes waiting)",
@@ -74,6 +90,7 @@ class Connection:
     def close(self, code: int, reason: str = "") -> None:
         """Start closing with ``code``; safe to call from synchronous code, once counts."""
         if self._closing is None and not self.ws.closed:
+            self.flush()  # what was sent before the close goes before the close frame
             self._closing = asyncio.ensure_future(
                 self.ws.close(code=code, message=reason.encode()[:120]))
 
