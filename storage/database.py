@@ -14,7 +14,13 @@ _MIGRATION_LOCK = 0x6D6F6469  # "modi"
 
 
 async def create_pool(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
-    return await asyncpg.create_pool(dsn, min_size=1, max_size=max_size)
+    # Nothing here sets session state (no SET, LISTEN, temp tables or open cursors), so
+    # the reset asyncpg runs on every release (one more round trip) is not needed.
+    return await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, reset=_no_reset)
+
+
+async def _no_reset(conn: asyncpg.Connection) -> None:
+    """Release a connection as it is; see create_pool."""
 
 
 def _migration_files() -> list[tuple[int, str, str]]:

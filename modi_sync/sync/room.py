@@ -67,9 +67,7 @@ class Room:
             self.doc.apply_update(update)
         self._diff: bytes | None = None
         self.doc.observe(self._capture_diff)
-        self.awareness = Awareness(self.doc)
-        self.awareness.set_local_state(None)  # the server itself is nobody's peer
-        self.awareness.observe(self._track_awareness)
+        self._awareness: Awareness | None = None  # made on first use: most rooms never need it
 
     # -- documents --------------------------------------------------------------------
 
@@ -159,6 +157,14 @@ class Room:
 
     # -- awareness --------------------------------------------------------------------
 
+    @property
+    def awareness(self) -> Awareness:
+        if self._awareness is None:
+            self._awareness = Awareness(self.doc)
+            self._awareness.set_local_state(None)  # the server itself is nobody's peer
+            self._awareness.observe(self._track_awareness)
+        return self._awareness
+
     def _track_awareness(self, topic: str, changes: tuple[dict[str, list[int]], Any]) -> None:
         if topic != "update":
             return
@@ -176,7 +182,9 @@ class Room:
 
     def awareness_message(self) -> bytes | None:
         """Every known awareness state, for a new or asking connection."""
-        ids = list(self.awareness.states)
+        if self._awareness is None:
+            return None
+        ids = list(self._awareness.states)
         if not ids:
             return None
         return create_awareness_message(self.awareness.encode_awareness_update(ids))
@@ -189,6 +197,8 @@ class Room:
     def remove(self, conn: Connection) -> None:
         """Forget a connection and tell the others its awareness states are gone."""
         self.connections.discard(conn)
+        if not conn.awareness_ids:
+            return
         gone = [cid for cid in conn.awareness_ids if cid in self.awareness.states]
         conn.awareness_ids.clear()
         if not gone:
