@@ -111,11 +111,17 @@ class GroupCommitWriter:
             self._wake_waiters(WriteFailed())
             return
         self._committed = last_ticket
-        stored = []
+        stored, gone = [], {}
         for (target, update, origin), seq in zip(batch, seqs, strict=True):
-            if seq is not None:  # None: its document was deleted meanwhile
-                target.committed(update, origin, seq)
-                stored.append((target.doc_id, update))
+            if seq is None:  # its document row is gone (erased meanwhile)
+                gone[id(target)] = target
+                continue
+            target.committed(update, origin, seq)
+            stored.append((target.doc_id, update))
+        for target in gone.values():
+            # An erased document's room is closing already; any other such room (its row
+            # lost in a database crash) must reload, and its clients resend what they have.
+            target.write_failed()
         self._wake_waiters(None)
         if self._publish is not None and stored:
             self._publish(stored)  # to the other instances; queued, never waited for
