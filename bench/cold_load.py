@@ -40,7 +40,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import BENCH, CLIENT_CORE, ModiServer, median, node_ready, pinned  # noqa: E402
+from common import (  # noqa: E402
+    BENCH,
+    CLIENT_CORE,
+    ModiServer,
+    median,
+    modi_source,
+    node_ready,
+    pinned,
+)
 
 
 def make_updates(count: int, seed: int) -> list[bytes]:
@@ -143,6 +151,9 @@ def main() -> int:
     parser.add_argument("--docs", type=int, default=8, help="documents per compaction run")
     parser.add_argument("--reps", type=int, default=3, help="runs per figure (medians)")
     parser.add_argument("--json", metavar="FILE", help="also write the raw figures here")
+    parser.add_argument("--modi-rev", default="HEAD", metavar="REV",
+                        help="the commit of modi-sync to run (a snapshot; see README.md); "
+                        "'worktree': the work tree as it is")
     args = parser.parse_args()
     missing = node_ready()
     if missing:
@@ -150,7 +161,8 @@ def main() -> int:
         return 2
 
     server = ModiServer.fresh({"MODI_AUTO_COMPACT_UPDATES": "100000000",
-                               "MODI_AUTO_COMPACT_BYTES": str(1 << 40)})
+                               "MODI_AUTO_COMPACT_BYTES": str(1 << 40)},
+                              src=modi_source(args.modi_rev))
     raw: dict = {"updates_per_doc": args.updates, "docs_per_compaction": args.docs}
     try:
         server.start()
@@ -189,7 +201,8 @@ def main() -> int:
     per_doc = median(1000 * c["seconds"] / c["docs"] for c in comps)
     per_mb = median(1000 * c["seconds"] / (c["bytes_before"] / 1e6) for c in comps)
     ratio = median(c["bytes_after"] / c["bytes_before"] for c in comps)
-    print(f"\nA document of {args.updates:,} single-edit updates "
+    print(f"\nmodi-sync from {server.src}.")
+    print(f"A document of {args.updates:,} single-edit updates "
           f"({raw['doc_bytes'] / 1e6:.2f} MB stored); medians of {args.reps} runs; "
           f"server side on core 0, client on core 1.\n")
     print("| fresh y-websocket client, socket created -> synced "

@@ -542,6 +542,14 @@ def main() -> int:
     if not have_taskset():
         log("warning: taskset or a second core is missing; server and client are not pinned")
 
+    # The commit is fixed now: HEAD may move while the run goes on.
+    described = "the work tree"
+    if args.modi_rev != "worktree":
+        out = subprocess.run(["git", "log", "-1", "--format=%h %s", args.modi_rev], cwd=BENCH,
+                             capture_output=True, text=True, timeout=30)
+        if out.returncode == 0 and out.stdout.strip():
+            args.modi_rev = out.stdout.split()[0]
+            described = f"commit {out.stdout.strip()[:72]}"
     # SIGTERM ends the run like Ctrl-C: every server started so far is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     records: list[dict] = []
@@ -574,14 +582,7 @@ def main() -> int:
         finally:
             bench.cleanup(Path(args.logs) / f"{kind}.log" if args.logs else None)
     save()
-    rev = args.modi_rev
-    if rev != "worktree":
-        out = subprocess.run(["git", "log", "-1", "--format=%h %s", rev], cwd=BENCH,
-                             capture_output=True, text=True, timeout=30)
-        rev = f"commit {out.stdout.strip()[:80]}"
-    else:
-        rev = "the work tree"
-    print(report(records, servers, sizes, reps, rev))
+    print(report(records, servers, sizes, reps, described))
     log(f"total {time.monotonic() - started:.0f} s")
     return 0 if all(_ok(r) for r in records) else 1
 
