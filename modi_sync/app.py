@@ -142,7 +142,8 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
         max_document_bytes=settings.max_document_bytes,
         max_connections_per_user=settings.max_connections_per_user,
         auto_compaction=AutoCompaction(
-            compact, settings.auto_compact_updates, settings.auto_compact_bytes),
+            compact, settings.auto_compact_updates, settings.auto_compact_bytes,
+            settings.auto_compact_interval),
         instance=instance,
     )
     listeners = [

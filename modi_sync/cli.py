@@ -108,6 +108,9 @@ def serve(settings: Settings) -> int:
         print=lambda msg: log.info("listening on http://%s:%d", settings.host, settings.port),
         access_log=None,
         shutdown_timeout=10.0,
+        # aiohttp's default of 128 overflows when a few hundred phones reconnect at once
+        # (after a deploy, say): the kernel drops their handshakes and they retry later.
+        backlog=1024,
     )
     return 0
 

@@ -48,6 +48,7 @@ class Settings:
     room_idle_seconds: float = 30.0
     auto_compact_updates: int = 500
     auto_compact_bytes: int = 4 * 1024 * 1024
+    auto_compact_interval: float = 60.0
     snapshot_interval_seconds: int = 3600
     snapshot_retention_days: int = 30
     commit_batch_max: int = 2048
@@ -94,6 +95,7 @@ ENVIRONMENT: dict[str, str] = {
     "MODI_ROOM_IDLE_SECONDS": "room_idle_seconds",
     "MODI_AUTO_COMPACT_UPDATES": "auto_compact_updates",
     "MODI_AUTO_COMPACT_BYTES": "auto_compact_bytes",
+    "MODI_AUTO_COMPACT_INTERVAL": "auto_compact_interval",
     "MODI_SNAPSHOT_INTERVAL": "snapshot_interval_seconds",
     "MODI_SNAPSHOT_RETENTION_DAYS": "snapshot_retention_days",
     "MODI_COMMIT_BATCH_MAX": "commit_batch_max",

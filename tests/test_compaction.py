@@ -122,7 +122,7 @@ async def _stored_keys(db, user_id) -> set[str]:  # noqa: ANN001
 
 
 async def test_automatic_compaction_keeps_the_room_serving(make_client, db):
-    client = await make_client(auto_compact_updates=20)
+    client = await make_client(auto_compact_updates=20, auto_compact_interval=0)
     pair, user_id, conn = await _client_with_edits(client, "auto", 60)
     await eventually(lambda: _rows_below(db, user_id, "auto", 20))
     other = await YClient(client.session, ws_url(client, "auto", pair["access_token"])).connect()
@@ -132,6 +132,24 @@ async def test_automatic_compaction_keeps_the_room_serving(make_client, db):
     assert room.stored_updates < 20
     await conn.disconnect()
     await other.disconnect()
+
+
+async def test_automatic_compaction_waits_its_interval(make_client, db):
+    client = await make_client(auto_compact_updates=20, auto_compact_interval=3600)
+    pair, user_id, conn = await _client_with_edits(client, "hot", 25)
+    room = client.server.app[REGISTRY].rooms[(user_id, "hot")]
+    await eventually(lambda: room.compacted_at > float("-inf"))  # the first one ran
+    for i in range(25, 50):
+        conn.workouts()[f"w{i}"] = Map({"name": f"lift {i}", "sets": 3})
+
+    async def all_stored() -> bool:
+        rows = await _rows(db, user_id, "hot")
+        return len(set(_doc_of(rows).get("workouts", type=Map).keys())) == 50
+
+    await eventually(all_stored)
+    # Over the line again (25 new rows > 20), but within the interval: not merged again.
+    assert len(await _rows(db, user_id, "hot")) >= 25
+    await conn.disconnect()
 
 
 async def _rows_below(db, user_id, name, n: int) -> bool:  # noqa: ANN001

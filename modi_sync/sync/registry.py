@@ -51,6 +51,7 @@ class AutoCompaction:
     compact: Callable[[int], Awaitable[Compaction]]
     max_updates: int
     max_bytes: int
+    min_interval: float = 60.0  # seconds between two compactions of one document
 
 
 class RoomRegistry:
@@ -226,6 +227,9 @@ class RoomRegistry:
             return
         if room.stored_updates < auto.max_updates and room.stored_bytes < auto.max_bytes:
             return
+        loop = asyncio.get_running_loop()
+        if loop.time() - room.compacted_at < auto.min_interval:
+            return  # a hot document is merged at most once a minute, not every N updates
         self._compacting.add(room.doc_id)
         self._spawn(self._compact(room, auto))
 
@@ -238,11 +242,12 @@ class RoomRegistry:
             return
         room.compacted(result.updates_before - result.updates_after,
                        result.bytes_before - result.bytes_after)
+        room.compacted_at = asyncio.get_running_loop().time()
         self._compacting.discard(room.doc_id)
         log.info("compacted %s/%s: %d updates, %d bytes -> %d, %d", *room.key,
                  result.updates_before, result.bytes_before,
                  result.updates_after, result.bytes_after)
-        if self._by_doc.get(room.doc_id) is room:
+        if self._by_doc.get(room.doc_id) is room and auto.min_interval <= 0:
             self._maybe_compact(room)  # what arrived meanwhile may be over the line again
 
     # -- shutdown -----------------------------------------------------------------------

@@ -58,6 +58,7 @@ class Room:
         self.last_ticket = 0  # writer ticket of the newest update applied here
         self.stored_bytes = sum(len(u) for u in updates)
         self.stored_updates = len(updates)
+        self.compacted_at = float("-inf")  # event-loop time of the last compaction
         self._writer = writer
         self._max_bytes = max_bytes
         self._on_broken = on_broken
