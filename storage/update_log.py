@@ -101,10 +101,6 @@ class StoredDocument:
     doc_id: int
     updates: list[bytes]
 
-    @property
-    def size_bytes(self) -> int:
-        return sum(len(u) for u in self.updates)
-
 
 @dataclass(frozen=True, slots=True)
 class DocumentInfo:

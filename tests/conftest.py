@@ -29,6 +29,7 @@ import pytest
 
 from modi_sync.app import create_app
 from modi_sync.config import Settings
+from storage.database import create_pool, migrate
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis
 
 JWT_SECRET = "test-secret-" + "x" * 60
@@ -126,6 +127,17 @@ async def make_client(aiohttp_client, settings: Settings):  # noqa: ANN001 - pyt
 @pytest.fixture
 async def client(make_client):  # noqa: ANN001, ANN201
     return await make_client()
+
+
+@pytest.fixture
+async def pool(services: ServiceUrls) -> AsyncIterator[asyncpg.Pool]:
+    """A migrated pool of the server's own kind, for tests of the storage-facing parts."""
+    pool = await create_pool(services.database_url, max_size=4)
+    await migrate(pool)
+    try:
+        yield pool
+    finally:
+        await pool.close()
 
 
 @pytest.fixture

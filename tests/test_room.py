@@ -23,7 +23,6 @@ from modi_sync.sync.connection import Connection
 from modi_sync.sync.protocol import parse_message
 from modi_sync.sync.room import DocumentTooLarge, InvalidUpdate, Room
 from modi_sync.sync.writer import GroupCommitWriter, WriteFailed
-from storage.database import create_pool, migrate
 from storage.update_log import UpdateLog
 from storage.users import UserStore
 
@@ -80,16 +79,6 @@ class RecordingConnection(Connection):
 
     def close(self, code: int, reason: str = "") -> None:
         self.closed_with = code
-
-
-@pytest.fixture
-async def pool(services) -> AsyncIterator[asyncpg.Pool]:  # noqa: ANN001
-    pool = await create_pool(services.database_url, max_size=4)
-    await migrate(pool)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 @pytest.fixture
