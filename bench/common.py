@@ -226,6 +226,9 @@ def _modi_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+_SNAPSHOTS: set[Path] = set()  # made by modi_source; the only sources cleanup deletes
+
+
 def modi_source(rev: str) -> Path:
     """Where to run modi-sync from: the work tree as it is (``worktree``), or a snapshot of
     commit ``rev`` (``git archive`` into a temporary directory), so that edits others
@@ -242,6 +245,7 @@ def modi_source(rev: str) -> Path:
                              timeout=120, check=True)
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True,
                    timeout=120)
+    _SNAPSHOTS.add(target)
     return target
 
 
@@ -369,7 +373,8 @@ class ModiServer:
             keep_log.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(self.log_path, keep_log)
         shutil.rmtree(self.data_dir, ignore_errors=True)
-        if self.src != ROOT:
+        if self.src in _SNAPSHOTS:  # never a work tree someone passed in
+            _SNAPSHOTS.discard(self.src)
             shutil.rmtree(self.src, ignore_errors=True)
 
 
