@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from functools import partial
 
 import asyncpg
 from aiohttp import web
@@ -149,8 +150,8 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
     listeners = [
         RedisListener(redis, subscribe_sessions_ended, ended_user_ids, registry.close_user,
                       "sessions-ended"),
-        RedisListener(redis, subscribe_doc_events, doc_events, registry.handle_doc_event,
-                      "doc-events"),
+        RedisListener(redis, subscribe_doc_events, partial(doc_events, ignore=instance),
+                      registry.handle_doc_events, "doc-events"),
     ]
     await publisher.start()
     await writer.start()

@@ -1,8 +1,11 @@
 """The Redis channel that carries document changes between server instances.
 
-A message is one byte of kind, the document id (8 bytes), the sending instance's id
-(16 bytes), then for an update the Yjs update itself. Updates are published only
-after they are stored, so a receiver never has to store them.
+One message carries every change one instance published at once (a group commit's
+updates go out as one message, not one per update): the sending instance's id (16
+bytes), then records of one byte of kind, the document id (8 bytes), the length (4
+bytes) and, for an update, the Yjs update itself. Updates are published only after
+they are stored, so a receiver never has to store them. A receiver skips its own
+messages by their first 16 bytes, without decoding them.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from redis.asyncio.client import PubSub
 CHANNEL = b"modi:docs"
 UPDATE = b"U"
 DELETED = b"D"
-_HEADER = struct.Struct(">cq16s")
+_RECORD = struct.Struct(">cqI")
+_MESSAGE_BYTES = 1 << 20  # a batch larger than this is split over several messages
 
 NO_INSTANCE = uuid.UUID(int=0)  # for commands run outside a server (restore)
 
@@ -27,25 +31,53 @@ NO_INSTANCE = uuid.UUID(int=0)  # for commands run outside a server (restore)
 class DocEvent:
     kind: bytes
     doc_id: int
-    instance: uuid.UUID
     update: bytes
 
 
-def _encode(kind: bytes, doc_id: int, instance: uuid.UUID, update: bytes = b"") -> bytes:
-    return _HEADER.pack(kind, doc_id, instance.bytes) + update
+def encode(instance: uuid.UUID, records: Iterable[tuple[bytes, int, bytes]]) -> list[bytes]:
+    """(kind, doc_id, update) records as messages of about ``_MESSAGE_BYTES`` at most."""
+    messages: list[bytes] = []
+    parts: list[bytes] = [instance.bytes]
+    size = 0
+    for kind, doc_id, update in records:
+        if size >= _MESSAGE_BYTES:
+            messages.append(b"".join(parts))
+            parts, size = [instance.bytes], 0
+        parts += (_RECORD.pack(kind, doc_id, len(update)), update)
+        size += _RECORD.size + len(update)
+    if size:
+        messages.append(b"".join(parts))
+    return messages
+
+
+def decode(data: bytes) -> list[DocEvent]:
+    """The records of one message; a truncated record ends it."""
+    view = memoryview(data)
+    events: list[DocEvent] = []
+    at = 16
+    while at + _RECORD.size <= len(data):
+        kind, doc_id, length = _RECORD.unpack_from(data, at)
+        at += _RECORD.size
+        if at + length > len(data):
+            break
+        events.append(DocEvent(kind, doc_id, bytes(view[at:at + length])))
+        at += length
+    return events
 
 
 async def publish_updates(
     redis: Redis, instance: uuid.UUID, updates: Iterable[tuple[int, bytes]]
 ) -> None:
+    messages = encode(instance, ((UPDATE, doc_id, u) for doc_id, u in updates))
     async with redis.pipeline(transaction=False) as pipe:
-        for doc_id, update in updates:
-            pipe.publish(CHANNEL, _encode(UPDATE, doc_id, instance, update))
+        for message in messages:
+            pipe.publish(CHANNEL, message)
         await pipe.execute()
 
 
 async def publish_deleted(redis: Redis, instance: uuid.UUID, doc_id: int) -> None:
-    await redis.publish(CHANNEL, _encode(DELETED, doc_id, instance))
+    (message,) = encode(instance, [(DELETED, doc_id, b"")])
+    await redis.publish(CHANNEL, message)
 
 
 async def subscribe_doc_events(redis: Redis) -> PubSub:
@@ -55,10 +87,11 @@ async def subscribe_doc_events(redis: Redis) -> PubSub:
     return pubsub
 
 
-async def doc_events(pubsub: PubSub) -> AsyncIterator[DocEvent]:
+async def doc_events(pubsub: PubSub, ignore: uuid.UUID) -> AsyncIterator[list[DocEvent]]:
+    """Each message's changes, except those published by instance ``ignore``."""
+    own = ignore.bytes
     async for message in pubsub.listen():
         data = message.get("data")
-        if message.get("type") != "message" or len(data) < _HEADER.size:
+        if message.get("type") != "message" or data[:16] == own:
             continue
-        kind, doc_id, instance = _HEADER.unpack_from(data)
-        yield DocEvent(kind, doc_id, uuid.UUID(bytes=instance), data[_HEADER.size:])
+        yield decode(data)

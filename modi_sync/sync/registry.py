@@ -198,17 +198,16 @@ class RoomRegistry:
             room.close_all(CLOSE_DOCUMENT_DELETED, "document deleted")
             self._discard(room)
 
-    def handle_doc_event(self, event: DocEvent) -> None:
+    def handle_doc_events(self, events: list[DocEvent]) -> None:
         """From the Redis bus: what other instances and commands did to documents."""
-        if event.instance == self.instance:
-            return
-        room = self._by_doc.get(event.doc_id)
-        if room is None:
-            return  # not in memory here: the next load reads it from storage
-        if event.kind == UPDATE:
-            room.apply_stored(event.update)
-        elif event.kind == DELETED:
-            self.drop_document(event.doc_id)
+        for event in events:
+            room = self._by_doc.get(event.doc_id)
+            if room is None:
+                continue  # not in memory here: the next load reads it from storage
+            if event.kind == UPDATE:
+                room.apply_stored(event.update)
+            elif event.kind == DELETED:
+                self.drop_document(event.doc_id)
 
     def close_user(self, user_id: UUID, code: int = CLOSE_SESSION_ENDED) -> int:
         """Close every sync connection of ``user_id`` on this instance; return how many."""
