@@ -10,7 +10,7 @@ from aiohttp import web
 from storage.rate_limits import Limit, Verdict
 
 from .api.errors import ApiError
-from .keys import ACCESS_TOKENS, RATE_LIMITER, RATE_VERDICT, REFRESH_TOKENS, SETTINGS
+from .keys import ACCESS_TOKENS, RATE_LIMITER, RATE_VERDICT, REVOCATIONS, SETTINGS
 from .tokens import AccessClaims, InvalidToken
 
 
@@ -33,7 +33,7 @@ async def authenticate(request: web.Request, *, allow_query_token: bool = False)
         claims = request.app[ACCESS_TOKENS].verify(token)
     except InvalidToken:
         raise ApiError.unauthorized("invalid or expired access token") from None
-    if claims.issued_at < await request.app[REFRESH_TOKENS].access_revoked_before(claims.user_id):
+    if claims.issued_at < await request.app[REVOCATIONS].revoked_before(claims.user_id):
         raise ApiError.unauthorized("invalid or expired access token")
     return claims
 

@@ -39,11 +39,13 @@ from .keys import (
     REDIS,
     REFRESH_TOKENS,
     REGISTRY,
+    REVOCATIONS,
     SETTINGS,
     UPDATE_LOG,
     USERS,
     WRITER,
 )
+from .revocations import RevocationTimes
 from .sync.bus import UpdatePublisher
 from .sync.handler import DOC_NAME, sync_endpoint
 from .sync.listener import RedisListener
@@ -123,6 +125,7 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
         app[REFRESH_TOKENS] = RefreshTokens(
             redis, settings.refresh_token_ttl, settings.access_token_ttl
         )
+        app[REVOCATIONS] = RevocationTimes(app[REFRESH_TOKENS].access_revoked_before)
         app[RATE_LIMITER] = RateLimiter(redis)
         yield
 
@@ -148,8 +151,8 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
         instance=instance,
     )
     listeners = [
-        RedisListener(redis, subscribe_sessions_ended, ended_user_ids, registry.close_user,
-                      "sessions-ended"),
+        RedisListener(redis, subscribe_sessions_ended, ended_user_ids,
+                      partial(_sessions_ended, app), "sessions-ended"),
         RedisListener(redis, subscribe_doc_events, partial(doc_events, ignore=instance),
                       registry.handle_doc_events, "doc-events"),
     ]
@@ -163,6 +166,12 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
         await listener.stop()
     await writer.stop()  # every update received before shutdown is stored
     await publisher.stop()
+
+
+def _sessions_ended(app: web.Application, user_id: uuid.UUID) -> None:
+    """Another instance revoked or logged out ``user_id``."""
+    app[REVOCATIONS].forget(user_id)
+    app[REGISTRY].close_user(user_id)
 
 
 async def _close_sockets(app: web.Application) -> None:

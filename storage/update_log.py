@@ -6,29 +6,41 @@ and erasure, so the log is the source of truth and a room in memory is a cache o
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from uuid import UUID
 
 import asyncpg
 
+# Many documents in one statement: each (user, name) is found or, where asked for,
+# created, and comes back with its stored updates in order (a row with NULL data for a
+# document without updates). A document made by a concurrent transaction after this
+# statement's snapshot is neither found nor made here: the caller asks again.
+#
 # Creating a document row does not wait for its WAL flush (synchronous_commit off for
 # this statement only): the row matters only once an update refers to it, and the
 # update's own synchronous commit flushes the WAL up to and including the row. Without
 # this, every first connection to a new document would wait for a disk flush.
-_DOCUMENT_ID = """
-WITH relaxed AS (
+_LOAD_MANY = """
+WITH wanted AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[]) WITH ORDINALITY
+        AS w(user_id, name, make, o)
+), relaxed AS (
     SELECT set_config('synchronous_commit', 'off', true)
 ), found AS (
-    SELECT id FROM documents WHERE user_id = $1 AND name = $2
+    SELECT w.o, d.id FROM wanted w JOIN documents d ON d.user_id = w.user_id AND d.name = w.name
 ), made AS (
     INSERT INTO documents (user_id, name)
-    SELECT $1, $2 FROM relaxed WHERE NOT EXISTS (SELECT 1 FROM found)
+    SELECT w.user_id, w.name FROM wanted w, relaxed
+    WHERE w.make AND NOT EXISTS (SELECT 1 FROM found f WHERE f.o = w.o)
     ON CONFLICT (user_id, name) DO NOTHING
-    RETURNING id
+    RETURNING id, user_id, name
 )
-SELECT id FROM found UNION ALL SELECT id FROM made
+SELECT f.o, f.id, u.seq, u.data FROM found f LEFT JOIN doc_updates u ON u.doc_id = f.id
+UNION ALL
+SELECT w.o, m.id, NULL, NULL FROM made m JOIN wanted w ON w.user_id = m.user_id AND w.name = m.name
+ORDER BY 1, 3
 """
 
 # One statement for a whole batch: the rows keep the batch order, so sequence numbers
@@ -41,10 +53,6 @@ RETURNING seq
 """
 
 _EXISTING = "SELECT id FROM documents WHERE id = ANY($1::bigint[])"
-
-_FIND = "SELECT id FROM documents WHERE user_id = $1 AND name = $2"
-
-_LOAD = "SELECT data FROM doc_updates WHERE doc_id = $1 ORDER BY seq"
 
 _INFO_SELECT = """
 SELECT d.id, d.user_id, d.name,
@@ -142,17 +150,29 @@ class UpdateLog:
 
         With ``create`` a missing document is created; without, it is None.
         """
+        return (await self.load_many([(user_id, name, create)]))[0]
+
+    async def load_many(
+        self, wanted: Sequence[tuple[UUID, str, bool]]
+    ) -> list[StoredDocument | None]:
+        """``load`` for many (user, name, create) at once, in one round trip."""
+        result: list[StoredDocument | None] = [None] * len(wanted)
+        todo = list(range(len(wanted)))
         async with self._pool.acquire() as conn:
-            if create:
-                doc_id = None
-                while doc_id is None:  # None only when a concurrent insert won the race
-                    doc_id = await conn.fetchval(_DOCUMENT_ID, user_id, name)
-            else:
-                doc_id = await conn.fetchval(_FIND, user_id, name)
-                if doc_id is None:
-                    return None
-            rows = await conn.fetch(_LOAD, doc_id)
-        return StoredDocument(doc_id, [r[0] for r in rows])
+            while todo:
+                rows = await conn.fetch(_LOAD_MANY, [wanted[i][0] for i in todo],
+                                        [wanted[i][1] for i in todo],
+                                        [wanted[i][2] for i in todo])
+                for o, doc_id, _, data in rows:
+                    at = todo[o - 1]
+                    stored = result[at]
+                    if stored is None:
+                        stored = result[at] = StoredDocument(doc_id, [])
+                    if data is not None:
+                        stored.updates.append(data)
+                # Still missing and to be made: a concurrent insert won the race.
+                todo = [i for i in todo if result[i] is None and wanted[i][2]]
+        return result
 
     async def list_documents(
         self, user_id: UUID, limit: int, offset: int

@@ -6,13 +6,15 @@ the other's and skips its own.
 
 from __future__ import annotations
 
+import time
 import uuid
 
+import jwt
 from pycrdt import Doc, Map
 
 from storage.doc_events import DELETED, UPDATE, decode, encode
 
-from .conftest import register, ws_url
+from .conftest import JWT_SECRET, register, ws_url
 from .yclient import YClient, eventually
 
 
@@ -71,3 +73,26 @@ def test_one_message_carries_many_updates_and_splits_when_large():
     assert len(messages) == 2
     assert [e.doc_id for m in messages for e in decode(m)] == [1, 2, 3]
     assert decode(messages[0][:-10]) == decode(messages[0])[:1]  # a cut record is dropped
+
+
+async def test_a_password_change_on_one_instance_refuses_old_tokens_on_the_other(make_client):
+    first, second = await make_client(), await make_client()
+    user = await register(first)
+    # Issued a minute ago: revocation has the resolution of iat, whole seconds.
+    token = _token_issued_earlier(user, seconds=60)
+    old = {"Authorization": f"Bearer {token}"}
+    assert (await second.get("/api/v1/docs", headers=old)).status == 200  # now remembered
+    there = await _open(second, token)
+
+    resp = await first.post("/api/v1/auth/password", headers=old, json={
+        "current_password": "correct horse", "new_password": "battery staple"})
+    assert resp.status == 200
+    assert await there.wait_closed(timeout=2) == 4401  # the second instance heard of it
+    assert (await second.get("/api/v1/docs", headers=old)).status == 401
+
+
+def _token_issued_earlier(user: dict, seconds: int) -> str:
+    now = int(time.time())
+    claims = {"sub": user["user"]["id"], "email": user["user"]["email"], "role": "user",
+              "iat": now - seconds, "exp": now + 600, "jti": uuid.uuid4().hex}
+    return jwt.encode(claims, JWT_SECRET, algorithm="HS256")

@@ -10,7 +10,7 @@ from storage.session_events import publish_session_ended
 from storage.users import EmailTaken, User
 
 from ..access import authenticated_user, client_ip, enforce_rate_limit
-from ..keys import ACCESS_TOKENS, REDIS, REFRESH_TOKENS, REGISTRY, SETTINGS, USERS
+from ..keys import ACCESS_TOKENS, REDIS, REFRESH_TOKENS, REGISTRY, REVOCATIONS, SETTINGS, USERS
 from ..passwords import hash_password, verify_password
 from .errors import ApiError, json_response
 from .validation import email_field, json_body, password_field, string_field
@@ -45,6 +45,7 @@ async def _limit_by_ip(request: web.Request) -> None:
 
 async def _end_sessions(request: web.Request, user_id) -> None:  # noqa: ANN001 - UUID
     """Close the user's sync sockets here at once, and on every other instance."""
+    request.app[REVOCATIONS].forget(user_id)
     request.app[REGISTRY].close_user(user_id)
     await publish_session_ended(request.app[REDIS], user_id)
 

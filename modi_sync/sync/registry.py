@@ -24,6 +24,7 @@ from uuid import UUID
 from storage.doc_events import DELETED, UPDATE, DocEvent
 
 from .connection import CLOSE_SESSION_ENDED
+from .loader import DocumentLoader
 from .room import Room, RoomKey
 from .writer import WriteFailed
 
@@ -67,7 +68,7 @@ class RoomRegistry:
         instance: uuid.UUID | None = None,
     ) -> None:
         self.instance = instance or uuid.uuid4()  # tells our bus messages from others'
-        self._log = update_log
+        self._loader = DocumentLoader(update_log)
         self._writer = writer
         self._idle_seconds = idle_seconds
         self._max_document_bytes = max_document_bytes
@@ -108,7 +109,7 @@ class RoomRegistry:
 
     async def _load(self, key: RoomKey, create: bool) -> Room:
         user_id, name = key
-        stored = await self._log.load(user_id, name, create=create)
+        stored = await self._loader.load(user_id, name, create=create)
         if stored is None:
             raise DocumentNotFound(name)
         room = Room(
