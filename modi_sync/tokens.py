@@ -33,10 +33,18 @@ class AccessClaims:
     expires_at: int
 
 
+_VERIFIED_KEPT = 1024  # tokens whose verified claims are remembered
+
+
 class AccessTokens:
     def __init__(self, secret: str, ttl_seconds: int) -> None:
         self._secret = secret
         self.ttl_seconds = ttl_seconds
+        # A device presents the same token for every socket and request until it
+        # refreshes; checking its signature once is enough (PyJWT re-examines the key
+        # on every decode, a large part of a websocket open). Only tokens that passed
+        # are kept, by their whole text, and expiry is still checked on every use.
+        self._verified: dict[str, AccessClaims] = {}
 
     def issue(self, user_id: UUID, email: str, role: str) -> str:
         now = int(time.time())
@@ -51,6 +59,17 @@ class AccessTokens:
         return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
 
     def verify(self, token: str) -> AccessClaims:
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._decode(token)
+            if len(self._verified) >= _VERIFIED_KEPT:
+                del self._verified[next(iter(self._verified))]  # the oldest
+            self._verified[token] = claims
+        if claims.expires_at <= time.time():  # as PyJWT judges "exp"
+            raise InvalidToken("Signature has expired")
+        return claims
+
+    def _decode(self, token: str) -> AccessClaims:
         # The algorithm list is pinned: a token naming any other alg, "none" included,
         # is refused before its signature is looked at.
         try:

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from pycrdt import Map
 
+from modi_sync import tokens
 from modi_sync.keys import REDIS
 
 from .conftest import JWT_SECRET, register, ws_url
@@ -199,3 +200,27 @@ async def test_access_token_claims_are_exactly_the_contracts(client):
     assert set(claims) == {"sub", "email", "role", "iat", "exp", "jti"}
     assert claims["exp"] - claims["iat"] == 15 * 60
     assert claims["sub"] == pair["user"]["id"] and claims["role"] == "user"
+
+
+def test_a_remembered_token_still_expires_and_a_changed_one_is_checked_again(monkeypatch):
+    access = tokens.AccessTokens(JWT_SECRET, ttl_seconds=60)
+    token = access.issue(uuid.uuid4(), "a@example.com", "user")
+    claims = access.verify(token)
+    assert access.verify(token) == claims  # remembered
+
+    head, payload, signature = token.split(".")
+    forged = ".".join([head, payload, ("A" if signature[0] != "A" else "B") + signature[1:]])
+    with pytest.raises(tokens.InvalidToken):
+        access.verify(forged)
+
+    now = time.time()
+    monkeypatch.setattr(tokens.time, "time", lambda: now + 61)
+    with pytest.raises(tokens.InvalidToken):
+        access.verify(token)
+
+
+def test_remembered_tokens_are_bounded():
+    access = tokens.AccessTokens(JWT_SECRET, ttl_seconds=60)
+    for _ in range(tokens._VERIFIED_KEPT + 10):
+        access.verify(access.issue(uuid.uuid4(), "a@example.com", "user"))
+    assert len(access._verified) == tokens._VERIFIED_KEPT
