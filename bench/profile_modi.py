@@ -57,6 +57,7 @@ def main() -> int:
                         choices=["w1-50x4", "w1-1x50", "w1-rate", "w2-cold", "w3"])
     parser.add_argument("--modi-rev", default="HEAD")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--out", default="/tmp/modi-profile.txt", help="collapsed stacks")
     args = parser.parse_args()
     spy = _py_spy()
@@ -93,7 +94,7 @@ def main() -> int:
         assert server.proc is not None
         collapsed = Path(args.out)
         spy_proc = subprocess.Popen(
-            pinned([spy, "record", "--pid", str(server.proc.pid), "--rate", "200",
+            pinned([spy, "record", "--pid", str(server.proc.pid), "--rate", str(args.rate),
                     "--duration", str(int(seconds)), "--format", "raw", "--output",
                     str(collapsed), "--nonblocking"], CLIENT_CORE),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
