@@ -156,6 +156,40 @@ async def test_valid_update_is_applied_stored_then_sent_to_the_others(rooms):
     assert fresh.get("workouts", type=Map).to_py() == {"w1": {"name": "squat", "sets": 5.0}}
 
 
+async def test_one_batch_reaches_each_peer_as_one_merged_update(rooms):
+    room = await rooms.open()
+    one, two, peer = (RecordingConnection(rooms.user_id) for _ in range(3))
+    for conn in (one, two, peer):
+        room.add(conn)
+    doc_one, doc_two = Doc(), Doc()
+    # Applied in one loop turn: the writer stores them as one batch.
+    for i in range(3):
+        room.apply_update(_edit(doc_one, f"a{i}", sets=i), one)
+        ticket = room.apply_update(_edit(doc_two, f"b{i}", sets=i), two)
+    await rooms.writer.wait_committed(ticket)
+
+    assert len(await rooms.rows(room)) == 6  # each update is still its own row
+    (message,) = peer.sent
+    got = Doc()
+    got.apply_update(parse_message(message).payload)
+    assert got.get_state() == room.doc.get_state()
+    assert got.get("workouts", type=Map).to_py() == room.doc.get("workouts", type=Map).to_py()
+    # Updates from two senders: each gets the merge, its own part included.
+    assert one.sent == two.sent == [message]
+
+
+async def test_a_batch_from_one_sender_is_not_echoed_to_it(rooms):
+    room = await rooms.open()
+    sender, peer = RecordingConnection(rooms.user_id), RecordingConnection(rooms.user_id)
+    room.add(sender)
+    room.add(peer)
+    doc = Doc()
+    for i in range(3):
+        ticket = room.apply_update(_edit(doc, f"w{i}", sets=i), sender)
+    await rooms.writer.wait_committed(ticket)
+    assert len(peer.sent) == 1 and sender.sent == []
+
+
 async def test_room_loads_its_state_from_the_stored_updates(rooms):
     name = f"doc-{uuid.uuid4().hex[:8]}"
     first = await rooms.open(name)

@@ -43,8 +43,8 @@ class Target:
         self.committed_seqs: list[tuple[bytes, Any, int]] = []
         self.failures = 0
 
-    def committed(self, update: bytes, origin: Any, seq: int) -> None:
-        self.committed_seqs.append((update, origin, seq))
+    def committed(self, stored: list[tuple[bytes, Any, int]]) -> None:
+        self.committed_seqs.extend(stored)
 
     def write_failed(self) -> None:
         self.failures += 1

@@ -19,6 +19,7 @@ from pycrdt import (
     create_awareness_message,
     create_sync_message,
     create_update_message,
+    merge_updates,
 )
 
 from .connection import Connection, frame
@@ -97,8 +98,20 @@ class Room:
         self.last_ticket = self._writer.submit(self, diff, origin)
         return self.last_ticket
 
-    def committed(self, update: bytes, origin: Any, seq: int) -> None:
-        """Called by the writer once ``update`` is stored: now the others may see it."""
+    def committed(self, stored: list[tuple[bytes, Any, int]]) -> None:
+        """Called by the writer with this room's updates of one stored batch.
+
+        Now the others may see them: as one merged update, framed once, so a busy room
+        costs each peer one message per batch rather than one per update. A peer whose
+        own update is part of a batch with others' gets its own changes back too; Yjs
+        ignores what it already has.
+        """
+        if len(stored) == 1:
+            update, origin, _ = stored[0]
+        else:
+            update = merge_updates(*(u for u, _, _ in stored))
+            origins = {id(o): o for _, o, _ in stored}
+            origin = next(iter(origins.values())) if len(origins) == 1 else None
         self._broadcast(create_update_message(update), origin)
         if self._on_grown is not None:
             self._on_grown(self)

@@ -28,7 +28,8 @@ class WriteFailed(Exception):
 class CommitTarget(Protocol):
     doc_id: int
 
-    def committed(self, update: bytes, origin: Any, seq: int) -> None: ...
+    def committed(self, stored: list[tuple[bytes, Any, int]]) -> None:
+        """This target's (update, origin, seq) of one stored batch, in order."""
 
     def write_failed(self) -> None: ...
 
@@ -111,13 +112,17 @@ class GroupCommitWriter:
             self._wake_waiters(WriteFailed())
             return
         self._committed = last_ticket
-        stored, gone = [], {}
+        stored: list[tuple[int, bytes]] = []
+        per_target: dict[int, tuple[CommitTarget, list[tuple[bytes, Any, int]]]] = {}
+        gone = {}
         for (target, update, origin), seq in zip(batch, seqs, strict=True):
             if seq is None:  # its document row is gone (erased meanwhile)
                 gone[id(target)] = target
                 continue
-            target.committed(update, origin, seq)
+            per_target.setdefault(id(target), (target, []))[1].append((update, origin, seq))
             stored.append((target.doc_id, update))
+        for target, updates in per_target.values():
+            target.committed(updates)
         for target in gone.values():
             # An erased document's room is closing already; any other such room (its row
             # lost in a database crash) must reload, and its clients resend what they have.
