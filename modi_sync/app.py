@@ -17,6 +17,7 @@ from functools import partial
 
 import asyncpg
 from aiohttp import web
+from pycrdt import Doc
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from storage.database import create_pool, migrate
@@ -156,6 +157,11 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
         RedisListener(redis, subscribe_doc_events, partial(doc_events, ignore=instance),
                       registry.handle_doc_events, "doc-events"),
     ]
+    # What the first client would otherwise wait for: statements planned, a Redis
+    # connection open, and pycrdt's lazy imports (its first Doc loads an async backend).
+    await log_store.warm_up()
+    await redis.ping()
+    Doc()
     await publisher.start()
     await writer.start()
     for listener in listeners:

@@ -145,6 +145,12 @@ class UpdateLog:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
+    async def warm_up(self) -> None:
+        """Plan the load and append statements now, not on the first client's clock."""
+        async with self._pool.acquire() as conn:
+            await conn.fetch(_LOAD_MANY, [], [], [])
+            await conn.fetch(_APPEND, [], [])
+
     async def load(self, user_id: UUID, name: str, *, create: bool = True) -> StoredDocument | None:
         """The user's document ``name`` and its stored updates.
 

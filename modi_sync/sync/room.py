@@ -65,8 +65,9 @@ class Room:
         self._on_broken = on_broken
         self._on_grown = on_grown
         self.doc = Doc()
-        for update in updates:  # faster than merging them first (see docs/sync.md)
-            self.doc.apply_update(update)
+        with self.doc.transaction():  # one transaction: faster than merging them first
+            for update in updates:
+                self.doc.apply_update(update)
         self._diff: bytes | None = None
         self.doc.observe(self._capture_diff)
         self._awareness: Awareness | None = None  # made on first use: most rooms never need it
