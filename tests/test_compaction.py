@@ -134,22 +134,43 @@ async def test_automatic_compaction_keeps_the_room_serving(make_client, db):
     await other.disconnect()
 
 
-async def test_automatic_compaction_waits_its_interval(make_client, db):
-    client = await make_client(auto_compact_updates=20, auto_compact_interval=3600)
+async def test_automatic_compaction_waits_its_interval_or_the_room_leaving(make_client, db):
+    client = await make_client(auto_compact_updates=20, auto_compact_interval=3600,
+                               room_idle_seconds=0.2)
     pair, user_id, conn = await _client_with_edits(client, "hot", 25)
     room = client.server.app[REGISTRY].rooms[(user_id, "hot")]
     await eventually(lambda: room.compacted_at > float("-inf"))  # the first one ran
     for i in range(25, 50):
         conn.workouts()[f"w{i}"] = Map({"name": f"lift {i}", "sets": 3})
-
-    async def all_stored() -> bool:
-        rows = await _rows(db, user_id, "hot")
-        return len(set(_doc_of(rows).get("workouts", type=Map).keys())) == 50
-
-    await eventually(all_stored)
+    await eventually(lambda: _rows_are(db, user_id, "hot", None, 50))
     # Over the line again (25 new rows > 20), but within the interval: not merged again.
     assert len(await _rows(db, user_id, "hot")) >= 25
+    # Until the room leaves memory: the next load then reads one merged row.
     await conn.disconnect()
+    await eventually(lambda: (user_id, "hot") not in client.server.app[REGISTRY].rooms)
+    await eventually(lambda: _rows_are(db, user_id, "hot", 1, 50))
+
+
+async def test_shutdown_runs_the_compactions_that_were_waiting(make_client, db):
+    client = await make_client(auto_compact_updates=20, auto_compact_interval=3600)
+    _, user_id, conn = await _client_with_edits(client, "busy", 25)
+    registry = client.server.app[REGISTRY]
+    room = registry.rooms[(user_id, "busy")]
+    await eventually(lambda: room.compacted_at > float("-inf"))
+    for i in range(25, 50):
+        conn.workouts()[f"w{i}"] = Map({"name": f"lift {i}", "sets": 3})
+    await eventually(lambda: _rows_are(db, user_id, "busy", None, 50))
+    assert len(await _rows(db, user_id, "busy")) >= 25
+
+    await registry.close()  # what on_shutdown does
+    assert await _rows_are(db, user_id, "busy", 1, 50)
+    assert await conn.wait_closed(timeout=2) == 1001
+
+
+async def _rows_are(db, user_id, name, count: int | None, keys: int) -> bool:  # noqa: ANN001
+    rows = await _rows(db, user_id, name)
+    held = set(_doc_of(rows).get("workouts", type=Map).keys())
+    return (count is None or len(rows) == count) and held == {f"w{i}" for i in range(keys)}
 
 
 async def _rows_below(db, user_id, name, n: int) -> bool:  # noqa: ANN001

@@ -176,6 +176,7 @@ class RoomRegistry:
         if not room.connections and self.rooms.get(room.key) is room:
             self._discard(room)
             log.debug("room %s/%s left memory", *room.key)
+            self._compact_if_due(room)  # the next load reads the merged history
 
     def _discard(self, room: Room) -> None:
         if self.rooms.get(room.key) is room:
@@ -222,14 +223,17 @@ class RoomRegistry:
     # -- automatic compaction -----------------------------------------------------------
 
     def _maybe_compact(self, room: Room) -> None:
+        loop = asyncio.get_running_loop()
+        if self._auto is not None and loop.time() - room.compacted_at < self._auto.min_interval:
+            return  # a hot document is merged at most once a minute; the rest when it leaves
+        self._compact_if_due(room)
+
+    def _compact_if_due(self, room: Room) -> None:
         auto = self._auto
         if auto is None or room.doc_id in self._compacting:
             return
         if room.stored_updates < auto.max_updates and room.stored_bytes < auto.max_bytes:
             return
-        loop = asyncio.get_running_loop()
-        if loop.time() - room.compacted_at < auto.min_interval:
-            return  # a hot document is merged at most once a minute, not every N updates
         self._compacting.add(room.doc_id)
         self._spawn(self._compact(room, auto))
 
@@ -252,12 +256,20 @@ class RoomRegistry:
 
     # -- shutdown -----------------------------------------------------------------------
 
-    async def close(self) -> None:
-        """Shutdown: close every connection (1001, going away) and forget every room."""
+    async def close(self, compaction_budget: float = 5.0) -> None:
+        """Shutdown: close every connection (1001, going away) and forget every room.
+
+        Rooms leave memory here too, so their due compactions start, for at most
+        ``compaction_budget`` seconds; one cut short is rolled back and done next time.
+        """
         for handle in self._idle.values():
             handle.cancel()
         self._idle.clear()
         for room in list(self.rooms.values()):
             room.close_all(1001, "server shutting down")
+            self._compact_if_due(room)
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, late = await asyncio.wait(self._tasks, timeout=compaction_budget)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
