@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RoomKey = tuple[UUID, str]
+EMPTY = b"\x00\x00"  # a Yjs v1 update that changes nothing
 
 
 class InvalidUpdate(ValueError):
@@ -69,7 +70,7 @@ class Room:
             for update in updates:
                 self.doc.apply_update(update)
         self._diff: bytes | None = None
-        self.doc.observe(self._capture_diff)
+        self._observing = False  # subscribed on the first change: a subscription is ~1.4 kB
         self._awareness: Awareness | None = None  # made on first use: most rooms never need it
 
     # -- documents --------------------------------------------------------------------
@@ -77,22 +78,34 @@ class Room:
     def _capture_diff(self, event: TransactionEvent) -> None:
         self._diff = event.update
 
+    def _apply(self, update: bytes) -> bytes | None:
+        """Apply ``update``; return what it changed (None or EMPTY: nothing)."""
+        if not self._observing:
+            self.doc.observe(self._capture_diff)
+            self._observing = True
+        self._diff = None
+        try:
+            self.doc.apply_update(update)
+        finally:
+            diff, self._diff = self._diff, None
+        return diff
+
     def apply_update(self, update: bytes, origin: Any) -> int | None:
         """Apply, queue for storage; return the writer ticket, or None if nothing changed.
 
         Raises InvalidUpdate or DocumentTooLarge and leaves the document untouched.
         """
+        if update == EMPTY:  # e.g. the step 2 of a client with nothing new
+            return None
         if self.stored_bytes + len(update) > self._max_bytes:
             raise DocumentTooLarge(f"document would exceed {self._max_bytes} bytes")
-        self._diff = None
         try:
-            self.doc.apply_update(update)
+            diff = self._apply(update)
         except Exception as exc:  # yrs reports every decoding problem as ValueError
             raise InvalidUpdate(str(exc)) from exc
-        diff, self._diff = self._diff, None
         # What changed, not what was sent: a reconnecting client resends its whole state,
         # and only the part new to the server is worth storing and forwarding.
-        if diff is None or diff == b"\x00\x00":
+        if diff is None or diff == EMPTY:
             return None
         self.stored_bytes += len(diff)
         self.stored_updates += 1
@@ -119,17 +132,15 @@ class Room:
 
     def apply_stored(self, update: bytes) -> None:
         """An update another instance (or a command) already stored: apply and fan out."""
-        self._diff = None
         try:
-            self.doc.apply_update(update)
+            diff = self._apply(update)
         except Exception:
             log.exception("a stored update from the bus does not apply; reloading the room")
             self.write_failed()
             return
-        diff, self._diff = self._diff, None
         self.stored_bytes += len(update)
         self.stored_updates += 1
-        if diff is not None and diff != b"\x00\x00":
+        if diff is not None and diff != EMPTY:
             self._broadcast(create_update_message(diff), None)
 
     def compacted(self, removed_updates: int, removed_bytes: int) -> None:
