@@ -63,3 +63,16 @@ def test_quick_benchmark_reports_figures_and_convergence(tmp_path: Path) -> None
     assert "| W1 50x4 edits/s |" in proc.stdout
     assert "-update doc, cold ms |" in proc.stdout
     assert "Convergence verified: modi-sync: 8/8 runs ok" in proc.stdout
+
+
+def test_cleanup_never_deletes_a_source_tree_it_did_not_snapshot(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCH))
+    try:
+        from common import ModiServer
+    finally:
+        sys.path.remove(str(BENCH))
+    tree = tmp_path / "work-tree"
+    (tree / "modi_sync").mkdir(parents=True)
+    server = ModiServer(data_dir=tmp_path / "data", src=tree)
+    server.cleanup()
+    assert (tree / "modi_sync").is_dir()  # a checkout passed in stays, whatever its path
