@@ -1,13 +1,13 @@
-"""Batched document loads: every load asked for in one event-loop turn, in one query.
+"""Batched document loads: the loads asked for while a query runs go in the next one.
 
 A burst of connections to documents not in memory (a server restart, a morning's
-first syncs) would otherwise cost a pool connection and two round trips each. Loads
-queue up; a batch starts on the next loop turn with everything queued, up to
-``max_batch``, and at most ``max_in_flight`` batches run at once, so what arrives
-while they run waits for the next batch rather than for a pool connection. One batch
-at a time makes the batches largest (W3: 1,988 opens/s with two, 2,161 with one); a
-batch holds the next one back only for its query, since rooms are built from the
-results afterwards, by each waiting connection.
+first syncs) would otherwise cost a pool connection and two round trips each. A load
+asked for when no batch is under way starts one at once; loads asked for meanwhile
+queue up, and when a batch ends the next takes everything queued, up to
+``max_batch``. At most ``max_in_flight`` batches run at once. One at a time makes the
+batches largest (W3: 1,988 opens/s with two, 2,161 with one); a batch holds the next
+one back only for its query, since each waiting connection builds its room from the
+results afterwards.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ class DocumentLoader:
         self._max_in_flight = max_in_flight
         self._queue: deque[_Request] = deque()
         self._in_flight = 0
-        self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def load(self, user_id: UUID, name: str, *, create: bool) -> StoredDocument | None:
@@ -39,13 +38,11 @@ class DocumentLoader:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StoredDocument | None] = loop.create_future()
         self._queue.append((user_id, name, create, future))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._start_batches)
+        if self._in_flight < self._max_in_flight:
+            self._start_batches()  # nothing under way: go now, others gather meanwhile
         return await future
 
     def _start_batches(self) -> None:
-        self._scheduled = False
         while self._queue and self._in_flight < self._max_in_flight:
             batch = [self._queue.popleft()
                      for _ in range(min(len(self._queue), self._max_batch))]
