@@ -32,6 +32,8 @@ from modi_sync.config import Settings
 from storage.database import create_pool, migrate
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis
 
+from .yclient import YClient
+
 JWT_SECRET = "test-secret-" + "x" * 60
 
 
@@ -159,6 +161,13 @@ async def register(client, email: str | None = None, password: str = "correct ho
 
 def ws_url(client, name: str, token: str) -> str:  # noqa: ANN001
     return str(client.make_url(f"/sync/{name}")) + f"?token={token}"
+
+
+async def synced(client, token: str, name: str = "default") -> YClient:  # noqa: ANN001
+    """A y-websocket client of document ``name``, connected and synced."""
+    conn = await YClient(client.session, ws_url(client, name, token)).connect()
+    await conn.wait_synced()
+    return conn
 
 
 # -- a real `modi-sync serve` process ----------------------------------------------------

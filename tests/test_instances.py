@@ -14,21 +14,15 @@ from pycrdt import Doc, Map
 
 from storage.doc_events import DELETED, UPDATE, decode, encode
 
-from .conftest import JWT_SECRET, register, ws_url
-from .yclient import YClient, eventually
-
-
-async def _open(client, token: str, name: str = "default") -> YClient:  # noqa: ANN001
-    conn = await YClient(client.session, ws_url(client, name, token)).connect()
-    await conn.wait_synced()
-    return conn
+from .conftest import JWT_SECRET, register, synced
+from .yclient import eventually
 
 
 async def test_edits_on_one_instance_reach_clients_of_the_other(make_client):
     first, second = await make_client(), await make_client()
     user = await register(first)
-    a = await _open(first, user["access_token"])
-    b = await _open(second, user["access_token"])
+    a = await synced(first, user["access_token"])
+    b = await synced(second, user["access_token"])
 
     for i in range(50):  # enough for several group commits, some with many updates
         a.workouts()[f"a{i}"] = Map({"name": "squat", "sets": i})
@@ -39,7 +33,7 @@ async def test_edits_on_one_instance_reach_clients_of_the_other(make_client):
 
     # A fresh client of either instance gets the same state: nothing was applied twice
     # or lost on the way.
-    fresh = await _open(second, user["access_token"])
+    fresh = await synced(second, user["access_token"])
     assert fresh.workouts().to_py() == a.workouts().to_py()
     assert fresh.weights().to_py() == a.weights().to_py()
     for conn in (a, b, fresh):
@@ -49,7 +43,7 @@ async def test_edits_on_one_instance_reach_clients_of_the_other(make_client):
 async def test_a_delete_on_one_instance_closes_sockets_on_the_other(make_client):
     first, second = await make_client(), await make_client()
     user = await register(first)
-    there = await _open(second, user["access_token"], "gone")
+    there = await synced(second, user["access_token"], "gone")
     resp = await first.delete("/api/v1/docs/gone",
                               headers={"Authorization": f"Bearer {user['access_token']}"})
     assert resp.status == 204
@@ -82,7 +76,7 @@ async def test_a_password_change_on_one_instance_refuses_old_tokens_on_the_other
     token = _token_issued_earlier(user, seconds=60)
     old = {"Authorization": f"Bearer {token}"}
     assert (await second.get("/api/v1/docs", headers=old)).status == 200  # now remembered
-    there = await _open(second, token)
+    there = await synced(second, token)
 
     resp = await first.post("/api/v1/auth/password", headers=old, json={
         "current_password": "correct horse", "new_password": "battery staple"})

@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .conftest import register, ws_url
-from .yclient import YClient
-
-
-async def _open(client, token: str, name: str = "default") -> YClient:  # noqa: ANN001
-    conn = await YClient(client.session, ws_url(client, name, token)).connect()
-    await conn.wait_synced()
-    return conn
+from .conftest import register, synced
 
 
 async def test_logout_closes_sockets_on_every_instance(make_client):
@@ -19,9 +12,9 @@ async def test_logout_closes_sockets_on_every_instance(make_client):
     second = await make_client()  # another instance on the same PostgreSQL and Redis
     pair = await register(first)
     other_user = await register(first)
-    here = await _open(first, pair["access_token"])
-    there = await _open(second, pair["access_token"], "notes")
-    bystander = await _open(second, other_user["access_token"])
+    here = await synced(first, pair["access_token"])
+    there = await synced(second, pair["access_token"], "notes")
+    bystander = await synced(second, other_user["access_token"])
 
     started = asyncio.get_running_loop().time()
     resp = await first.post("/api/v1/auth/logout", json={"refresh_token": pair["refresh_token"]})
@@ -35,7 +28,7 @@ async def test_logout_closes_sockets_on_every_instance(make_client):
 
 async def test_password_change_closes_sockets(client):
     pair = await register(client)
-    conn = await _open(client, pair["access_token"])
+    conn = await synced(client, pair["access_token"])
     resp = await client.post(
         "/api/v1/auth/password",
         json={"current_password": "correct horse", "new_password": "battery staple"},
@@ -47,7 +40,7 @@ async def test_password_change_closes_sockets(client):
 
 async def test_account_deletion_closes_sockets(client):
     pair = await register(client)
-    conn = await _open(client, pair["access_token"])
+    conn = await synced(client, pair["access_token"])
     resp = await client.delete("/api/v1/auth/account", json={"password": "correct horse"},
                                headers={"Authorization": f"Bearer {pair['access_token']}"})
     assert resp.status == 204

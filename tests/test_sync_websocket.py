@@ -27,7 +27,7 @@ from pycrdt import (
 from modi_sync.keys import REGISTRY
 from modi_sync.sync.protocol import parse_message
 
-from .conftest import JWT_SECRET, register, ws_url
+from .conftest import JWT_SECRET, register, synced, ws_url
 from .yclient import YClient, eventually
 
 ROOTS = ("workouts", "weights", "food_logs", "favorites")
@@ -76,9 +76,7 @@ async def insert_is_waiting(db: asyncpg.Connection) -> bool:
 
 
 async def connected(client, user: dict, name: str = "default") -> YClient:  # noqa: ANN001
-    y = await YClient(client.session, ws_url(client, name, user["access_token"])).connect()
-    await y.wait_synced()
-    return y
+    return await synced(client, user["access_token"], name)
 
 
 async def close_code_of(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10.0) -> int | None:
