@@ -134,6 +134,19 @@ def _snapshot(room: Room) -> tuple[bytes, dict]:
     return room.doc.get_state(), room.doc.get("workouts", type=Map).to_py()
 
 
+async def _room_with_one_edit(
+    rooms: RoomFactory, **open_args: int
+) -> tuple[Room, RecordingConnection, Doc]:
+    """A room with one stored edit, a peer that has read nothing yet, and the editing doc."""
+    room = await rooms.open(**open_args)
+    peer = RecordingConnection(rooms.user_id)
+    room.add(peer)
+    client = Doc()
+    await rooms.writer.wait_committed(room.apply_update(_edit(client, "w1", sets=1), None))
+    peer.clear()
+    return room, peer, client
+
+
 async def test_valid_update_is_applied_stored_then_sent_to_the_others(rooms):
     room = await rooms.open()
     sender, peer = RecordingConnection(rooms.user_id), RecordingConnection(rooms.user_id)
@@ -209,13 +222,8 @@ async def test_room_loads_its_state_from_the_stored_updates(rooms):
     [b"", b"\xff\xff\xff", b"garbage bytes here", b"\x01\x01\x05\x00"],
 )
 async def test_invalid_update_raises_and_changes_nothing(rooms, garbage):
-    room = await rooms.open()
-    peer = RecordingConnection(rooms.user_id)
-    room.add(peer)
-    client = Doc()
-    await rooms.writer.wait_committed(room.apply_update(_edit(client, "w1", sets=1), None))
+    room, peer, client = await _room_with_one_edit(rooms)
     before, ticket_before, bytes_before = _snapshot(room), room.last_ticket, room.stored_bytes
-    peer.clear()
 
     with pytest.raises(InvalidUpdate):
         room.apply_update(garbage, None)
@@ -273,13 +281,8 @@ async def test_full_state_resent_stores_only_what_is_new(rooms):
 
 
 async def test_document_size_limit_raises_and_changes_nothing(rooms):
-    room = await rooms.open(max_bytes=600)
-    peer = RecordingConnection(rooms.user_id)
-    room.add(peer)
-    client = Doc()
-    await rooms.writer.wait_committed(room.apply_update(_edit(client, "w1", sets=1), None))
+    room, peer, client = await _room_with_one_edit(rooms, max_bytes=600)
     before, bytes_before, ticket_before = _snapshot(room), room.stored_bytes, room.last_ticket
-    peer.clear()
 
     big = _edit(client, "w2", notes="x" * 1000)
     with pytest.raises(DocumentTooLarge):
