@@ -214,6 +214,26 @@ class GroupMonitor:
 # -- modi-sync ------------------------------------------------------------------------
 
 
+def _terminate(proc: subprocess.Popen | None, timeout: float) -> None:
+    """SIGTERM (a graceful stop), then SIGKILL after ``timeout`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+def _discard_run(data_dir: Path, log_path: Path, keep_log: Path | None) -> None:
+    """Remove a server's data directory, keeping a copy of its log if asked."""
+    if keep_log is not None and log_path.exists():
+        keep_log.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log_path, keep_log)
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
 def _modi_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env.update(
@@ -325,12 +345,7 @@ class ModiServer:
     def stop(self, timeout: float = 60.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        _terminate(self.proc, timeout)
         # The embedded PostgreSQL stops with its last user; give it a moment.
         pm = self.data_dir / "pg" / "postmaster.pid"
         deadline = time.monotonic() + 20
@@ -369,10 +384,7 @@ class ModiServer:
 
     def cleanup(self, keep_log: Path | None = None) -> None:
         self.stop()
-        if keep_log is not None and self.log_path.exists():
-            keep_log.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.log_path, keep_log)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        _discard_run(self.data_dir, self.log_path, keep_log)
         if self.src in _SNAPSHOTS:  # never a work tree someone passed in
             _SNAPSHOTS.discard(self.src)
             shutil.rmtree(self.src, ignore_errors=True)
@@ -502,21 +514,11 @@ class AnchorServer:
         return False
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        _terminate(self.proc, timeout)
 
     def cleanup(self, keep_log: Path | None = None) -> None:
         self.stop()
-        if keep_log is not None and self.log_path.exists():
-            keep_log.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.log_path, keep_log)
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+        _discard_run(self.data_dir, self.log_path, keep_log)
 
 
 def anchors_ready(kinds: Iterable[str]) -> str | None:
