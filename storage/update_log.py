@@ -16,7 +16,9 @@ import asyncpg
 # Many documents in one statement: each (user, name) is found or, where asked for,
 # created, and comes back with its stored updates in order (a row with NULL data for a
 # document without updates). A document made by a concurrent transaction after this
-# statement's snapshot is neither found nor made here: the caller asks again.
+# statement's snapshot is neither found nor made here: the caller asks again. New rows
+# go in in (user, name) order: two batches (two instances) making some of the same
+# documents then wait for each other in one order, never in a cycle (a deadlock).
 #
 # Creating a document row does not wait for its WAL flush (synchronous_commit off for
 # this statement only): the row matters only once an update refers to it, and the
@@ -34,6 +36,7 @@ WITH wanted AS (
     INSERT INTO documents (user_id, name)
     SELECT w.user_id, w.name FROM wanted w, relaxed
     WHERE w.make AND NOT EXISTS (SELECT 1 FROM found f WHERE f.o = w.o)
+    ORDER BY w.user_id, w.name
     ON CONFLICT (user_id, name) DO NOTHING
     RETURNING id, user_id, name
 )

@@ -41,15 +41,17 @@ async def test_one_batch_answers_each_document_on_its_own(pool, user_id):
 
 
 async def test_concurrent_batches_creating_the_same_documents_agree(pool, user_id):
+    """Opposite orders: without a fixed insert order, PostgreSQL finds a deadlock."""
     log = UpdateLog(pool)
-    names = [f"d{i}" for i in range(40)]
-    first, second = await asyncio.gather(
-        log.load_many([(user_id, n, True) for n in names]),
-        log.load_many([(user_id, n, True) for n in reversed(names)]),
-    )
-    assert [d.doc_id for d in first] == [d.doc_id for d in reversed(second)]
+    for round_ in range(8):
+        names = [f"d{round_}-{i}" for i in range(40)]
+        first, second = await asyncio.gather(
+            log.load_many([(user_id, n, True) for n in names]),
+            log.load_many([(user_id, n, True) for n in reversed(names)]),
+        )
+        assert [d.doc_id for d in first] == [d.doc_id for d in reversed(second)]
     assert await pool.fetchval(
-        "SELECT count(*) FROM documents WHERE user_id = $1", user_id) == len(names)
+        "SELECT count(*) FROM documents WHERE user_id = $1", user_id) == 8 * 40
 
 
 async def test_the_loader_batches_concurrent_loads(pool, user_id):
