@@ -16,9 +16,11 @@ import asyncio
 from datetime import timedelta
 from typing import Any
 
-from pycrdt import Array, Decoder, Doc, Map, Text
+from pycrdt import Array, Doc, Map, Text
 
 from storage.update_log import Compaction, UpdateLog
+
+from .sync.protocol import decode_state_vector
 
 # Contract section 5: the roots the server reads (and restores).
 MAGNI_ROOTS = ("workouts", "weights", "food_logs", "favorites")
@@ -35,20 +37,14 @@ def _doc_from(updates: list[bytes]) -> Doc:
     return doc
 
 
-def _state_vector(state: bytes) -> dict[int, int]:
-    decoder = Decoder(state)
-    return {decoder.read_var_uint(): decoder.read_var_uint()
-            for _ in range(decoder.read_var_uint())}
-
-
 def merge(updates: list[bytes]) -> bytes:
     """One garbage-collected update equivalent to ``updates`` (CPU-bound: run in a thread)."""
     from pycrdt import get_state
 
     doc = _doc_from(updates)
-    merged_state = _state_vector(doc.get_state())
+    merged_state = decode_state_vector(doc.get_state())
     for update in updates:
-        for client, clock in _state_vector(get_state(update)).items():
+        for client, clock in decode_state_vector(get_state(update)).items():
             if merged_state.get(client, 0) < clock:
                 # The Doc holds this update as pending, and get_update() would drop it.
                 raise CompactionRefused(f"client {client} has content the log cannot place")

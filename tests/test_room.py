@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
@@ -16,12 +17,19 @@ from pycrdt import (
     Text,
     YMessageType,
     YSyncMessageType,
+    create_sync_message,
     create_update_message,
 )
 
 from modi_sync.sync.connection import Connection
 from modi_sync.sync.protocol import parse_message
-from modi_sync.sync.room import DocumentTooLarge, InvalidUpdate, Room
+from modi_sync.sync.room import (
+    EMPTY_STATE,
+    DocumentTooLarge,
+    DocumentUnavailable,
+    InvalidUpdate,
+    Room,
+)
 from modi_sync.sync.writer import GroupCommitWriter, WriteFailed
 from storage.update_log import UpdateLog
 from storage.users import UserStore
@@ -111,6 +119,12 @@ class RoomFactory:
         return Room((self.user_id, name), stored.doc_id, stored.updates, self.writer,
                     max_bytes=max_bytes, on_broken=self.broken.append)
 
+    async def loaded(self, updates: list[bytes]) -> Room:
+        """A room of a real (empty) document, loaded as if ``updates`` were its stored rows."""
+        stored = await self.log.load(self.user_id, f"doc-{uuid.uuid4().hex[:8]}")
+        return Room((self.user_id, "loaded"), stored.doc_id, updates, self.writer,
+                    max_bytes=1 << 20, on_broken=self.broken.append)
+
     async def rows(self, room: Room) -> list[bytes]:
         records = await self.pool.fetch(
             "SELECT data FROM doc_updates WHERE doc_id = $1 ORDER BY seq", room.doc_id
@@ -128,6 +142,14 @@ def _edit(doc: Doc, key: str, **fields: object) -> bytes:
     before = doc.get_state()
     doc.get("workouts", type=Map)[key] = Map(fields)
     return doc.get_update(before)
+
+
+async def _next_turn() -> None:
+    """Return after everything already scheduled on the event loop has run."""
+    loop = asyncio.get_running_loop()
+    turn = loop.create_future()
+    loop.call_soon(turn.set_result, None)
+    await turn
 
 
 def _snapshot(room: Room) -> tuple[bytes, dict]:
@@ -431,3 +453,78 @@ async def test_failed_write_closes_the_connections_and_breaks_the_room(rooms):
     ok = good.apply_update(_edit(Doc(), "w2", sets=2), None)
     await rooms.writer.wait_committed(ok)
     assert len(await rooms.rows(good)) == 1
+
+
+# -- a room answers from its stored updates until it needs a Doc --------------------------
+
+
+async def test_a_new_document_is_synced_without_building_a_doc(rooms):
+    room = await rooms.open()
+    conn = RecordingConnection(rooms.user_id)
+    room.add(conn)
+
+    room.greet(conn)
+    reply, ticket = room.sync_step2(EMPTY_STATE)
+
+    assert conn.sent == [create_sync_message(Doc())]  # the step 1 of an empty document
+    assert parse_message(reply).payload == b"\x00\x00" and ticket == 0
+    assert not room.built
+
+
+async def test_a_fresh_client_of_a_one_row_document_gets_the_row_before_the_step1(rooms):
+    source = Doc()
+    _edit(source, "w1", sets=1)
+    _edit(source, "w2", sets=2)
+    row = source.get_update()
+    room = await rooms.loaded([row])
+    conn = RecordingConnection(rooms.user_id)
+    room.add(conn)
+
+    room.greet(conn)  # the step 1 needs the Doc: it waits a turn
+    assert conn.sent == []
+    reply, _ = room.sync_step2(EMPTY_STATE)
+    assert not room.built
+    conn.send(reply)
+    await _next_turn()
+
+    step2, step1 = (parse_message(m) for m in conn.sent)
+    assert step2.payload == row  # as stored, not re-encoded
+    assert (step1.sync_type, step1.payload) == (YSyncMessageType.SYNC_STEP1, source.get_state())
+    assert room.built
+    client = Doc()
+    client.apply_update(step2.payload)
+    assert client.get("workouts", type=Map).to_py() == source.get("workouts", type=Map).to_py()
+
+
+async def test_what_the_stored_rows_cannot_answer_builds_the_doc(rooms):
+    source = Doc()
+    first = _edit(source, "w1", sets=1)
+    second = _edit(source, "w2", sets=2)
+    partial = Doc()
+    partial.apply_update(first)
+
+    one_row = await rooms.loaded([source.get_update()])
+    missing, _ = one_row.update_since(partial.get_state())  # a client that has some of it
+    two_rows = await rooms.loaded([first, second])
+    everything, _ = two_rows.update_since(EMPTY_STATE)  # two rows are not one update
+
+    assert one_row.built and two_rows.built
+    partial.apply_update(missing)
+    fresh = Doc()
+    fresh.apply_update(everything)
+    expected = source.get("workouts", type=Map).to_py()
+    assert partial.get("workouts", type=Map).to_py() == expected
+    assert fresh.get("workouts", type=Map).to_py() == expected
+
+
+async def test_a_stored_row_that_does_not_load_closes_the_room_not_the_sender(rooms):
+    room = await rooms.loaded([b"garbage bytes here"])
+    conn = RecordingConnection(rooms.user_id)
+    room.add(conn)
+
+    with pytest.raises(DocumentUnavailable):
+        room.apply_update(_edit(Doc(), "w1", sets=1), conn)
+
+    assert conn.closed_with == 1011
+    assert rooms.broken == [room]
+    assert room.last_ticket == 0  # nothing was queued for storage

@@ -583,6 +583,23 @@ async def test_an_idle_room_leaves_memory_and_loads_again(client, db):
     await last.disconnect()
 
 
+async def test_a_stored_row_that_does_not_load_closes_1011_and_http_answers_503(client, db):
+    user = await register(client)
+    doc_id = await db.fetchval("INSERT INTO documents (user_id, name) VALUES ($1, 'broken')"
+                               " RETURNING id", UUID(user["user"]["id"]))
+    await db.execute("INSERT INTO doc_updates (doc_id, data) VALUES ($1, 'not an update')",
+                     doc_id)
+
+    ws = await client.session.ws_connect(ws_url(client, "broken", user["access_token"]))
+    assert await close_code_of(ws) == 1011
+    resp = await client.get("/api/v1/docs/broken",
+                            headers={"Authorization": f"Bearer {user['access_token']}"})
+    assert resp.status == 503
+    assert (await resp.json())["error"]["code"] == "UNAVAILABLE"
+    assert user_key(user, "broken") not in client.app[REGISTRY].rooms  # tried again next time
+    assert await stored_rows(db, user["user"]["id"], "broken") == [b"not an update"]
+
+
 async def test_a_reconnect_within_the_idle_time_finds_the_room_warm(make_client):
     client = await make_client(room_idle_seconds=30.0)
     user = await register(client)

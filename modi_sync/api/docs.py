@@ -22,7 +22,7 @@ from ..history import MAGNI_ROOTS
 from ..keys import REDIS, REGISTRY, SETTINGS, UPDATE_LOG, WRITER
 from ..sync.handler import DOC_NAME
 from ..sync.registry import DocumentNotFound
-from ..sync.room import DocumentTooLarge, InvalidUpdate, Room
+from ..sync.room import DocumentTooLarge, DocumentUnavailable, InvalidUpdate, Room
 from ..sync.writer import WriteFailed
 from ..tokens import AccessClaims
 from .errors import ApiError, json_response
@@ -66,6 +66,10 @@ async def _room(request: web.Request, *, create: bool = False) -> Room:
     except DocumentNotFound:
         raise ApiError(404, "no such document") from None
     registry.touch(room)
+    try:
+        room.build()  # here, so that a document whose storage is broken is a 503
+    except DocumentUnavailable:
+        raise ApiError(503, "document unavailable, try again") from None
     return room
 
 

@@ -18,7 +18,7 @@ from ..keys import REGISTRY, SETTINGS, WRITER
 from .connection import Connection
 from .protocol import MESSAGE_QUERY_AWARENESS, ProtocolError, parse_message
 from .registry import TooManyConnections
-from .room import DocumentTooLarge, InvalidUpdate, Room
+from .room import DocumentTooLarge, DocumentUnavailable, InvalidUpdate, Room
 from .writer import WriteFailed
 
 log = logging.getLogger(__name__)
@@ -50,10 +50,7 @@ async def sync_endpoint(request: web.Request) -> web.StreamResponse:
         return ws
 
     try:
-        conn.send(room.sync_step1())
-        awareness = room.awareness_message()
-        if awareness is not None:
-            conn.send(awareness)
+        room.greet(conn)
         await _receive_loop(request, conn, room)
     finally:
         registry.leave(room, conn)
@@ -94,5 +91,5 @@ async def _receive_loop(request: web.Request, conn: Connection, room: Room) -> N
         except DocumentTooLarge:
             conn.close(WSCloseCode.MESSAGE_TOO_BIG, "document size limit reached")
             return
-        except WriteFailed:
+        except (WriteFailed, DocumentUnavailable):
             return  # the room closed every connection already

@@ -57,6 +57,20 @@ def _read_payload(decoder: Decoder) -> bytes:
     return payload
 
 
+def decode_state_vector(state: bytes) -> dict[int, int]:
+    """A Yjs state vector as {client id: clock}; ProtocolError if it is not one."""
+    decoder = Decoder(state)
+    try:
+        return {decoder.read_var_uint(): decoder.read_var_uint()
+                for _ in range(decoder.read_var_uint())}
+    except (IndexError, RuntimeError) as exc:
+        raise ProtocolError("truncated state vector") from exc
+
+
+def sync_step1_message(state_vector: bytes) -> bytes:
+    return bytes((YMessageType.SYNC, YSyncMessageType.SYNC_STEP1)) + write_message(state_vector)
+
+
 def sync_step2_message(update: bytes) -> bytes:
     """pycrdt builds step 2 only inside ``handle_sync_message``; the room needs it alone."""
     return bytes((YMessageType.SYNC, YSyncMessageType.SYNC_STEP2)) + write_message(update)

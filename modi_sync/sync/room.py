@@ -3,10 +3,17 @@
 The room's Doc is a cache of the stored update log. An update is applied to it first
 (that is the validation: it must apply), queued for storage, and sent to the other
 connections only when the writer reports it stored.
+
+The Doc is built from the stored updates only when something needs it (an update to
+apply, a state vector to answer, awareness). Until then a room answers from what was
+loaded: a new document needs no Doc at all, and a fresh client of a document stored
+as one row (what compaction leaves) gets that row as it is, so the client applies it
+while the server builds its Doc, instead of waiting for the build and the re-encoding.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -23,7 +30,7 @@ from pycrdt import (
 )
 
 from .connection import Connection, frame
-from .protocol import sync_step2_message
+from .protocol import ProtocolError, decode_state_vector, sync_step1_message, sync_step2_message
 
 if TYPE_CHECKING:
     from .writer import GroupCommitWriter
@@ -32,6 +39,8 @@ log = logging.getLogger(__name__)
 
 RoomKey = tuple[UUID, str]
 EMPTY = b"\x00\x00"  # a Yjs v1 update that changes nothing
+EMPTY_STATE = b"\x00"  # the state vector of an empty document (a fresh client's)
+_EMPTY_STEP1 = sync_step1_message(EMPTY_STATE)
 
 
 class InvalidUpdate(ValueError):
@@ -40,6 +49,17 @@ class InvalidUpdate(ValueError):
 
 class DocumentTooLarge(ValueError):
     """Storing the update would take the document past its size limit."""
+
+
+class DocumentUnavailable(Exception):
+    """The stored updates do not load; the room closed its connections and is gone."""
+
+
+def _check_state_vector(state_vector: bytes) -> None:
+    try:
+        decode_state_vector(state_vector)
+    except ProtocolError as exc:
+        raise InvalidUpdate(f"bad state vector: {exc}") from exc
 
 
 class Room:
@@ -65,27 +85,56 @@ class Room:
         self._max_bytes = max_bytes
         self._on_broken = on_broken
         self._on_grown = on_grown
-        self.doc = Doc()
-        with self.doc.transaction():  # one transaction: faster than merging them first
-            for update in updates:
-                self.doc.apply_update(update)
+        self._loaded: list[bytes] | None = updates  # until the Doc is built from them
+        self._doc: Doc | None = None
         self._diff: bytes | None = None
         self._observing = False  # subscribed on the first change: a subscription is ~1.4 kB
         self._awareness: Awareness | None = None  # made on first use: most rooms never need it
 
     # -- documents --------------------------------------------------------------------
 
+    @property
+    def doc(self) -> Doc:
+        """The document, built from the stored updates on first use."""
+        return self._doc if self._doc is not None else self.build()
+
+    def build(self) -> Doc:
+        """Build the Doc now, if it is not built; raise DocumentUnavailable if it cannot be."""
+        if self._doc is not None:
+            return self._doc
+        # Building blocks the loop for as long as it takes (tens of ms for a large
+        # document): what is queued for the connections goes out first.
+        for conn in self.connections:
+            conn.flush()
+        doc = Doc()
+        try:
+            with doc.transaction():  # one transaction: faster than merging them first
+                for update in self._loaded or ():
+                    doc.apply_update(update)
+        except Exception as exc:  # storage holds bytes that are not an update
+            log.exception("the stored updates of %s/%s do not load", *self.key)
+            self.close_all(1011, "document unavailable")
+            self._on_broken(self)
+            raise DocumentUnavailable(str(exc)) from exc
+        self._doc, self._loaded = doc, None
+        return doc
+
+    @property
+    def built(self) -> bool:
+        """Whether the Doc exists; until then a room is only its stored updates."""
+        return self._doc is not None
+
     def _capture_diff(self, event: TransactionEvent) -> None:
         self._diff = event.update
 
-    def _apply(self, update: bytes) -> bytes | None:
+    def _apply(self, doc: Doc, update: bytes) -> bytes | None:
         """Apply ``update``; return what it changed (None or EMPTY: nothing)."""
         if not self._observing:
-            self.doc.observe(self._capture_diff)
+            doc.observe(self._capture_diff)
             self._observing = True
         self._diff = None
         try:
-            self.doc.apply_update(update)
+            doc.apply_update(update)
         finally:
             diff, self._diff = self._diff, None
         return diff
@@ -99,8 +148,9 @@ class Room:
             return None
         if self.stored_bytes + len(update) > self._max_bytes:
             raise DocumentTooLarge(f"document would exceed {self._max_bytes} bytes")
+        doc = self.doc  # outside the try: a stored update that does not load is not the sender's
         try:
-            diff = self._apply(update)
+            diff = self._apply(doc, update)
         except Exception as exc:  # yrs reports every decoding problem as ValueError
             raise InvalidUpdate(str(exc)) from exc
         # What changed, not what was sent: a reconnecting client resends its whole state,
@@ -133,7 +183,7 @@ class Room:
     def apply_stored(self, update: bytes) -> None:
         """An update another instance (or a command) already stored: apply and fan out."""
         try:
-            diff = self._apply(update)
+            diff = self._apply(self.doc, update)
         except Exception:
             log.exception("a stored update from the bus does not apply; reloading the room")
             self.write_failed()
@@ -166,15 +216,50 @@ class Room:
             conn.close(code, reason)
 
     def sync_step1(self) -> bytes:
+        if self._doc is None and not self._loaded:
+            return _EMPTY_STEP1  # a new document: no Doc needed to say so
         return create_sync_message(self.doc)
 
     def update_since(self, state_vector: bytes) -> tuple[bytes, int]:
         """What a peer at ``state_vector`` lacks, and the ticket to be stored before it goes."""
+        stored = self._loaded
+        if self._doc is None and stored is not None:  # unchanged since it was loaded
+            if not stored:
+                if state_vector != EMPTY_STATE:
+                    _check_state_vector(state_vector)
+                return EMPTY, self.last_ticket
+            if len(stored) == 1 and state_vector == EMPTY_STATE:
+                return stored[0], self.last_ticket  # the one stored update is the whole state
+        doc = self.doc
         try:
-            update = self.doc.get_update(state_vector)
+            update = doc.get_update(state_vector)
         except Exception as exc:
             raise InvalidUpdate(f"bad state vector: {exc}") from exc
         return update, self.last_ticket
+
+    def greet(self, conn: Connection) -> None:
+        """Send a new connection the server's sync step 1 and the awareness states known.
+
+        When the Doc is not built yet, this waits one turn of the event loop: the
+        client's own step 1 has usually arrived by then, and is answered from the
+        stored update before the Doc is built for the step 1.
+        """
+        if self._doc is None and self._loaded:
+            asyncio.get_running_loop().call_soon(self._greet, conn)
+        else:
+            self._greet(conn)
+
+    def _greet(self, conn: Connection) -> None:
+        if conn.closing or conn not in self.connections:
+            return
+        try:
+            step1 = self.sync_step1()
+        except DocumentUnavailable:
+            return  # the room closed its connections
+        conn.send(step1)
+        awareness = self.awareness_message()
+        if awareness is not None:
+            conn.send(awareness)
 
     def sync_step2(self, state_vector: bytes) -> tuple[bytes, int]:
         """The reply to a client's step 1 and the ticket that must be stored before it."""
@@ -200,8 +285,9 @@ class Room:
             origin.awareness_ids.difference_update(delta["removed"])
 
     def apply_awareness(self, conn: Connection, payload: bytes, message: bytes) -> None:
+        awareness = self.awareness
         try:
-            self.awareness.apply_awareness_update(payload, conn)
+            awareness.apply_awareness_update(payload, conn)
         except Exception as exc:
             raise InvalidUpdate(f"bad awareness update: {exc}") from exc
         self._broadcast(message, conn)
