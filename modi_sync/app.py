@@ -139,10 +139,13 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
 
     instance = uuid.uuid4()  # tells this instance's bus messages from the others'
     publisher = UpdatePublisher(redis, instance)
-    writer = GroupCommitWriter(log_store, max_batch=settings.commit_batch_max,
+    # The writer and the loader each run one statement at a time, on a connection of
+    # their own: no pool acquire and release per batch.
+    appends, loads = log_store.dedicated(), log_store.dedicated()
+    writer = GroupCommitWriter(appends, max_batch=settings.commit_batch_max,
                                publish=publisher.publish)
     registry = RoomRegistry(
-        log_store, writer,
+        loads, writer,
         idle_seconds=settings.room_idle_seconds,
         max_document_bytes=settings.max_document_bytes,
         max_connections_per_user=settings.max_connections_per_user,
@@ -159,7 +162,8 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
     ]
     # What the first client would otherwise wait for: statements planned, a Redis
     # connection open, and pycrdt's lazy imports (its first Doc loads an async backend).
-    await log_store.warm_up()
+    await appends.warm_up()
+    await loads.warm_up()
     await redis.ping()
     Doc()
     await publisher.start()
@@ -172,6 +176,8 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
         await listener.stop()
     await writer.stop()  # every update received before shutdown is stored
     await publisher.stop()
+    await appends.close()  # the pool waits for its connections when it closes
+    await loads.close()
 
 
 def _sessions_ended(app: web.Application, user_id: uuid.UUID) -> None:

@@ -161,6 +161,9 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"MODI_TRUSTED_PROXIES: {network!r} is not an address") from None
     if settings.redis_pool_max < 4:
         raise ConfigError("MODI_REDIS_POOL_MAX must be at least 4 (two serve subscriptions)")
+    if settings.db_pool_max < 4:
+        raise ConfigError("MODI_DB_POOL_MAX must be at least 4 (the writer and the loader "
+                          "keep one each)")
     for name in ("port", "max_body_bytes", "max_frame_bytes", "max_document_bytes",
                  "max_connections_per_user", "max_send_queue_bytes", "commit_batch_max",
                  "db_pool_max", "redis_pool_max", "access_token_ttl", "refresh_token_ttl",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from importlib import resources
+from typing import Any
 
 import asyncpg
 
@@ -21,6 +24,55 @@ async def create_pool(dsn: str, *, max_size: int = 10) -> asyncpg.Pool:
 
 async def _no_reset(conn: asyncpg.Connection) -> None:
     """Release a connection as it is; see create_pool."""
+
+
+class DedicatedConnection:
+    """One pool connection kept by a caller that runs one statement at a time.
+
+    With asyncpg an acquire and a release cost about 80 µs of CPU (the release runs in
+    a shielded task), more than the statement itself: the group-commit writer and the
+    document loader each keep one connection rather than pay that on every batch. It
+    offers the pool's query methods; one that broke is given back and replaced on the
+    next use. ``close`` gives it back for good: the pool waits for it when it closes.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._conn: asyncpg.Connection | None = None
+
+    async def _connection(self) -> asyncpg.Connection:
+        conn = self._conn
+        if conn is not None:
+            try:
+                if not conn.is_closed():
+                    return conn
+            except asyncpg.InterfaceError:  # lost, and the pool has taken it back itself
+                self._conn = None
+        await self.close()
+        self._conn = conn = await self._pool.acquire()
+        return conn
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        yield await self._connection()
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        return await (await self._connection()).fetch(query, *args)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        return await (await self._connection()).fetchrow(query, *args)
+
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        return await (await self._connection()).fetchval(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        return await (await self._connection()).execute(query, *args)
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(asyncpg.InterfaceError):  # the pool has it back already
+                await self._pool.release(conn)
 
 
 def _migration_files() -> list[tuple[int, str, str]]:

@@ -13,6 +13,8 @@ from uuid import UUID
 
 import asyncpg
 
+from .database import DedicatedConnection
+
 # Many documents in one statement: each (user, name) is found or, where asked for,
 # created, and comes back with its stored updates in order (a row with NULL data for a
 # document without updates). A document made by a concurrent transaction after this
@@ -145,8 +147,20 @@ def _info(row: asyncpg.Record) -> DocumentInfo:
 
 
 class UpdateLog:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool | DedicatedConnection) -> None:
         self._pool = pool
+
+    def dedicated(self) -> UpdateLog:
+        """This log on one connection of its own, for a caller that runs one statement at
+        a time (the writer, the loader); ``close`` it before the pool closes."""
+        if isinstance(self._pool, DedicatedConnection):
+            raise TypeError("already on a dedicated connection")
+        return UpdateLog(DedicatedConnection(self._pool))
+
+    async def close(self) -> None:
+        """Give a dedicated connection back to the pool; nothing for a pool-wide log."""
+        if isinstance(self._pool, DedicatedConnection):
+            await self._pool.close()
 
     async def warm_up(self) -> None:
         """Plan the load and append statements now, not on the first client's clock."""

@@ -72,7 +72,9 @@ async def test_a_client_that_stops_reading_is_dropped(make_client):
 
 
 async def test_a_burst_of_opens_waits_for_pool_connections_instead_of_failing(make_client):
-    client = await make_client(redis_pool_max=4, db_pool_max=2)  # 2 held by subscriptions
+    # The smallest pools allowed: Redis 4 (2 held by subscriptions), PostgreSQL 4 (2 held
+    # by the writer and the loader).
+    client = await make_client(redis_pool_max=4, db_pool_max=4)
     pair = await register(client)
 
     async def open_one(i: int) -> int:

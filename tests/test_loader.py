@@ -62,7 +62,7 @@ async def test_the_loader_batches_concurrent_loads(pool, user_id):
             queries.append(len(wanted))
             return await super().load_many(wanted)
 
-    loader = DocumentLoader(Counting(pool), max_batch=16, max_in_flight=1)
+    loader = DocumentLoader(Counting(pool), max_batch=16)
     docs = await asyncio.gather(
         *(loader.load(user_id, f"b{i}", create=True) for i in range(40)))
     assert len({d.doc_id for d in docs}) == 40

@@ -4,10 +4,10 @@ A burst of connections to documents not in memory (a server restart, a morning's
 first syncs) would otherwise cost a pool connection and two round trips each. A load
 asked for when no batch is under way starts one at once; loads asked for meanwhile
 queue up, and when a batch ends the next takes everything queued, up to
-``max_batch``. At most ``max_in_flight`` batches run at once. One at a time makes the
-batches largest (W3: 1,988 opens/s with two, 2,161 with one); a batch holds the next
-one back only for its query, since each waiting connection builds its room from the
-results afterwards.
+``max_batch``. One batch runs at a time: that makes the batches largest (W3: 1,988
+opens/s with two at a time, 2,161 with one), and one connection serves the loader
+(see ``UpdateLog.dedicated``). A batch holds the next one back only for its query,
+since each waiting connection builds its room from the results afterwards.
 """
 
 from __future__ import annotations
@@ -24,32 +24,27 @@ _Request = tuple[UUID, str, bool, "asyncio.Future[StoredDocument | None]"]
 
 
 class DocumentLoader:
-    def __init__(self, update_log: UpdateLog, *, max_batch: int = 128,
-                 max_in_flight: int = 1) -> None:
+    def __init__(self, update_log: UpdateLog, *, max_batch: int = 128) -> None:
         self._log = update_log
         self._max_batch = max_batch
-        self._max_in_flight = max_in_flight
         self._queue: deque[_Request] = deque()
-        self._in_flight = 0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._running: asyncio.Task[None] | None = None
 
     async def load(self, user_id: UUID, name: str, *, create: bool) -> StoredDocument | None:
         """As ``UpdateLog.load``, batched with the loads asked for around the same time."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StoredDocument | None] = loop.create_future()
         self._queue.append((user_id, name, create, future))
-        if self._in_flight < self._max_in_flight:
-            self._start_batches()  # nothing under way: go now, others gather meanwhile
+        if self._running is None:
+            self._start_batch()  # nothing under way: go now, others gather meanwhile
         return await future
 
-    def _start_batches(self) -> None:
-        while self._queue and self._in_flight < self._max_in_flight:
-            batch = [self._queue.popleft()
-                     for _ in range(min(len(self._queue), self._max_batch))]
-            self._in_flight += 1
-            task = asyncio.ensure_future(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    def _start_batch(self) -> None:
+        if not self._queue:
+            self._running = None
+            return
+        batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
+        self._running = asyncio.ensure_future(self._run(batch))
 
     async def _run(self, batch: list[_Request]) -> None:
         try:
@@ -63,5 +58,4 @@ class DocumentLoader:
                 if not future.done():  # the caller may have given up (cancelled)
                     future.set_result(stored)
         finally:
-            self._in_flight -= 1
-            self._start_batches()
+            self._start_batch()

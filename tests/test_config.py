@@ -1,0 +1,36 @@
+"""Settings from the environment: conversions and the limits that are refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modi_sync.config import ConfigError, load_settings
+
+
+def test_environment_values_are_converted_and_flags_win():
+    settings = load_settings({"MODI_PORT": "9000", "MODI_DATA_DIR": "/tmp/x",
+                              "MODI_CORS_ORIGINS": "https://a.example, https://b.example"},
+                             port=9100)
+    assert settings.port == 9100
+    assert settings.data_dir == Path("/tmp/x")
+    assert settings.cors_origins == ("https://a.example", "https://b.example")
+
+
+@pytest.mark.parametrize(("variable", "value"), [
+    ("MODI_DB_POOL_MAX", "3"),  # the writer and the loader keep two
+    ("MODI_REDIS_POOL_MAX", "3"),  # two subscriptions keep two
+    ("MODI_PORT", "0"),
+    ("MODI_PORT", "eighty"),
+    ("MODI_LOG_FORMAT", "xml"),
+    ("MODI_RATE_LIMIT_USER", "fast"),
+])
+def test_unusable_values_are_refused(variable, value):
+    with pytest.raises(ConfigError):
+        load_settings({variable: value})
+
+
+def test_the_smallest_pools_are_accepted():
+    settings = load_settings({"MODI_DB_POOL_MAX": "4", "MODI_REDIS_POOL_MAX": "4"})
+    assert (settings.db_pool_max, settings.redis_pool_max) == (4, 4)
