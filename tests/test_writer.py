@@ -42,8 +42,11 @@ class Target:
         self.doc_id = doc_id
         self.committed_seqs: list[tuple[bytes, Any, int]] = []
         self.failures = 0
+        self.broken_fan_out = False
 
     def committed(self, stored: list[tuple[bytes, Any, int]]) -> None:
+        if self.broken_fan_out:
+            raise RuntimeError("fan-out broke")
         self.committed_seqs.extend(stored)
 
     def write_failed(self) -> None:
@@ -290,3 +293,18 @@ async def test_an_update_of_a_deleted_document_is_dropped_and_the_rest_stored(
     # Nothing of it is sent on; its room is told to reset (it closes, clients reload).
     assert deleted.committed_seqs == [] and deleted.failures == 1
     assert alive.failures == 0
+
+
+async def test_a_failing_fan_out_resets_its_room_and_the_writer_goes_on(
+        pool, make_writer, db):
+    writer = await make_writer()
+    broken, fine = Target(await _new_doc(pool)), Target(await _new_doc(pool))
+    broken.broken_fan_out = True
+    first = writer.submit(broken, b"stored anyway", None)
+    writer.submit(fine, b"also stored", None)
+    await writer.wait_committed(first)
+    assert broken.failures == 1
+    assert await _rows(db, broken.doc_id) == [b"stored anyway"]
+    later = writer.submit(fine, b"later", None)
+    await asyncio.wait_for(writer.wait_committed(later), 10)  # the writer still runs
+    assert [u for u, _, _ in fine.committed_seqs] == [b"also stored", b"later"]

@@ -122,7 +122,13 @@ class GroupCommitWriter:
             per_target.setdefault(id(target), (target, []))[1].append((update, origin, seq))
             stored.append((target.doc_id, update))
         for target, updates in per_target.values():
-            target.committed(updates)
+            try:
+                target.committed(updates)
+            except Exception:
+                # Stored, but not sent: the room resets and its clients resync. This
+                # task must go on, or every update after it would wait forever.
+                log.exception("fan-out of stored updates failed; resetting the room")
+                target.write_failed()
         for target in gone.values():
             # An erased document's room is closing already; any other such room (its row
             # lost in a database crash) must reload, and its clients resend what they have.
