@@ -150,7 +150,7 @@ async def restore(
         return OK
     await log.append_many([stored.doc_id], [update])
     # Servers holding the document in memory apply it and send it to their clients.
-    await publish_updates(redis, NO_INSTANCE, [(stored.doc_id, update)])
+    await publish_updates(redis, NO_INSTANCE, [((user_id, name), update)])
     out.write(f"restored {user_id}/{name} to {at.isoformat()} with one update "
               f"of {len(update)} bytes\n")
     return OK

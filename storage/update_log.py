@@ -15,37 +15,42 @@ import asyncpg
 
 from .database import DedicatedConnection
 
-# Many documents in one statement: each (user, name) is found or, where asked for,
-# created, and comes back with its stored updates in order (a row with NULL data for a
-# document without updates). A document made by a concurrent transaction after this
-# statement's snapshot is neither found nor made here: the caller asks again. New rows
-# go in in (user, name) order: two batches (two instances) making some of the same
-# documents then wait for each other in one order, never in a cycle (a deadlock).
-#
-# Creating a document row does not wait for its WAL flush (synchronous_commit off for
-# this statement only): the row matters only once an update refers to it, and the
-# update's own synchronous commit flushes the WAL up to and including the row. Without
-# this, every first connection to a new document would wait for a disk flush.
+# Many documents in one statement, read only: each (user, name) that has a row comes
+# back with its stored updates in order (one row with NULL data if it has none). A
+# document's row is made with its first update (_MAKE_MANY), so opening a name nobody
+# wrote to costs no write at all.
 _LOAD_MANY = """
+SELECT w.o, d.id, u.data
+FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS w(user_id, name, o)
+JOIN documents d ON d.user_id = w.user_id AND d.name = w.name
+LEFT JOIN doc_updates u ON u.doc_id = d.id
+ORDER BY w.o, u.seq
+"""
+
+# The ids of many documents, each made if it has no row. A document made by a
+# concurrent transaction after this statement's snapshot is neither found nor made
+# here: the caller asks again. New rows go in in (user, name) order: two batches (two
+# instances) making some of the same documents then wait for each other in one order,
+# never in a cycle (a deadlock).
+#
+# Making a row does not wait for its WAL flush (synchronous_commit off for this
+# statement only): the row matters only once an update refers to it, and the update's
+# own synchronous commit flushes the WAL up to and including the row.
+_MAKE_MANY = """
 WITH wanted AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::bool[]) WITH ORDINALITY
-        AS w(user_id, name, make, o)
+    SELECT * FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS w(user_id, name, o)
 ), relaxed AS (
     SELECT set_config('synchronous_commit', 'off', true)
-), found AS (
-    SELECT w.o, d.id FROM wanted w JOIN documents d ON d.user_id = w.user_id AND d.name = w.name
 ), made AS (
     INSERT INTO documents (user_id, name)
     SELECT w.user_id, w.name FROM wanted w, relaxed
-    WHERE w.make AND NOT EXISTS (SELECT 1 FROM found f WHERE f.o = w.o)
     ORDER BY w.user_id, w.name
     ON CONFLICT (user_id, name) DO NOTHING
     RETURNING id, user_id, name
 )
-SELECT f.o, f.id, u.seq, u.data FROM found f LEFT JOIN doc_updates u ON u.doc_id = f.id
+SELECT w.o, d.id FROM wanted w JOIN documents d ON d.user_id = w.user_id AND d.name = w.name
 UNION ALL
-SELECT w.o, m.id, NULL, NULL FROM made m JOIN wanted w ON w.user_id = m.user_id AND w.name = m.name
-ORDER BY 1, 3
+SELECT w.o, m.id FROM made m JOIN wanted w ON w.user_id = m.user_id AND w.name = m.name
 """
 
 # One statement for a whole batch: the rows keep the batch order, so sequence numbers
@@ -163,39 +168,48 @@ class UpdateLog:
             await self._pool.close()
 
     async def warm_up(self) -> None:
-        """Plan the load and append statements now, not on the first client's clock."""
+        """Plan the load, make and append statements now, not on the first client's clock."""
         async with self._pool.acquire() as conn:
-            await conn.fetch(_LOAD_MANY, [], [], [])
+            await conn.fetch(_LOAD_MANY, [], [])
+            await conn.fetch(_MAKE_MANY, [], [])
             await conn.fetch(_APPEND, [], [])
 
     async def load(self, user_id: UUID, name: str, *, create: bool = True) -> StoredDocument | None:
-        """The user's document ``name`` and its stored updates.
+        """The user's document ``name`` and its stored updates; None if it has no row.
 
-        With ``create`` a missing document is created; without, it is None.
+        With ``create`` a document without a row gets one (for commands and tests; the
+        server makes rows with their first update, see ``create_documents``).
         """
-        return (await self.load_many([(user_id, name, create)]))[0]
+        stored = (await self.load_many([(user_id, name)]))[0]
+        if stored is None and create:
+            await self.create_documents([(user_id, name)])
+            stored = (await self.load_many([(user_id, name)]))[0]
+        return stored
 
-    async def load_many(
-        self, wanted: Sequence[tuple[UUID, str, bool]]
-    ) -> list[StoredDocument | None]:
-        """``load`` for many (user, name, create) at once, in one round trip."""
+    async def load_many(self, wanted: Sequence[tuple[UUID, str]]) -> list[StoredDocument | None]:
+        """``load`` for many (user, name) at once, in one round trip."""
         result: list[StoredDocument | None] = [None] * len(wanted)
-        todo = list(range(len(wanted)))
+        rows = await self._pool.fetch(_LOAD_MANY, [u for u, _ in wanted], [n for _, n in wanted])
+        for o, doc_id, data in rows:
+            stored = result[o - 1]
+            if stored is None:
+                stored = result[o - 1] = StoredDocument(doc_id, [])
+            if data is not None:
+                stored.updates.append(data)
+        return result
+
+    async def create_documents(self, keys: Sequence[tuple[UUID, str]]) -> list[int]:
+        """The ids of these (user, name) documents, each made if it has no row yet."""
+        ids: dict[int, int] = {}
+        todo = list(range(len(keys)))
         async with self._pool.acquire() as conn:
             while todo:
-                rows = await conn.fetch(_LOAD_MANY, [wanted[i][0] for i in todo],
-                                        [wanted[i][1] for i in todo],
-                                        [wanted[i][2] for i in todo])
-                for o, doc_id, _, data in rows:
-                    at = todo[o - 1]
-                    stored = result[at]
-                    if stored is None:
-                        stored = result[at] = StoredDocument(doc_id, [])
-                    if data is not None:
-                        stored.updates.append(data)
-                # Still missing and to be made: a concurrent insert won the race.
-                todo = [i for i in todo if result[i] is None and wanted[i][2]]
-        return result
+                rows = await conn.fetch(_MAKE_MANY, [keys[i][0] for i in todo],
+                                        [keys[i][1] for i in todo])
+                for o, doc_id in rows:
+                    ids[todo[o - 1]] = doc_id
+                todo = [i for i in todo if i not in ids]  # a concurrent insert won
+        return [ids[i] for i in range(len(keys))]
 
     async def list_documents(
         self, user_id: UUID, limit: int, offset: int

@@ -147,6 +147,28 @@ async def test_delete_erases_history_and_closes_sockets(client, db):
     assert (await client.get("/api/v1/docs/gone", headers=_auth(pair))).status == 404
 
 
+async def test_a_document_exists_once_something_is_stored_in_it(client, db):
+    pair = await register(client)
+    reader = await YClient(client.session, ws_url(client, "later", pair["access_token"])).connect()
+    await reader.wait_synced()  # opened and synced, but nothing written
+
+    assert await db.fetchval("SELECT count(*) FROM documents WHERE user_id = $1",
+                             uuid.UUID(pair["user"]["id"])) == 0
+    assert (await (await client.get("/api/v1/docs", headers=_auth(pair))).json())["data"] == []
+    assert (await client.get("/api/v1/docs/later", headers=_auth(pair))).status == 404
+    assert (await client.delete("/api/v1/docs/later", headers=_auth(pair))).status == 404
+
+    reader.workouts()["w1"] = Map({"name": "row"})
+    await eventually(lambda: _status(client, pair, "/api/v1/docs/later", 200))
+    listed = (await (await client.get("/api/v1/docs", headers=_auth(pair))).json())["data"]
+    assert [(d["name"], d["updates"]) for d in listed] == [("later", 1)]
+    await reader.disconnect()
+
+
+async def _status(client, pair: dict, path: str, status: int) -> bool:  # noqa: ANN001
+    return (await client.get(path, headers=_auth(pair))).status == status
+
+
 async def test_routes_need_a_token(client):
     for method, path in (("GET", "/api/v1/docs"), ("GET", "/api/v1/docs/a"),
                          ("GET", "/api/v1/docs/a/update"), ("POST", "/api/v1/docs/a/update"),

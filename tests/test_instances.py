@@ -44,10 +44,38 @@ async def test_a_delete_on_one_instance_closes_sockets_on_the_other(make_client)
     first, second = await make_client(), await make_client()
     user = await register(first)
     there = await synced(second, user["access_token"], "gone")
-    resp = await first.delete("/api/v1/docs/gone",
-                              headers={"Authorization": f"Bearer {user['access_token']}"})
+    there.workouts()["w1"] = Map({"name": "squat"})  # stored: the document exists
+    auth = {"Authorization": f"Bearer {user['access_token']}"}
+    await eventually(lambda: _exists(first, auth, "gone"))
+    resp = await first.delete("/api/v1/docs/gone", headers=auth)
     assert resp.status == 204
     assert await there.wait_closed(timeout=2) == 4404
+
+
+async def test_a_document_first_written_on_another_instance_reaches_a_room_loaded_empty(
+        make_client):
+    """The second instance loaded the room before the document had a row, so it knows
+    it by (user, name), not by an id."""
+    first, second = await make_client(), await make_client()
+    user = await register(first)
+    reader = await synced(second, user["access_token"], "new")
+    writer = await synced(first, user["access_token"], "new")
+    writer.workouts()["w1"] = Map({"name": "deadlift"})
+    await eventually(lambda: "w1" in reader.workouts())
+    # It exists for the second instance's HTTP routes too, though it has no row id there.
+    auth = {"Authorization": f"Bearer {user['access_token']}"}
+    assert await _exists(second, auth, "new")
+    # And the reader's own first write finds the row the writer's instance made.
+    reader.weights()["x"] = Map({"weight": 80.5})
+    await eventually(lambda: "x" in writer.weights())
+    fresh = await synced(first, user["access_token"], "new")
+    assert set(fresh.workouts()) == {"w1"} and set(fresh.weights()) == {"x"}
+    for conn in (reader, writer, fresh):
+        await conn.disconnect()
+
+
+async def _exists(client, auth: dict, name: str) -> bool:  # noqa: ANN001
+    return (await client.get(f"/api/v1/docs/{name}", headers=auth)).status == 200
 
 
 def test_one_message_carries_many_updates_and_splits_when_large():
@@ -56,16 +84,18 @@ def test_one_message_carries_many_updates_and_splits_when_large():
     doc.observe(lambda event: updates.append(event.update))
     for i in range(20):
         workouts[str(i)] = "x" * 100
-    instance = uuid.uuid4()
-    (message,) = encode(instance, [(UPDATE, 7, u) for u in updates])
+    instance, user = uuid.uuid4(), uuid.uuid4()
+    (message,) = encode(instance, [(UPDATE, (user, "default"), u) for u in updates])
     assert message[:16] == instance.bytes
-    assert [(e.kind, e.doc_id, e.update) for e in decode(message)] == [
-        (UPDATE, 7, u) for u in updates]
+    assert [(e.kind, e.key, e.update) for e in decode(message)] == [
+        (UPDATE, (user, "default"), u) for u in updates]
 
     big = bytes(600 * 1024)
-    messages = encode(instance, [(UPDATE, 1, big), (UPDATE, 2, big), (DELETED, 3, b"")])
+    keys = [(user, "a"), (uuid.uuid4(), "b." * 32), (user, "c")]
+    messages = encode(instance, [(UPDATE, keys[0], big), (UPDATE, keys[1], big),
+                                 (DELETED, keys[2], b"")])
     assert len(messages) == 2
-    assert [e.doc_id for m in messages for e in decode(m)] == [1, 2, 3]
+    assert [e.key for m in messages for e in decode(m)] == keys
     assert decode(messages[0][:-10]) == decode(messages[0])[:1]  # a cut record is dropped
 
 

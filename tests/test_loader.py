@@ -27,29 +27,34 @@ async def test_one_batch_answers_each_document_on_its_own(pool, user_id):
     empty = await log.load(user_id, "empty")
 
     got = await log.load_many([
-        (user_id, "full", False), (user_id, "missing", False), (user_id, "new", True),
-        (user_id, "empty", True), (uuid.uuid4(), "full", False), (user_id, "new", True),
+        (user_id, "full"), (user_id, "missing"), (user_id, "empty"), (uuid.uuid4(), "full"),
+        (user_id, "full"),
     ])
     assert got[0] is not None and (got[0].doc_id, got[0].updates) == (
         full.doc_id, [b"one", b"two", b"three"])
-    assert got[1] is None
-    assert got[2] is not None and got[2].updates == [] and got[2] == got[5]
-    assert got[3] is not None and (got[3].doc_id, got[3].updates) == (empty.doc_id, [])
-    assert got[4] is None  # someone else's id with the same name finds nothing
+    assert got[1] is None  # no row: nobody stored anything in it
+    assert got[2] is not None and (got[2].doc_id, got[2].updates) == (empty.doc_id, [])
+    assert got[3] is None  # someone else's id with the same name finds nothing
+    assert got[4] == got[0]
+
+
+async def test_reading_a_document_makes_no_row(pool, user_id):
+    log = UpdateLog(pool)
+    assert await log.load_many([(user_id, "read-only")]) == [None]
+    assert await log.load(user_id, "read-only", create=False) is None
     assert await pool.fetchval(
-        "SELECT count(*) FROM documents WHERE user_id = $1", user_id) == 3
+        "SELECT count(*) FROM documents WHERE user_id = $1", user_id) == 0
 
 
 async def test_concurrent_batches_creating_the_same_documents_agree(pool, user_id):
     """Opposite orders: without a fixed insert order, PostgreSQL finds a deadlock."""
     log = UpdateLog(pool)
     for round_ in range(8):
-        names = [f"d{round_}-{i}" for i in range(40)]
+        keys = [(user_id, f"d{round_}-{i}") for i in range(40)]
         first, second = await asyncio.gather(
-            log.load_many([(user_id, n, True) for n in names]),
-            log.load_many([(user_id, n, True) for n in reversed(names)]),
-        )
-        assert [d.doc_id for d in first] == [d.doc_id for d in reversed(second)]
+            log.create_documents(keys), log.create_documents(list(reversed(keys))))
+        assert first == list(reversed(second))
+        assert [d.doc_id for d in await log.load_many(keys)] == first
     assert await pool.fetchval(
         "SELECT count(*) FROM documents WHERE user_id = $1", user_id) == 8 * 40
 
@@ -62,17 +67,20 @@ async def test_the_loader_batches_concurrent_loads(pool, user_id):
             queries.append(len(wanted))
             return await super().load_many(wanted)
 
-    loader = DocumentLoader(Counting(pool), max_batch=16)
-    docs = await asyncio.gather(
-        *(loader.load(user_id, f"b{i}", create=True) for i in range(40)))
-    assert len({d.doc_id for d in docs}) == 40
+    log = Counting(pool)
+    ids = await log.create_documents([(user_id, f"b{i}") for i in range(20)])
+    loader = DocumentLoader(log, max_batch=16)
+    queries.clear()
+    docs = await asyncio.gather(*(loader.load(user_id, f"b{i}") for i in range(40)))
+    assert [d.doc_id for d in docs[:20]] == ids
+    assert docs[20:] == [None] * 20  # never written: no row
     # The first load goes at once; the rest gather meanwhile, as full as allowed.
     assert queries == [1, 16, 16, 7]
 
 
 async def test_a_failed_batch_fails_its_loads_and_the_next_batch_works(pool, user_id):
     loader = DocumentLoader(UpdateLog(pool))
+    await UpdateLog(pool).create_documents([(user_id, "ok")])
     with pytest.raises(asyncpg.DataError):
-        await asyncio.gather(loader.load(user_id, "ok", create=True),
-                             loader.load(user_id, "bad\x00name", create=True))
-    assert (await loader.load(user_id, "ok", create=True)).updates == []
+        await asyncio.gather(loader.load(user_id, "ok"), loader.load(user_id, "bad\x00name"))
+    assert (await loader.load(user_id, "ok")).updates == []

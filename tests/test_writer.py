@@ -29,17 +29,23 @@ class CountingLog(UpdateLog):
     def __init__(self, pool: asyncpg.Pool) -> None:
         super().__init__(pool)
         self.batches: list[int] = []
+        self.created: list[int] = []
 
     async def append_many(self, doc_ids: list[int], updates: list[bytes]) -> list[int | None]:
         self.batches.append(len(updates))
         return await super().append_many(doc_ids, updates)
 
+    async def create_documents(self, keys):  # noqa: ANN001, ANN201
+        self.created.append(len(keys))
+        return await super().create_documents(keys)
+
 
 class Target:
     """A CommitTarget that records what the writer hands back."""
 
-    def __init__(self, doc_id: int) -> None:
+    def __init__(self, doc_id: int | None, key: tuple[uuid.UUID, str] | None = None) -> None:
         self.doc_id = doc_id
+        self.key = key or (uuid.uuid4(), "default")
         self.committed_seqs: list[tuple[bytes, Any, int]] = []
         self.failures = 0
         self.broken_fan_out = False
@@ -293,6 +299,24 @@ async def test_an_update_of_a_deleted_document_is_dropped_and_the_rest_stored(
     # Nothing of it is sent on; its room is told to reset (it closes, clients reload).
     assert deleted.committed_seqs == [] and deleted.failures == 1
     assert alive.failures == 0
+
+
+async def test_a_documents_first_update_makes_its_row_in_the_same_batch(pool, log, make_writer, db):
+    users = [await UserStore(pool).create(f"w-{uuid.uuid4().hex[:10]}@example.com", "x")
+             for _ in range(2)]
+    new = [Target(None, (u.id, "fresh")) for u in users]
+    writer = await make_writer()
+    tickets = [writer.submit(t, f"first of {i}".encode(), None) for i, t in enumerate(new)]
+    await writer.wait_committed(max(tickets))
+
+    assert log.created == [2]  # one statement for both documents
+    for i, (target, user) in enumerate(zip(new, users, strict=True)):
+        assert target.doc_id == await db.fetchval(
+            "SELECT id FROM documents WHERE user_id = $1 AND name = 'fresh'", user.id)
+        assert await _rows(db, target.doc_id) == [f"first of {i}".encode()]
+    # Known from now on: the next update of these documents makes no row.
+    await writer.wait_committed(writer.submit(new[0], b"second", None))
+    assert log.created == [2]
 
 
 async def test_a_failing_fan_out_resets_its_room_and_the_writer_goes_on(

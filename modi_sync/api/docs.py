@@ -153,10 +153,9 @@ async def post_update(request: web.Request) -> web.Response:
 @routes.delete(_DOC)
 async def delete_document(request: web.Request) -> web.Response:
     claims = await authenticated_user(request)
-    doc_id = await request.app[UPDATE_LOG].delete_document(
-        claims.user_id, request.match_info["name"])
-    if doc_id is None:
+    key = (claims.user_id, request.match_info["name"])
+    if await request.app[UPDATE_LOG].delete_document(*key) is None:
         raise ApiError(404, "no such document")
-    request.app[REGISTRY].drop_document(doc_id)
-    await publish_deleted(request.app[REDIS], request.app[REGISTRY].instance, doc_id)
+    request.app[REGISTRY].drop_document(key)
+    await publish_deleted(request.app[REDIS], request.app[REGISTRY].instance, key)
     return web.Response(status=204)

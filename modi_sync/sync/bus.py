@@ -17,7 +17,7 @@ from collections import deque
 
 from redis.asyncio import Redis
 
-from storage.doc_events import publish_updates
+from storage.doc_events import DocKey, publish_updates
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +26,12 @@ class UpdatePublisher:
     def __init__(self, redis: Redis, instance: uuid.UUID, max_pending: int = 100_000) -> None:
         self._redis = redis
         self._instance = instance
-        self._pending: deque[tuple[int, bytes]] = deque()
+        self._pending: deque[tuple[DocKey, bytes]] = deque()
         self._max_pending = max_pending
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def publish(self, updates: list[tuple[int, bytes]]) -> None:
+    def publish(self, updates: list[tuple[DocKey, bytes]]) -> None:
         self._pending.extend(updates)
         overflow = len(self._pending) - self._max_pending
         if overflow > 0:

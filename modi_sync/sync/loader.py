@@ -20,7 +20,7 @@ from uuid import UUID
 if TYPE_CHECKING:
     from storage.update_log import StoredDocument, UpdateLog
 
-_Request = tuple[UUID, str, bool, "asyncio.Future[StoredDocument | None]"]
+_Request = tuple[UUID, str, "asyncio.Future[StoredDocument | None]"]
 
 
 class DocumentLoader:
@@ -30,11 +30,12 @@ class DocumentLoader:
         self._queue: deque[_Request] = deque()
         self._running: asyncio.Task[None] | None = None
 
-    async def load(self, user_id: UUID, name: str, *, create: bool) -> StoredDocument | None:
-        """As ``UpdateLog.load``, batched with the loads asked for around the same time."""
+    async def load(self, user_id: UUID, name: str) -> StoredDocument | None:
+        """The stored document (None: it has no row), batched with the loads asked for
+        around the same time."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[StoredDocument | None] = loop.create_future()
-        self._queue.append((user_id, name, create, future))
+        self._queue.append((user_id, name, future))
         if self._running is None:
             self._start_batch()  # nothing under way: go now, others gather meanwhile
         return await future
@@ -48,7 +49,7 @@ class DocumentLoader:
 
     async def _run(self, batch: list[_Request]) -> None:
         try:
-            results = await self._log.load_many([(u, n, c) for u, n, c, _ in batch])
+            results = await self._log.load_many([(u, n) for u, n, _ in batch])
         except Exception as exc:
             for *_, future in batch:
                 if not future.done():

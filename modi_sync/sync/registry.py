@@ -75,11 +75,10 @@ class RoomRegistry:
         self._max_connections_per_user = max_connections_per_user
         self._auto = auto_compaction
         self.rooms: dict[RoomKey, Room] = {}
-        self._by_doc: dict[int, Room] = {}
         self._loading: dict[RoomKey, asyncio.Future[Room]] = {}
         self._idle: dict[RoomKey, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._compacting: set[int] = set()
+        self._compacting: set[RoomKey] = set()
         self._per_user: Counter[UUID] = Counter()
 
     def connections_of(self, user_id: UUID) -> int:
@@ -90,10 +89,13 @@ class RoomRegistry:
     async def get(self, key: RoomKey, *, create: bool = True) -> Room:
         """The loaded room for ``key``; concurrent callers share one load.
 
-        Without ``create``, a document that does not exist raises DocumentNotFound.
+        A document exists once something was stored in it. Without ``create``, one that
+        does not raises DocumentNotFound; with it, its room starts empty.
         """
         room = self.rooms.get(key)
         if room is not None:
+            if not create and not room.exists:
+                raise DocumentNotFound(key[1])
             return room
         pending = self._loading.get(key)
         if pending is None:
@@ -109,16 +111,16 @@ class RoomRegistry:
 
     async def _load(self, key: RoomKey, create: bool) -> Room:
         user_id, name = key
-        stored = await self._loader.load(user_id, name, create=create)
-        if stored is None:
+        stored = await self._loader.load(user_id, name)
+        if stored is None and not create:
             raise DocumentNotFound(name)
+        doc_id, updates = (stored.doc_id, stored.updates) if stored else (None, [])
         room = Room(
-            key, stored.doc_id, stored.updates, self._writer,
+            key, doc_id, updates, self._writer,
             max_bytes=self._max_document_bytes,
             on_broken=self._discard, on_grown=self._maybe_compact,
         )
         self.rooms[key] = room
-        self._by_doc[room.doc_id] = room
         self._schedule_idle(room)  # until someone joins
         return room
 
@@ -181,9 +183,7 @@ class RoomRegistry:
     def _discard(self, room: Room) -> None:
         if self.rooms.get(room.key) is room:
             del self.rooms[room.key]
-        if self._by_doc.get(room.doc_id) is room:
-            del self._by_doc[room.doc_id]
-            self._compacting.discard(room.doc_id)
+            self._compacting.discard(room.key)
         self._cancel_idle(room.key)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -193,9 +193,9 @@ class RoomRegistry:
 
     # -- changes from elsewhere -------------------------------------------------------
 
-    def drop_document(self, doc_id: int) -> None:
+    def drop_document(self, key: RoomKey) -> None:
         """The document was erased: close its sockets (4404) and forget its room."""
-        room = self._by_doc.get(doc_id)
+        room = self.rooms.get(key)
         if room is not None:
             room.close_all(CLOSE_DOCUMENT_DELETED, "document deleted")
             self._discard(room)
@@ -203,13 +203,13 @@ class RoomRegistry:
     def handle_doc_events(self, events: list[DocEvent]) -> None:
         """From the Redis bus: what other instances and commands did to documents."""
         for event in events:
-            room = self._by_doc.get(event.doc_id)
+            room = self.rooms.get(event.key)
             if room is None:
                 continue  # not in memory here: the next load reads it from storage
             if event.kind == UPDATE:
                 room.apply_stored(event.update)
             elif event.kind == DELETED:
-                self.drop_document(event.doc_id)
+                self.drop_document(event.key)
 
     def close_user(self, user_id: UUID, code: int = CLOSE_SESSION_ENDED) -> int:
         """Close every sync connection of ``user_id`` on this instance; return how many."""
@@ -230,14 +230,15 @@ class RoomRegistry:
 
     def _compact_if_due(self, room: Room) -> None:
         auto = self._auto
-        if auto is None or room.doc_id in self._compacting:
+        if auto is None or room.doc_id is None or room.key in self._compacting:
             return
         if room.stored_updates < auto.max_updates and room.stored_bytes < auto.max_bytes:
             return
-        self._compacting.add(room.doc_id)
+        self._compacting.add(room.key)
         self._spawn(self._compact(room, auto))
 
     async def _compact(self, room: Room, auto: AutoCompaction) -> None:
+        assert room.doc_id is not None
         try:
             result = await auto.compact(room.doc_id)
         except Exception:
@@ -247,11 +248,11 @@ class RoomRegistry:
         room.compacted(result.updates_before - result.updates_after,
                        result.bytes_before - result.bytes_after)
         room.compacted_at = asyncio.get_running_loop().time()
-        self._compacting.discard(room.doc_id)
+        self._compacting.discard(room.key)
         log.info("compacted %s/%s: %d updates, %d bytes -> %d, %d", *room.key,
                  result.updates_before, result.bytes_before,
                  result.updates_after, result.bytes_after)
-        if self._by_doc.get(room.doc_id) is room and auto.min_interval <= 0:
+        if self.rooms.get(room.key) is room and auto.min_interval <= 0:
             self._maybe_compact(room)  # what arrived meanwhile may be over the line again
 
     # -- shutdown -----------------------------------------------------------------------

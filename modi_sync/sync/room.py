@@ -66,7 +66,7 @@ class Room:
     def __init__(
         self,
         key: RoomKey,
-        doc_id: int,
+        doc_id: int | None,
         updates: list[bytes],
         writer: GroupCommitWriter,
         *,
@@ -75,7 +75,7 @@ class Room:
         on_grown: Callable[[Room], None] | None = None,
     ) -> None:
         self.key = key
-        self.doc_id = doc_id
+        self.doc_id = doc_id  # None until the document's first update is stored
         self.connections: set[Connection] = set()
         self.last_ticket = 0  # writer ticket of the newest update applied here
         self.stored_bytes = sum(len(u) for u in updates)
@@ -118,6 +118,12 @@ class Room:
             raise DocumentUnavailable(str(exc)) from exc
         self._doc, self._loaded = doc, None
         return doc
+
+    @property
+    def exists(self) -> bool:
+        """Whether something of the document is stored, or on its way to storage (the
+        first update may have come from another instance: no row id known here yet)."""
+        return self.doc_id is not None or self.stored_updates > 0
 
     @property
     def built(self) -> bool:

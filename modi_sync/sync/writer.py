@@ -1,10 +1,12 @@
-"""Group commit: every update that arrived meanwhile, from every room, in one round trip.
+"""Group commit: every update that arrived meanwhile, from every room, in one statement.
 
 Updates get increasing tickets as they are submitted. A single task takes everything
 queued, stores it with one INSERT (one transaction, one WAL flush), and only then hands
-each update back to its room for fan-out. Whoever needs to know that something is
-durable (a sync reply, an HTTP write, an idle room about to leave memory) waits for a
-ticket; nothing is allocated per update for those who do not wait.
+each update back to its room for fan-out. A document stored for the first time gets
+its row just before, in one statement for all such documents of the batch. Whoever
+needs to know that something is durable (a sync reply, an HTTP write, an idle room
+about to leave memory) waits for a ticket; nothing is allocated per update for those
+who do not wait.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from storage.doc_events import DocKey
     from storage.update_log import UpdateLog
 
 log = logging.getLogger(__name__)
@@ -26,7 +29,8 @@ class WriteFailed(Exception):
 
 
 class CommitTarget(Protocol):
-    doc_id: int
+    key: DocKey
+    doc_id: int | None  # None until the document has a row; the writer makes it
 
     def committed(self, stored: list[tuple[bytes, Any, int]]) -> None:
         """This target's (update, origin, seq) of one stored batch, in order."""
@@ -40,7 +44,7 @@ class GroupCommitWriter:
         log_store: UpdateLog,
         *,
         max_batch: int = 2048,
-        publish: Callable[[list[tuple[int, bytes]]], None] | None = None,
+        publish: Callable[[list[tuple[DocKey, bytes]]], None] | None = None,
     ) -> None:
         self._log = log_store
         self._publish = publish
@@ -100,6 +104,7 @@ class GroupCommitWriter:
     async def _store(self, batch: list[tuple[CommitTarget, bytes, Any]]) -> None:
         last_ticket = self._committed + len(batch)
         try:
+            await self._make_documents(batch)
             seqs = await self._log.append_many(
                 [target.doc_id for target, _, _ in batch], [update for _, update, _ in batch]
             )
@@ -112,7 +117,7 @@ class GroupCommitWriter:
             self._wake_waiters(WriteFailed())
             return
         self._committed = last_ticket
-        stored: list[tuple[int, bytes]] = []
+        stored: list[tuple[DocKey, bytes]] = []
         per_target: dict[int, tuple[CommitTarget, list[tuple[bytes, Any, int]]]] = {}
         gone = {}
         for (target, update, origin), seq in zip(batch, seqs, strict=True):
@@ -120,7 +125,7 @@ class GroupCommitWriter:
                 gone[id(target)] = target
                 continue
             per_target.setdefault(id(target), (target, []))[1].append((update, origin, seq))
-            stored.append((target.doc_id, update))
+            stored.append((target.key, update))
         for target, updates in per_target.values():
             try:
                 target.committed(updates)
@@ -136,6 +141,14 @@ class GroupCommitWriter:
         self._wake_waiters(None)
         if self._publish is not None and stored:
             self._publish(stored)  # to the other instances; queued, never waited for
+
+    async def _make_documents(self, batch: list[tuple[CommitTarget, bytes, Any]]) -> None:
+        """Give the documents stored for the first time their row, all in one statement."""
+        new = list({id(t): t for t, _, _ in batch if t.doc_id is None}.values())
+        if new:
+            ids = await self._log.create_documents([t.key for t in new])
+            for target, doc_id in zip(new, ids, strict=True):
+                target.doc_id = doc_id
 
     def _wake_waiters(self, error: Exception | None) -> None:
         ready = [w for w in self._waiters if w[0] <= self._committed]
