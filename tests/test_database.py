@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import asyncpg
 import pytest
 
 from storage.database import DedicatedConnection, create_pool
 from storage.update_log import UpdateLog
+
+from .yclient import eventually
+
+_LOST = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.AdminShutdownError,
+         ConnectionError)
 
 
 async def test_a_dedicated_connection_is_one_backend_until_closed(services):
@@ -27,18 +33,37 @@ async def test_a_dedicated_connection_is_one_backend_until_closed(services):
         await asyncio.wait_for(pool.close(), 10)  # it waits for every connection given out
 
 
-async def test_a_broken_dedicated_connection_is_replaced(pool, db):
+async def test_a_dedicated_connection_lost_while_idle_is_replaced(pool, db):
     dedicated = DedicatedConnection(pool)
     try:
         first = await dedicated.fetchval("SELECT pg_backend_pid()")
-        await db.execute("SELECT pg_terminate_backend($1)", first)
-        with pytest.raises((asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-                            ConnectionError)):
+        # With a timeout it returns once the backend has exited, not when signalled.
+        assert await db.fetchval("SELECT pg_terminate_backend($1, 10000)", first)
+        with contextlib.suppress(*_LOST):  # fails only if the loss is not noticed yet
             await dedicated.fetchval("SELECT 1")
-        second = await dedicated.fetchval("SELECT pg_backend_pid()")
-        assert second != first
+        assert await dedicated.fetchval("SELECT pg_backend_pid()") != first
     finally:
         await dedicated.close()
+
+
+async def test_a_dedicated_connection_lost_during_a_query_fails_it_then_is_replaced(pool, db):
+    dedicated = DedicatedConnection(pool)
+    try:
+        first = await dedicated.fetchval("SELECT pg_backend_pid()")
+        sleeping = asyncio.ensure_future(dedicated.execute("SELECT pg_sleep(30)"))
+        await eventually(lambda: _is_sleeping(db, first))
+        assert await db.fetchval("SELECT pg_terminate_backend($1, 10000)", first)
+        with pytest.raises(_LOST):
+            await asyncio.wait_for(sleeping, 10)
+        assert await dedicated.fetchval("SELECT pg_backend_pid()") != first
+    finally:
+        await dedicated.close()
+
+
+async def _is_sleeping(db: asyncpg.Connection, pid: int) -> bool:
+    return await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep%'"
+        " AND state = 'active'", pid) == 1
 
 
 async def test_a_dedicated_update_log_cannot_be_dedicated_again(pool):
