@@ -49,6 +49,7 @@ from .keys import (
 from .revocations import RevocationTimes
 from .sync.bus import UpdatePublisher
 from .sync.handler import DOC_NAME, sync_endpoint
+from .sync.keepalive import KeepAlive
 from .sync.listener import RedisListener
 from .sync.registry import AutoCompaction, RoomRegistry
 from .sync.writer import GroupCommitWriter
@@ -170,8 +171,11 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
     await writer.start()
     for listener in listeners:
         await listener.start()
+    keepalive = KeepAlive(registry.connections, settings.keepalive_seconds)
+    keepalive.start()
     app[WRITER], app[REGISTRY] = writer, registry
     yield
+    keepalive.stop()
     for listener in listeners:
         await listener.stop()
     await writer.stop()  # every update received before shutdown is stored

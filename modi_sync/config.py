@@ -46,6 +46,7 @@ class Settings:
     max_connections_per_user: int = 32
     max_send_queue_bytes: int = 16 * 1024 * 1024
     room_idle_seconds: float = 30.0
+    keepalive_seconds: float = 15.0
     auto_compact_updates: int = 500
     auto_compact_bytes: int = 4 * 1024 * 1024
     auto_compact_interval: float = 60.0
@@ -93,6 +94,7 @@ ENVIRONMENT: dict[str, str] = {
     "MODI_MAX_CONNECTIONS_PER_USER": "max_connections_per_user",
     "MODI_MAX_SEND_QUEUE_BYTES": "max_send_queue_bytes",
     "MODI_ROOM_IDLE_SECONDS": "room_idle_seconds",
+    "MODI_KEEPALIVE_SECONDS": "keepalive_seconds",
     "MODI_AUTO_COMPACT_UPDATES": "auto_compact_updates",
     "MODI_AUTO_COMPACT_BYTES": "auto_compact_bytes",
     "MODI_AUTO_COMPACT_INTERVAL": "auto_compact_interval",
@@ -167,6 +169,6 @@ def _validate(settings: Settings) -> None:
     for name in ("port", "max_body_bytes", "max_frame_bytes", "max_document_bytes",
                  "max_connections_per_user", "max_send_queue_bytes", "commit_batch_max",
                  "db_pool_max", "redis_pool_max", "access_token_ttl", "refresh_token_ttl",
-                 "auto_compact_updates", "auto_compact_bytes"):
+                 "auto_compact_updates", "auto_compact_bytes", "keepalive_seconds"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name} must be positive")

@@ -7,14 +7,15 @@ import base64
 import os
 from uuid import UUID
 
+import aiohttp
 import pytest
-from pycrdt import Text
+from pycrdt import Map, Text
 
 from modi_sync.keys import REGISTRY
 from modi_sync.sync.connection import frame
 
 from .conftest import register, ws_url
-from .yclient import YClient, eventually
+from .yclient import YClient, eventually, stays_false
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
@@ -85,3 +86,38 @@ async def test_a_burst_of_opens_waits_for_pool_connections_instead_of_failing(ma
 
     kinds = await asyncio.gather(*(open_one(i) for i in range(30)))
     assert kinds == [0x2] * 30  # every one got a binary message, none a 500
+
+
+async def test_a_peer_that_answers_no_ping_is_dropped_and_a_live_one_stays(make_client):
+    client = await make_client(keepalive_seconds=0.2)
+    pair = await register(client)
+    user_id = UUID(pair["user"]["id"])
+    registry = client.server.app[REGISTRY]
+    # A raw socket that never reads, so never answers a ping; and a y-websocket client,
+    # whose websocket library answers pings by itself.
+    _, silent = await _silent_socket(client, f"/sync/ka?token={pair['access_token']}")
+    live = await YClient(client.session, ws_url(client, "ka", pair["access_token"])).connect()
+    await live.wait_synced()
+    assert registry.connections_of(user_id) == 2
+
+    await eventually(lambda: registry.connections_of(user_id) == 1, timeout=5)
+    assert live.ws is not None
+    assert await stays_false(lambda: live.ws.closed, seconds=0.8)  # four sweeps
+    live.workouts()["w1"] = Map({"name": "plank"})  # and it is still served
+    room = registry.rooms[(user_id, "ka")]
+    await eventually(lambda: "w1" in room.doc.get("workouts", type=Map))
+    silent.close()
+    await live.disconnect()
+
+
+async def test_the_server_answers_a_clients_ping(client):
+    pair = await register(client)
+    ws = await client.session.ws_connect(ws_url(client, "pinged", pair["access_token"]),
+                                         autoping=False)
+    await ws.ping(b"are you there")
+    while True:  # the sync step 1 and maybe more come first
+        msg = await asyncio.wait_for(ws.receive(), 5)
+        if msg.type is aiohttp.WSMsgType.PONG:
+            break
+    assert msg.data == b"are you there"
+    await ws.close()

@@ -28,7 +28,7 @@ from modi_sync.keys import REGISTRY
 from modi_sync.sync.protocol import parse_message
 
 from .conftest import JWT_SECRET, register, synced, ws_url
-from .yclient import YClient, eventually
+from .yclient import YClient, eventually, stays_false
 
 ROOTS = ("workouts", "weights", "food_logs", "favorites")
 
@@ -96,17 +96,6 @@ async def raw_peer(client, user: dict, name: str = "default") -> aiohttp.ClientW
     message = parse_message(msg.data)
     assert (message.type, message.sync_type) == (YMessageType.SYNC, YSyncMessageType.SYNC_STEP1)
     return ws
-
-
-async def stays_false(predicate, seconds: float = 0.3) -> bool:  # noqa: ANN001
-    """For what must NOT happen: True if ``predicate`` stayed false for ``seconds``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while loop.time() < deadline:
-        if predicate():
-            return False
-        await asyncio.sleep(0.01)
-    return not predicate()
 
 
 def user_key(user: dict, name: str = "default") -> tuple[UUID, str]:

@@ -132,3 +132,14 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"condition not reached within {timeout:.1f} s")
         await asyncio.sleep(0.01)
+
+
+async def stays_false(predicate: Callable[[], bool], seconds: float = 0.3) -> bool:
+    """For what must NOT happen: True if ``predicate`` stayed false for ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        if predicate():
+            return False
+        await asyncio.sleep(0.01)
+    return not predicate()

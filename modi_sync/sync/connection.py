@@ -11,7 +11,9 @@ group commit hands a room many updates at once): one system call per peer and tu
 not per message.
 
 The transport buffers what the peer has not read yet. A peer whose buffer passes
-``max_queue_bytes`` has stopped reading: it is dropped, not buffered without end.
+``max_queue_bytes`` has stopped reading: it is dropped, not buffered without end. A
+peer that went silent is found by the keep-alive sweep (keepalive.py), which reads and
+sets ``heard`` and ``pinged``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 CLOSE_SESSION_ENDED = 4401
 
 _FIN_BINARY = 0x82
+_PING = b"\x89\x00"  # a final ping frame without payload
 
 
 def frame(message: bytes) -> bytes:
@@ -43,6 +46,9 @@ def frame(message: bytes) -> bytes:
 
 
 class Connection:
+    __slots__ = ("ws", "user_id", "awareness_ids", "heard", "pinged", "_transport",
+                 "_max_queue_bytes", "_closing", "_out")
+
     def __init__(
         self,
         request: web.Request,
@@ -53,6 +59,8 @@ class Connection:
         self.ws = ws
         self.user_id = user_id
         self.awareness_ids: set[int] = set()
+        self.heard = True  # something arrived since the last keep-alive sweep
+        self.pinged = False  # the last sweep sent a ping
         self._transport = request.transport
         self._max_queue_bytes = max_queue_bytes
         self._closing: asyncio.Task[None] | None = None
@@ -85,6 +93,16 @@ class Connection:
             # It is not reading, so it would not read a close frame either: drop it.
             log.warning("dropping a client that stopped reading (%d bytes waiting)",
                         transport.get_write_buffer_size())
+            transport.abort()
+
+    def ping(self) -> None:
+        self.send_frame(_PING)
+
+    def abort(self, why: str) -> None:
+        """Drop the TCP connection at once: the peer is gone or will not read."""
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            log.info("dropping a client: %s", why)
             transport.abort()
 
     def close(self, code: int, reason: str = "") -> None:

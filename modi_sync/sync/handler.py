@@ -33,7 +33,9 @@ async def sync_endpoint(request: web.Request) -> web.StreamResponse:
     name = request.match_info["name"]
 
     # No compression: every peer of a room is sent the same frame (see connection.py).
-    ws = web.WebSocketResponse(max_msg_size=settings.max_frame_bytes, heartbeat=30.0,
+    # No heartbeat and no autoping: the keep-alive sweep (keepalive.py) pings silent
+    # peers, and this loop answers pings and notes every frame, pongs included.
+    ws = web.WebSocketResponse(max_msg_size=settings.max_frame_bytes, autoping=False,
                                compress=False)
     await ws.prepare(request)
     conn = Connection(request, ws, claims.user_id, settings.max_send_queue_bytes)
@@ -61,8 +63,14 @@ async def sync_endpoint(request: web.Request) -> web.StreamResponse:
 async def _receive_loop(request: web.Request, conn: Connection, room: Room) -> None:
     writer = request.app[WRITER]
     async for msg in conn.ws:
+        conn.heard = True
         if conn.closing:
             return
+        if msg.type is WSMsgType.PING:
+            await conn.ws.pong(msg.data)
+            continue
+        if msg.type is WSMsgType.PONG:
+            continue
         if msg.type is not WSMsgType.BINARY:
             if msg.type is WSMsgType.TEXT:
                 conn.close(WSCloseCode.UNSUPPORTED_DATA, "binary frames only")

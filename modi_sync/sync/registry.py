@@ -16,7 +16,7 @@ import contextlib
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from uuid import UUID
@@ -83,6 +83,11 @@ class RoomRegistry:
 
     def connections_of(self, user_id: UUID) -> int:
         return self._per_user[user_id]
+
+    def connections(self) -> Iterator[Connection]:
+        """Every sync connection on this instance."""
+        for room in self.rooms.values():
+            yield from room.connections
 
     # -- rooms ------------------------------------------------------------------------
 
