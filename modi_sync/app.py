@@ -21,7 +21,7 @@ from pycrdt import Doc
 from redis.asyncio import BlockingConnectionPool, Redis
 
 from storage.database import create_pool, migrate
-from storage.doc_events import doc_events, subscribe_doc_events
+from storage.doc_events import DocChannel, DocMessage, doc_events, subscribe_doc_events
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis
 from storage.rate_limits import RateLimiter
 from storage.refresh_tokens import RefreshTokens
@@ -36,6 +36,7 @@ from .history import compact_document
 from .keys import (
     ACCESS_TOKENS,
     POOL,
+    PUBLISHER,
     RATE_LIMITER,
     REDIS,
     REFRESH_TOKENS,
@@ -139,7 +140,8 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
         return await compact_document(log_store, doc_id, snapshot_every=settings.snapshot_every)
 
     instance = uuid.uuid4()  # tells this instance's bus messages from the others'
-    publisher = UpdatePublisher(redis, instance)
+    publisher = UpdatePublisher(DocChannel(redis, instance), instance,
+                                recheck=settings.bus_recheck_seconds)
     # The writer and the loader each run one statement at a time, on a connection of
     # their own: no pool acquire and release per batch.
     appends, loads = log_store.dedicated(), log_store.dedicated()
@@ -159,7 +161,8 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
         RedisListener(redis, subscribe_sessions_ended, ended_user_ids,
                       partial(_sessions_ended, app), "sessions-ended"),
         RedisListener(redis, subscribe_doc_events, partial(doc_events, ignore=instance),
-                      registry.handle_doc_events, "doc-events"),
+                      partial(_doc_message, publisher, registry), "doc-events",
+                      resubscribed=publisher.subscribed_again),
     ]
     # What the first client would otherwise wait for: statements planned, a Redis
     # connection open, and pycrdt's lazy imports (its first Doc loads an async backend).
@@ -167,13 +170,13 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
     await loads.warm_up()
     await redis.ping()
     Doc()
-    await publisher.start()
     await writer.start()
     for listener in listeners:
         await listener.start()
+    await publisher.start()  # subscribed: say hello, and wait for the others' answers
     keepalive = KeepAlive(registry.connections, settings.keepalive_seconds)
     keepalive.start()
-    app[WRITER], app[REGISTRY] = writer, registry
+    app[WRITER], app[REGISTRY], app[PUBLISHER] = writer, registry, publisher
     yield
     keepalive.stop()
     for listener in listeners:
@@ -182,6 +185,12 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
     await publisher.stop()
     await appends.close()  # the pool waits for its connections when it closes
     await loads.close()
+
+
+def _doc_message(publisher: UpdatePublisher, registry: RoomRegistry, message: DocMessage) -> None:
+    """Another instance (or a command) published on the document channel."""
+    publisher.heard(message)
+    registry.handle_doc_events(message.events)
 
 
 def _sessions_ended(app: web.Application, user_id: uuid.UUID) -> None:

@@ -47,6 +47,7 @@ class Settings:
     max_send_queue_bytes: int = 16 * 1024 * 1024
     room_idle_seconds: float = 30.0
     keepalive_seconds: float = 15.0
+    bus_recheck_seconds: float = 5.0
     auto_compact_updates: int = 500
     auto_compact_bytes: int = 4 * 1024 * 1024
     auto_compact_interval: float = 60.0
@@ -95,6 +96,7 @@ ENVIRONMENT: dict[str, str] = {
     "MODI_MAX_SEND_QUEUE_BYTES": "max_send_queue_bytes",
     "MODI_ROOM_IDLE_SECONDS": "room_idle_seconds",
     "MODI_KEEPALIVE_SECONDS": "keepalive_seconds",
+    "MODI_BUS_RECHECK_SECONDS": "bus_recheck_seconds",
     "MODI_AUTO_COMPACT_UPDATES": "auto_compact_updates",
     "MODI_AUTO_COMPACT_BYTES": "auto_compact_bytes",
     "MODI_AUTO_COMPACT_INTERVAL": "auto_compact_interval",
@@ -169,6 +171,7 @@ def _validate(settings: Settings) -> None:
     for name in ("port", "max_body_bytes", "max_frame_bytes", "max_document_bytes",
                  "max_connections_per_user", "max_send_queue_bytes", "commit_batch_max",
                  "db_pool_max", "redis_pool_max", "access_token_ttl", "refresh_token_ttl",
-                 "auto_compact_updates", "auto_compact_bytes", "keepalive_seconds"):
+                 "auto_compact_updates", "auto_compact_bytes", "keepalive_seconds",
+                 "bus_recheck_seconds"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name} must be positive")

@@ -26,6 +26,7 @@ USERS = web.AppKey("users", "UserStore")
 UPDATE_LOG = web.AppKey("update_log", "UpdateLog")
 WRITER = web.AppKey("writer", "GroupCommitWriter")
 REGISTRY = web.AppKey("registry", "RoomRegistry")
+PUBLISHER = web.AppKey("publisher", "UpdatePublisher")
 RATE_LIMITER = web.AppKey("rate_limiter", "RateLimiter")
 
 # Per request.

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import jwt
+import pytest
 from pycrdt import Doc, Map
+from redis.asyncio import Redis
 
+from modi_sync.keys import PUBLISHER
 from storage.doc_events import DELETED, UPDATE, decode, encode
 
 from .conftest import JWT_SECRET, register, synced
@@ -120,3 +124,52 @@ def _token_issued_earlier(user: dict, seconds: int) -> str:
     claims = {"sub": user["user"]["id"], "email": user["user"]["email"], "role": "user",
               "iat": now - seconds, "exp": now + 600, "jti": uuid.uuid4().hex}
     return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+
+
+@pytest.fixture
+async def redis(services) -> AsyncIterator[Redis]:  # noqa: ANN001
+    client = Redis.from_url(services.redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def test_an_instance_alone_publishes_nothing_and_starts_on_a_hello(make_client, redis):
+    first = await make_client(bus_recheck_seconds=0.2)
+    user = await register(first)
+    a = await synced(first, user["access_token"])
+    publisher = first.app[PUBLISHER]
+    assert not publisher.others
+
+    before = await _publishes(redis)
+    for i in range(20):
+        a.workouts()[f"alone{i}"] = Map({"sets": i})
+    await eventually(lambda: _is_stored(first, user, 20))
+    assert await _publishes(redis) == before  # stored, and sent to nobody
+
+    second = await make_client(bus_recheck_seconds=0.2)
+    assert publisher.others  # it heard the second instance's hello before that one served
+    b = await synced(second, user["access_token"])
+    a.workouts()["together"] = Map({"sets": 1})
+    await eventually(lambda: "together" in b.workouts())
+    await b.disconnect()
+
+    await second.close()  # the second instance leaves; the next recheck notices
+    await eventually(lambda: not publisher.others, timeout=5)
+    before = await _publishes(redis)
+    a.workouts()["alone again"] = Map({"sets": 2})
+    await eventually(lambda: _is_stored(first, user, 22))
+    assert await _publishes(redis) == before
+    await a.disconnect()
+
+
+async def _publishes(redis: Redis) -> int:
+    """PUBLISH commands Redis has run: its own count, whoever sent them."""
+    return (await redis.info("commandstats")).get("cmdstat_publish", {}).get("calls", 0)
+
+
+async def _is_stored(client, user: dict, updates: int) -> bool:  # noqa: ANN001
+    auth = {"Authorization": f"Bearer {user['access_token']}"}
+    listed = (await (await client.get("/api/v1/docs", headers=auth)).json())["data"]
+    return bool(listed) and listed[0]["updates"] >= updates

@@ -1,10 +1,23 @@
 """Sending stored updates to the other instances, without ever holding up storage.
 
 The writer hands each committed batch to ``publish`` and goes on with the next batch;
-one task sends what accumulated, pipelined, to the Redis channel. A Redis that hangs
+one task sends what accumulated, on a Redis connection of its own. A Redis that hangs
 or is down only delays (and past ``max_pending`` drops, with a warning) these messages:
 storing and local fan-out go on, and other instances' clients get the updates from
 storage on their next sync.
+
+Updates are published only while another instance listens: a server running alone
+would otherwise publish every batch to nobody, a third of the CPU of an edit at
+moderate load. Who listens is learnt so that no instance can miss an update of a room
+it holds:
+
+- An instance that starts listening says hello on the channel, and every instance that
+  hears it publishes from then on and answers; the new instance waits for those
+  answers (at most ``hello_timeout``) before it serves anyone, so every update stored
+  after its first room is loaded is published to it.
+- Every ``recheck`` seconds an instance asks Redis how many listen, and stops
+  publishing when it is the only one. A hello heard while the question was out wins.
+- Hearing any message from another instance means someone listens.
 """
 
 from __future__ import annotations
@@ -15,23 +28,43 @@ import logging
 import uuid
 from collections import deque
 
-from redis.asyncio import Redis
-
-from storage.doc_events import DocKey, publish_updates
+from storage.doc_events import ACK, HELLO, UPDATE, DocChannel, DocKey, DocMessage
 
 log = logging.getLogger(__name__)
 
+_Record = tuple[bytes, DocKey, bytes]
+
 
 class UpdatePublisher:
-    def __init__(self, redis: Redis, instance: uuid.UUID, max_pending: int = 100_000) -> None:
-        self._redis = redis
+    def __init__(
+        self,
+        channel: DocChannel,
+        instance: uuid.UUID,
+        *,
+        max_pending: int = 100_000,
+        recheck: float = 5.0,
+        hello_timeout: float = 2.0,
+    ) -> None:
+        self._channel = channel
         self._instance = instance
         self._pending: deque[tuple[DocKey, bytes]] = deque()
+        self._control: list[_Record] = []  # hellos and answers, sent before updates
         self._max_pending = max_pending
+        self._recheck = recheck
+        self._hello_timeout = hello_timeout
+        self.others = False  # another instance listens: publish
+        self._heard = 0  # hellos and messages heard from others, to order them with rechecks
+        self._answers: set[uuid.UUID] = set()
+        self._answered = asyncio.Event()
+        self._expected = 0
+        self._recheck_due = False
+        self._timer: asyncio.TimerHandle | None = None
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def publish(self, updates: list[tuple[DocKey, bytes]]) -> None:
+        if not self.others:
+            return  # nobody else listens: nothing to send
         self._pending.extend(updates)
         overflow = len(self._pending) - self._max_pending
         if overflow > 0:
@@ -42,22 +75,86 @@ class UpdatePublisher:
         self._wakeup.set()
 
     async def start(self) -> None:
+        """Say hello and wait for the other instances' answers; call it once subscribed."""
         self._task = asyncio.create_task(self._run(), name="update-publisher")
+        try:
+            receivers = await self._channel.publish([(HELLO, (self._instance, ""), b"")])
+        except Exception as exc:
+            log.warning("could not say hello to other instances: %s", exc)
+            receivers = 0
+        self._expected = max(receivers - 1, 0)  # the hello reached this instance too
+        if self._expected:
+            self.others = True
+            self._check_answers()
+            try:
+                await asyncio.wait_for(self._answered.wait(), self._hello_timeout)
+            except TimeoutError:
+                log.warning("%d of %d listeners answered the hello; serving anyway",
+                            len(self._answers), self._expected)
+        self._schedule_recheck()
+
+    def subscribed_again(self) -> None:
+        """The subscription came back after a loss: tell the others again."""
+        self._control.append((HELLO, (self._instance, ""), b""))
+        self._wakeup.set()
+
+    def heard(self, message: DocMessage) -> None:
+        """A message of another instance (or of a command): someone listens."""
+        self._heard += 1
+        self.others = True
+        for event in message.events:
+            if event.kind == HELLO:
+                self._control.append((ACK, (message.sender, ""), b""))
+                self._wakeup.set()
+            elif event.kind == ACK and event.key[0] == self._instance:
+                self._answers.add(message.sender)
+                self._check_answers()
+
+    def _check_answers(self) -> None:
+        if len(self._answers) >= self._expected:
+            self._answered.set()
 
     async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self._channel.close()
+
+    def _schedule_recheck(self) -> None:
+        self._timer = asyncio.get_running_loop().call_later(self._recheck, self._due)
+
+    def _due(self) -> None:
+        self._recheck_due = True
+        self._wakeup.set()
 
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._pending:
-                batch = [self._pending.popleft() for _ in range(min(len(self._pending), 1000))]
+            try:
+                if self._control:
+                    control, self._control = self._control, []
+                    await self._channel.publish(control)
+                while self._pending:
+                    batch = [self._pending.popleft()
+                             for _ in range(min(len(self._pending), 1000))]
+                    await self._channel.publish((UPDATE, key, u) for key, u in batch)
+            except Exception as exc:
+                log.warning("publishing to other instances failed: %s", exc)
+            if self._recheck_due:
+                self._recheck_due = False
                 try:
-                    await publish_updates(self._redis, self._instance, batch)
+                    await self._recheck_listeners()
                 except Exception as exc:
-                    log.warning("publishing %d updates to other instances failed: %s",
-                                len(batch), exc)
+                    log.warning("asking Redis who listens failed: %s", exc)
+                finally:
+                    self._schedule_recheck()
+
+    async def _recheck_listeners(self) -> None:
+        heard = self._heard
+        listeners = await self._channel.subscribers()
+        if heard == self._heard:  # a hello heard while the question was out wins
+            self.others = listeners > 1  # this instance's own subscription is one

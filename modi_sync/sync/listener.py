@@ -27,12 +27,14 @@ class RedisListener:
         read: Callable[[PubSub], AsyncIterator[Any]],
         handle: Callable[[Any], None],
         name: str,
+        resubscribed: Callable[[], None] | None = None,
     ) -> None:
         self._redis = redis
         self._subscribe = subscribe
         self._read = read
         self._handle = handle
         self._name = name
+        self._resubscribed = resubscribed  # called after a lost subscription is back
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -61,5 +63,7 @@ class RedisListener:
                     with contextlib.suppress(RedisError, OSError):
                         await pubsub.aclose()
                         pubsub = await self._subscribe(self._redis)
+                        if self._resubscribed is not None:
+                            self._resubscribed()
         finally:
             await pubsub.aclose()
