@@ -44,6 +44,7 @@ from common import (  # noqa: E402
     ModiServer,
     anchors_ready,
     have_taskset,
+    keep_off_server_core,
     log_errors,
     median,
     modi_source,
@@ -499,6 +500,7 @@ def report(records: list[dict], servers: list[str], sizes: Sizes, reps: int,
 
 
 def main() -> int:
+    keep_off_server_core()  # before any thread starts: they inherit it
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes, one run each (the test suite's smoke run)")
