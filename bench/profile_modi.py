@@ -6,7 +6,8 @@ bench/run.py does), runs one workload of bench/loadgen.mjs against it while
 the stack most often (own time and total time). py-spy comes from PyPI
 (``bench/.venv-anchors/bin/pip install py-spy``); it is looked for there and on PATH.
 
-    .venv/bin/python bench/profile_modi.py [--workload w1-50x4|w1-1x50|w2-cold|w3] [--top 25]
+    .venv/bin/python bench/profile_modi.py [--workload w1-50x4|w1-1x50|w1-rate|w2-cold|w3]
+                                           [--connections 5000] [--top 25]
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ANCHORS_PYTHON, CLIENT_CORE, ModiServer, modi_source, pinned  # noqa: E402
+from common import (  # noqa: E402
+    ANCHORS_PYTHON,
+    CLIENT_CORE,
+    ModiServer,
+    keep_off_server_core,
+    modi_source,
+    pinned,
+)
 from run import FULL, MODI_ENV, run_loadgen  # noqa: E402
 
 
@@ -52,12 +60,14 @@ def _summarise(collapsed: Path, top: int) -> str:
 
 
 def main() -> int:
+    keep_off_server_core()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", default="w1-50x4",
                         choices=["w1-50x4", "w1-1x50", "w1-rate", "w2-cold", "w3"])
     parser.add_argument("--modi-rev", default="HEAD")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
+    parser.add_argument("--connections", type=int, default=2000, help="W3: sockets to open")
     parser.add_argument("--out", default="/tmp/modi-profile.txt", help="collapsed stacks")
     args = parser.parse_args()
     spy = _py_spy()
@@ -76,9 +86,9 @@ def main() -> int:
             seconds = params["durationMs"] / 1000 + 5
         elif args.workload == "w3":
             tokens = [server.register()["access_token"]]
-            cfg = {"mode": "w3", "connections": 2000, "concurrency": 200, "docPrefix": "prof",
-                   "holdMs": 3000, "noStdin": True}
-            seconds = 15
+            cfg = {"mode": "w3", "connections": args.connections, "concurrency": 200,
+                   "docPrefix": "prof", "holdMs": 3000, "noStdin": True}
+            seconds = 5 + args.connections / 200
         else:
             tokens = [server.register()["access_token"]]
             build = dict(mode="w2", docName="prof", build="edits", edits=FULL.w2_edits,
