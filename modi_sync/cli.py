@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import getpass
 import logging
 import sys
@@ -16,6 +15,7 @@ from aiohttp import web
 from . import admin
 from .admin import NOT_FOUND, USAGE, UsageError, parse_doc_ref, parse_timestamp
 from .app import create_app, open_storage
+from .collector import cycle_collection
 from .config import ConfigError, Settings, load_settings
 from .logs import configure_logging
 
@@ -99,14 +99,13 @@ def serve(settings: Settings) -> int:
         loop = asyncio.new_event_loop()
     else:
         loop = uvloop.new_event_loop()
-    # Every open socket keeps a few dozen long-lived objects; with the default
-    # thresholds the cyclic collector rescans all of them again and again while
-    # thousands connect. The server makes little cyclic garbage, so collect less often.
-    gc.set_threshold(20_000, 20, 20)
+    app = create_app(settings)
+    if settings.gc_full_seconds > 0:
+        app.cleanup_ctx.append(cycle_collection(settings.gc_full_seconds))
     # run_app turns SIGINT and SIGTERM into a graceful shutdown: sockets closed with
     # 1001, queued updates stored, embedded services stopped.
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         loop=loop,

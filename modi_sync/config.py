@@ -56,6 +56,7 @@ class Settings:
     commit_batch_max: int = 2048
     db_pool_max: int = 10
     redis_pool_max: int = 32
+    gc_full_seconds: float = 600.0
 
     @property
     def snapshot_every(self) -> timedelta | None:
@@ -105,6 +106,7 @@ ENVIRONMENT: dict[str, str] = {
     "MODI_COMMIT_BATCH_MAX": "commit_batch_max",
     "MODI_DB_POOL_MAX": "db_pool_max",
     "MODI_REDIS_POOL_MAX": "redis_pool_max",
+    "MODI_GC_FULL_SECONDS": "gc_full_seconds",
 }
 
 _TYPES = {f.name: f.type for f in fields(Settings)}
@@ -175,3 +177,5 @@ def _validate(settings: Settings) -> None:
                  "bus_recheck_seconds"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name} must be positive")
+    if settings.gc_full_seconds < 0:
+        raise ConfigError("MODI_GC_FULL_SECONDS must be 0 (off) or more")

@@ -25,6 +25,7 @@ def test_environment_values_are_converted_and_flags_win():
     ("MODI_PORT", "eighty"),
     ("MODI_LOG_FORMAT", "xml"),
     ("MODI_RATE_LIMIT_USER", "fast"),
+    ("MODI_GC_FULL_SECONDS", "-1"),
 ])
 def test_unusable_values_are_refused(variable, value):
     with pytest.raises(ConfigError):
@@ -34,3 +35,8 @@ def test_unusable_values_are_refused(variable, value):
 def test_the_smallest_pools_are_accepted():
     settings = load_settings({"MODI_DB_POOL_MAX": "4", "MODI_REDIS_POOL_MAX": "4"})
     assert (settings.db_pool_max, settings.redis_pool_max) == (4, 4)
+
+
+def test_the_cycle_collector_policy_can_be_turned_off():
+    assert load_settings({}).gc_full_seconds == 600
+    assert load_settings({"MODI_GC_FULL_SECONDS": "0"}).gc_full_seconds == 0
