@@ -12,6 +12,8 @@ from modi_sync.sync.loader import DocumentLoader
 from storage.update_log import UpdateLog
 from storage.users import UserStore
 
+from .yclient import eventually
+
 
 @pytest.fixture
 async def user_id(pool: asyncpg.Pool):  # noqa: ANN201
@@ -59,6 +61,21 @@ async def test_concurrent_batches_creating_the_same_documents_agree(pool, user_i
         "SELECT count(*) FROM documents WHERE user_id = $1", user_id) == 8 * 40
 
 
+class Answers:
+    """Collects a loader's answers and lets a test wait for them."""
+
+    def __init__(self) -> None:
+        self.got: dict[tuple[uuid.UUID, str], object] = {}
+        self.calls = 0
+
+    def done(self, key: tuple[uuid.UUID, str], result: object) -> None:
+        self.calls += 1
+        self.got[key] = result
+
+    async def wait(self, count: int) -> None:
+        await eventually(lambda: self.calls >= count)
+
+
 async def test_the_loader_batches_concurrent_loads(pool, user_id):
     queries: list[int] = []
 
@@ -69,18 +86,45 @@ async def test_the_loader_batches_concurrent_loads(pool, user_id):
 
     log = Counting(pool)
     ids = await log.create_documents([(user_id, f"b{i}") for i in range(20)])
-    loader = DocumentLoader(log, max_batch=16)
+    answers = Answers()
+    loader = DocumentLoader(log, answers.done, max_batch=16)
     queries.clear()
-    docs = await asyncio.gather(*(loader.load(user_id, f"b{i}") for i in range(40)))
-    assert [d.doc_id for d in docs[:20]] == ids
-    assert docs[20:] == [None] * 20  # never written: no row
+    for i in range(40):
+        loader.load((user_id, f"b{i}"))
+    await answers.wait(40)
+    assert [answers.got[(user_id, f"b{i}")].doc_id for i in range(20)] == ids
+    assert [answers.got[(user_id, f"b{i}")] for i in range(20, 40)] == [None] * 20  # no row
     # The first load goes at once; the rest gather meanwhile, as full as allowed.
     assert queries == [1, 16, 16, 7]
 
 
 async def test_a_failed_batch_fails_its_loads_and_the_next_batch_works(pool, user_id):
-    loader = DocumentLoader(UpdateLog(pool))
+    answers = Answers()
+    loader = DocumentLoader(UpdateLog(pool), answers.done)
     await UpdateLog(pool).create_documents([(user_id, "ok")])
-    with pytest.raises(asyncpg.DataError):
-        await asyncio.gather(loader.load(user_id, "ok"), loader.load(user_id, "bad\x00name"))
-    assert (await loader.load(user_id, "ok")).updates == []
+    loader.load((user_id, "first"))
+    loader.load((user_id, "ok"))
+    loader.load((user_id, "bad\x00name"))  # in the second batch, with "ok"
+    await answers.wait(3)
+    assert answers.got[(user_id, "first")] is None
+    assert isinstance(answers.got[(user_id, "ok")], asyncpg.DataError)
+    assert isinstance(answers.got[(user_id, "bad\x00name")], asyncpg.DataError)
+    loader.load((user_id, "ok"))
+    await answers.wait(4)
+    assert answers.got[(user_id, "ok")].updates == []
+
+
+async def test_a_failing_callback_does_not_strand_the_other_loads(pool, user_id):
+    seen: list[str] = []
+
+    def done(key, result):  # noqa: ANN001, ANN202
+        seen.append(key[1])
+        if key[1] == "boom":
+            raise RuntimeError("a caller's bug")
+
+    loader = DocumentLoader(UpdateLog(pool), done)
+    loader.load((user_id, "first"))
+    loader.load((user_id, "boom"))
+    loader.load((user_id, "after"))
+    await eventually(lambda: len(seen) == 3)
+    assert seen == ["first", "boom", "after"]

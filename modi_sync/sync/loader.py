@@ -8,37 +8,45 @@ queue up, and when a batch ends the next takes everything queued, up to
 opens/s with two at a time, 2,161 with one), and one connection serves the loader
 (see ``UpdateLog.dedicated``). A batch holds the next one back only for its query,
 since each waiting connection builds its room from the results afterwards.
+
+Results are handed to a callback in the turn of the event loop that reads them, not
+through a future per load: under a burst each turn of the loop takes milliseconds,
+and every hop between the query's answer and the room being ready (a future's done
+callback, a task waking up) was one more turn on every waiting socket's clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 from uuid import UUID
 
 if TYPE_CHECKING:
     from storage.update_log import StoredDocument, UpdateLog
 
-_Request = tuple[UUID, str, "asyncio.Future[StoredDocument | None]"]
+log = logging.getLogger(__name__)
+
+DocKey = tuple[UUID, str]
+# Called once per load: the stored document, None (no row), or why the batch failed.
+LoadDone = Callable[[DocKey, "StoredDocument | None | Exception"], None]
 
 
 class DocumentLoader:
-    def __init__(self, update_log: UpdateLog, *, max_batch: int = 128) -> None:
+    def __init__(self, update_log: UpdateLog, done: LoadDone, *, max_batch: int = 128) -> None:
         self._log = update_log
+        self._done = done
         self._max_batch = max_batch
-        self._queue: deque[_Request] = deque()
+        self._queue: deque[DocKey] = deque()
         self._running: asyncio.Task[None] | None = None
 
-    async def load(self, user_id: UUID, name: str) -> StoredDocument | None:
-        """The stored document (None: it has no row), batched with the loads asked for
-        around the same time."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[StoredDocument | None] = loop.create_future()
-        self._queue.append((user_id, name, future))
+    def load(self, key: DocKey) -> None:
+        """Load the document ``key`` in the next batch; ``done`` gets the result."""
+        self._queue.append(key)
         if self._running is None:
             self._start_batch()  # nothing under way: go now, others gather meanwhile
-        return await future
 
     def _start_batch(self) -> None:
         if not self._queue:
@@ -47,16 +55,17 @@ class DocumentLoader:
         batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
         self._running = asyncio.ensure_future(self._run(batch))
 
-    async def _run(self, batch: list[_Request]) -> None:
+    async def _run(self, batch: list[DocKey]) -> None:
+        results: list[StoredDocument | None] | list[Exception]
         try:
-            results = await self._log.load_many([(u, n) for u, n, _ in batch])
+            results = await self._log.load_many(batch)
         except Exception as exc:
-            for *_, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-        else:
-            for (*_, future), stored in zip(batch, results, strict=True):
-                if not future.done():  # the caller may have given up (cancelled)
-                    future.set_result(stored)
+            results = [exc] * len(batch)
+        try:
+            for key, result in zip(batch, results, strict=True):
+                try:
+                    self._done(key, result)
+                except Exception:  # one caller's bug must not strand the others
+                    log.exception("handing over the load of %s/%s failed", *key)
         finally:
             self._start_batch()

@@ -29,7 +29,7 @@ from .room import Room, RoomKey
 from .writer import WriteFailed
 
 if TYPE_CHECKING:
-    from storage.update_log import Compaction, UpdateLog
+    from storage.update_log import Compaction, StoredDocument, UpdateLog
 
     from .connection import Connection
     from .writer import GroupCommitWriter
@@ -68,14 +68,15 @@ class RoomRegistry:
         instance: uuid.UUID | None = None,
     ) -> None:
         self.instance = instance or uuid.uuid4()  # tells our bus messages from others'
-        self._loader = DocumentLoader(update_log)
+        self._loader = DocumentLoader(update_log, self._loaded)
         self._writer = writer
         self._idle_seconds = idle_seconds
         self._max_document_bytes = max_document_bytes
         self._max_connections_per_user = max_connections_per_user
         self._auto = auto_compaction
         self.rooms: dict[RoomKey, Room] = {}
-        self._loading: dict[RoomKey, asyncio.Future[Room]] = {}
+        # Loads under way: who waits for each, and whether they would create it.
+        self._loading: dict[RoomKey, list[tuple[asyncio.Future[Room], bool]]] = {}
         self._idle: dict[RoomKey, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._compacting: set[RoomKey] = set()
@@ -102,23 +103,37 @@ class RoomRegistry:
             if not create and not room.exists:
                 raise DocumentNotFound(key[1])
             return room
-        pending = self._loading.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._load(key, create))
-            self._loading[key] = pending
-            pending.add_done_callback(lambda _: self._loading.pop(key, None))
-        try:
-            return await asyncio.shield(pending)
-        except DocumentNotFound:
-            if not create:
-                raise
-            return await self.get(key, create=True)  # a reader's load found nothing
+        # A future of its own per caller: one that gives up (its socket closed) cancels
+        # only its own wait, never the load the others wait for.
+        future: asyncio.Future[Room] = asyncio.get_running_loop().create_future()
+        waiting = self._loading.get(key)
+        if waiting is None:
+            self._loading[key] = [(future, create)]
+            self._loader.load(key)
+        else:
+            waiting.append((future, create))
+        return await future
 
-    async def _load(self, key: RoomKey, create: bool) -> Room:
-        user_id, name = key
-        stored = await self._loader.load(user_id, name)
-        if stored is None and not create:
-            raise DocumentNotFound(name)
+    def _loaded(self, key: RoomKey, stored: StoredDocument | None | Exception) -> None:
+        """The loader's answer for ``key``: make the room and hand it to every caller."""
+        waiting = self._loading.pop(key, [])
+        if isinstance(stored, Exception):
+            for future, _ in waiting:
+                if not future.done():
+                    future.set_exception(stored)
+            return
+        room = None
+        if stored is not None or any(create for _, create in waiting):
+            room = self._make_room(key, stored)
+        for future, create in waiting:
+            if future.done():  # the caller gave up
+                continue
+            if room is None or (not create and not room.exists):
+                future.set_exception(DocumentNotFound(key[1]))
+            else:
+                future.set_result(room)
+
+    def _make_room(self, key: RoomKey, stored: StoredDocument | None) -> Room:
         doc_id, updates = (stored.doc_id, stored.updates) if stored else (None, [])
         room = Room(
             key, doc_id, updates, self._writer,
