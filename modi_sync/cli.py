@@ -115,6 +115,10 @@ def serve(settings: Settings) -> int:
         # aiohttp's default of 128 overflows when a few hundred phones reconnect at once
         # (after a deploy, say): the kernel drops their handshakes and they retry later.
         backlog=1024,
+        # No SO_KEEPALIVE per socket (a system call each): with Linux's two-hour default
+        # it finds nothing that aiohttp's idle timeout (HTTP) or the keep-alive sweep
+        # (sync sockets, keepalive.py) has not closed long before.
+        tcp_keepalive=False,
     )
     return 0
 

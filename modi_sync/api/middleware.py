@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
-from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from aiohttp import web
@@ -67,10 +68,16 @@ async def cors_middleware(request: web.Request, handler: Any) -> web.StreamRespo
     return response
 
 
+@lru_cache(maxsize=2)
+def _rfc3339(second: int) -> str:
+    """Formatted once a second rather than for every response (about 3 µs each)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
+
+
 async def add_standard_headers(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: every response, the websocket upgrade included."""
     response.headers["X-Request-ID"] = request.get(REQUEST_ID) or str(uuid.uuid4())
-    response.headers["X-Timestamp"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    response.headers["X-Timestamp"] = _rfc3339(int(time.time()))
     verdict = request.get(RATE_VERDICT)
     if verdict is not None:
         response.headers.update(rate_limit_headers(verdict))
