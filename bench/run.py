@@ -342,6 +342,7 @@ def w3(bench: Bench, sizes: Sizes, reps: int, concurrency: int) -> list[dict]:
                     stats["rss_after_kb"] = rss
                     stats["rss_per_conn_kb"] = (rss - before["rss"]) / opened
                     stats["side_pss_per_conn_kb"] = (_side_pss(monitor) - before["side"]) / opened
+                    stats["side_cpu_us_per_open"] = 1e6 * stats["side_cpu_s"] / opened
                     send("close")
 
             errors_before = bench.errors()
@@ -465,6 +466,8 @@ def _rows(sizes: Sizes) -> list[tuple]:
              "W3", str(n), "side_pss_per_conn_kb", None, 1, 1, "rss_per_conn_kb"),
             (f"W3 {n:,} conns, server CPU % while opening", "W3", str(n), "server_cpu_pct", None,
              1, 0, None),
+            (f"W3 {n:,} conns, server side CPU per open µs (modi-sync: + PostgreSQL, Redis)",
+             "W3", str(n), "side_cpu_us_per_open", None, 1, 0, None),
             (f"W3 {n:,} conns, client CPU % while opening", "W3", str(n), "client_cpu_pct", None,
              1, 0, None),
         ]
