@@ -22,14 +22,14 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
-from uuid import UUID
+
+from storage.doc_events import DocKey
 
 if TYPE_CHECKING:
     from storage.update_log import StoredDocument, UpdateLog
 
 log = logging.getLogger(__name__)
 
-DocKey = tuple[UUID, str]
 # Called once per load: the stored document, None (no row), or why the batch failed.
 LoadDone = Callable[[DocKey, "StoredDocument | None | Exception"], None]
 
