@@ -14,6 +14,10 @@ from the server, and holds each writer's last value; W2: the fresh client's stat
 vector and keys equal the builder's; W3: every socket completed its handshake and was
 still open when counted). A run that fails it is reported as failed, not as fast.
 
+The runs go round-robin: each round runs every server once, then the next round begins,
+so a shared machine that speeds up or slows down during the half hour moves every
+server's medians alike instead of favouring whichever server ran last.
+
     .venv/bin/python bench/run.py [--quick] [--workloads W1,W2,W3] [--servers LIST]
                                   [--reps 3] [--json FILE]
 
@@ -227,46 +231,48 @@ def _name(tag: str, rep: int) -> str:
     return f"b{_run_id}-{tag}-{rep}"
 
 
-def w1(bench: Bench, sizes: Sizes, reps: int, restart: bool) -> list[dict]:
+def w1(bench: Bench, sizes: Sizes, rep: int, restart: bool) -> list[dict]:
+    """One run of each W1 sub-workload (a fresh server for each, unless ``restart`` is off)."""
     records = []
     started = False
     for sub, params in sizes.w1.items():
-        for rep in range(reps):
-            if restart or not started:
-                if started:
-                    bench.stop()
-                bench.start()
-                started = True
-            # Connecting is not measured in W1: at most 50 at once (modi-sync answers 500
-            # to some upgrades when ~100 arrive at once; see README.md).
-            cfg = dict(bench.base_cfg(params["docs"]), mode="w1", docPrefix=_name(f"w1{sub}", rep),
-                       concurrency=50, **params)
-            monitor = bench.server.monitor()
-            stats: dict = {}
+        if restart or not started:
+            if started:
+                bench.stop()
+            bench.start()
+            started = True
+        # Connecting is not measured in W1: at most 50 at once (modi-sync answers 500
+        # to some upgrades when ~100 arrive at once; see README.md).
+        cfg = dict(bench.base_cfg(params["docs"]), mode="w1", docPrefix=_name(f"w1{sub}", rep),
+                   concurrency=50, **params)
+        monitor = bench.server.monitor()
+        stats: dict = {}
 
-            def on_event(msg: dict, send, monitor=monitor, stats=stats) -> None:  # noqa: ANN001
-                if msg["event"] == "load-start":
-                    monitor.start()
-                elif msg["event"] == "load-end":
-                    stats.update(monitor.stop())
+        def on_event(msg: dict, send, monitor=monitor, stats=stats) -> None:  # noqa: ANN001
+            if msg["event"] == "load-start":
+                monitor.start()
+            elif msg["event"] == "load-end":
+                stats.update(monitor.stop())
 
-            errors_before = bench.errors()
-            try:
-                result = run_loadgen(cfg, on_event, timeout=params["durationMs"] / 1000 + 150)
-            except LoadgenError as exc:
-                result = {"ok": False, "error": str(exc)}
-            result.update(stats)
-            result["server_log_errors"] = bench.errors() - errors_before
-            records.append({"workload": "W1", "sub": sub, "server": bench.kind, "rep": rep,
-                            **result})
-            log(f"  W1 {sub} rep {rep + 1}: " + _short(result, [
-                "edits_per_s", "deliveries_per_s", "latency_p50_ms", "latency_p99_ms",
-                "server_cpu_pct", "side_cpu_pct", "client_cpu_pct", "converged"]))
+        errors_before = bench.errors()
+        try:
+            result = run_loadgen(cfg, on_event, timeout=params["durationMs"] / 1000 + 150)
+        except LoadgenError as exc:
+            result = {"ok": False, "error": str(exc)}
+        result.update(stats)
+        result["server_log_errors"] = bench.errors() - errors_before
+        records.append({"workload": "W1", "sub": sub, "server": bench.kind, "rep": rep,
+                        **result})
+        log(f"  W1 {sub} rep {rep + 1}: " + _short(result, [
+            "edits_per_s", "deliveries_per_s", "latency_p50_ms", "latency_p99_ms",
+            "server_cpu_pct", "side_cpu_pct", "client_cpu_pct", "converged"]))
     bench.stop()
     return records
 
 
-def w2(bench: Bench, sizes: Sizes, reps: int) -> list[dict]:
+def w2(bench: Bench, sizes: Sizes, rep: int, warm_syncs: int) -> list[dict]:
+    """Build both W2 documents, time ``warm_syncs`` fresh clients of each while they are
+    in memory, then (servers with storage) restart and time one fresh client of each."""
     records = []
     bench.start()
     docs = {
@@ -275,8 +281,8 @@ def w2(bench: Bench, sizes: Sizes, reps: int) -> list[dict]:
     }
     built: dict[str, dict] = {}
     for tag, params in docs.items():
-        cfg = dict(bench.base_cfg(1), mode="w2", docName=_name(f"w2{tag}", 0), warmReps=reps,
-                   **params)
+        cfg = dict(bench.base_cfg(1), mode="w2", docName=_name(f"w2{tag}", rep),
+                   warmReps=warm_syncs, **params)
 
         def on_event(msg: dict, send) -> None:  # noqa: ANN001
             if msg["event"] == "built":
@@ -291,73 +297,72 @@ def w2(bench: Bench, sizes: Sizes, reps: int) -> list[dict]:
             result = {"ok": False, "error": str(exc)}
         result["server_log_errors"] = bench.errors() - errors_before
         records.append({"workload": "W2", "sub": tag, "server": bench.kind, "phase": "warm",
-                        **result})
-        log(f"  W2 {tag} warm: " + _short(result, ["updates", "update_bytes", "state_bytes",
-                                                   "build_s", "warm_ms"]))
+                        "rep": rep, **result})
+        log(f"  W2 {tag} warm rep {rep + 1}: " + _short(result, [
+            "updates", "update_bytes", "state_bytes", "build_s", "warm_ms"]))
         if result.get("ok"):
             built[tag] = result
     if bench.server.has_storage and built:
-        for rep in range(reps):
-            bench.stop()
-            bench.start()
-            for tag, info in built.items():
-                cfg = dict(bench.base_cfg(1), mode="w2sync", docName=info["doc"],
-                           expectStateVector=info["state_vector"], expectKeys=info["keys"],
-                           noStdin=True)
-                try:
-                    result = run_loadgen(cfg, timeout=300)
-                except LoadgenError as exc:
-                    result = {"ok": False, "error": str(exc)}
-                records.append({"workload": "W2", "sub": tag, "server": bench.kind,
-                                "phase": "cold", "rep": rep, **result})
-                log(f"  W2 {tag} cold rep {rep + 1}: " + _short(result, ["connect_ms", "apply_ms",
-                                                                        "ok"]))
+        bench.stop()
+        bench.start()
+        for tag, info in built.items():
+            cfg = dict(bench.base_cfg(1), mode="w2sync", docName=info["doc"],
+                       expectStateVector=info["state_vector"], expectKeys=info["keys"],
+                       noStdin=True)
+            try:
+                result = run_loadgen(cfg, timeout=300)
+            except LoadgenError as exc:
+                result = {"ok": False, "error": str(exc)}
+            records.append({"workload": "W2", "sub": tag, "server": bench.kind,
+                            "phase": "cold", "rep": rep, **result})
+            log(f"  W2 {tag} cold rep {rep + 1}: " + _short(result, ["connect_ms", "apply_ms",
+                                                                    "ok"]))
     bench.stop()
     return records
 
 
-def w3(bench: Bench, sizes: Sizes, reps: int, concurrency: int) -> list[dict]:
+def w3(bench: Bench, sizes: Sizes, rep: int, concurrency: int) -> list[dict]:
+    """One run of W3 at each socket count, on a fresh server each."""
     records = []
     for count in sizes.w3:
-        for rep in range(reps):
-            bench.start()
-            cfg = dict(bench.base_cfg(1), mode="w3", connections=count, concurrency=concurrency,
-                       docPrefix=_name(f"w3x{count}", rep), holdMs=120000, connectTimeoutMs=60000)
-            server = bench.server
-            assert server.proc is not None
-            time.sleep(sizes.settle_s)
-            monitor = server.monitor()
-            before = {"rss": rss_kb(server.proc.pid) or 0, "side": _side_pss(monitor)}
-            stats: dict = {}
+        bench.start()
+        cfg = dict(bench.base_cfg(1), mode="w3", connections=count, concurrency=concurrency,
+                   docPrefix=_name(f"w3x{count}", rep), holdMs=120000, connectTimeoutMs=60000)
+        server = bench.server
+        assert server.proc is not None
+        time.sleep(sizes.settle_s)
+        monitor = server.monitor()
+        before = {"rss": rss_kb(server.proc.pid) or 0, "side": _side_pss(monitor)}
+        stats: dict = {}
 
-            def on_event(msg: dict, send, monitor=monitor, stats=stats, before=before) -> None:  # noqa: ANN001
-                if msg["event"] == "load-start":
-                    monitor.start()
-                elif msg["event"] == "opened":
-                    stats.update(monitor.stop())
-                    time.sleep(sizes.settle_s)  # let the server settle before counting
-                    opened = max(msg["opened"], 1)
-                    rss = rss_kb(monitor.main_pid) or 0
-                    stats["rss_before_kb"] = before["rss"]
-                    stats["rss_after_kb"] = rss
-                    stats["rss_per_conn_kb"] = (rss - before["rss"]) / opened
-                    stats["side_pss_per_conn_kb"] = (_side_pss(monitor) - before["side"]) / opened
-                    stats["side_cpu_us_per_open"] = 1e6 * stats["side_cpu_s"] / opened
-                    send("close")
+        def on_event(msg: dict, send, monitor=monitor, stats=stats, before=before) -> None:  # noqa: ANN001
+            if msg["event"] == "load-start":
+                monitor.start()
+            elif msg["event"] == "opened":
+                stats.update(monitor.stop())
+                time.sleep(sizes.settle_s)  # let the server settle before counting
+                opened = max(msg["opened"], 1)
+                rss = rss_kb(monitor.main_pid) or 0
+                stats["rss_before_kb"] = before["rss"]
+                stats["rss_after_kb"] = rss
+                stats["rss_per_conn_kb"] = (rss - before["rss"]) / opened
+                stats["side_pss_per_conn_kb"] = (_side_pss(monitor) - before["side"]) / opened
+                stats["side_cpu_us_per_open"] = 1e6 * stats["side_cpu_s"] / opened
+                send("close")
 
-            errors_before = bench.errors()
-            try:
-                result = run_loadgen(cfg, on_event, timeout=240)
-            except LoadgenError as exc:
-                result = {"ok": False, "error": str(exc)}
-            result.update(stats)
-            result["server_log_errors"] = bench.errors() - errors_before
-            records.append({"workload": "W3", "sub": str(count), "server": bench.kind,
-                            "rep": rep, **result})
-            log(f"  W3 {count} rep {rep + 1}: " + _short(result, [
-                "open_s", "opens_per_s", "rss_per_conn_kb", "side_pss_per_conn_kb",
-                "client_cpu_pct", "ok"]))
-            bench.stop()
+        errors_before = bench.errors()
+        try:
+            result = run_loadgen(cfg, on_event, timeout=240)
+        except LoadgenError as exc:
+            result = {"ok": False, "error": str(exc)}
+        result.update(stats)
+        result["server_log_errors"] = bench.errors() - errors_before
+        records.append({"workload": "W3", "sub": str(count), "server": bench.kind,
+                        "rep": rep, **result})
+        log(f"  W3 {count} rep {rep + 1}: " + _short(result, [
+            "open_s", "opens_per_s", "rss_per_conn_kb", "side_pss_per_conn_kb",
+            "client_cpu_pct", "ok"]))
+        bench.stop()
     return records
 
 
@@ -588,27 +593,32 @@ def main() -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(records, indent=1, default=str))
 
-    for kind in servers:
-        bench = Bench(kind, args.modi_rev)
-        log(f"== {bench.name}" + (f" ({bench.server.src})" if kind == "modi-sync" else ""))
-        try:
-            for workload in ("W1", "W2", "W3"):
-                if workload not in workloads:
-                    continue
-                try:
-                    if workload == "W1":
-                        records += w1(bench, sizes, reps, restart=not args.quick)
-                    elif workload == "W2":
-                        records += w2(bench, sizes, reps)
-                    else:
-                        records += w3(bench, sizes, reps, args.w3_concurrency)
-                except Exception as exc:  # noqa: BLE001 - one broken workload, not the run
-                    log(f"  {workload} broke off: {exc!r}")
-                    records.append({"workload": workload, "sub": "?", "server": kind,
-                                    "ok": False, "error": f"broke off: {exc!r}"})
-                    bench.stop()
-                save()
-        finally:
+    # Round-robin: each round runs every server once, so a machine that speeds up or
+    # slows down during the run (it is shared) moves every server's figures alike.
+    benches = {kind: Bench(kind, args.modi_rev) for kind in servers}
+    try:
+        for rep in range(reps):
+            for kind, bench in benches.items():
+                log(f"== round {rep + 1}/{reps}: {bench.name}"
+                    + (f" ({bench.server.src})" if kind == "modi-sync" else ""))
+                for workload in ("W1", "W2", "W3"):
+                    if workload not in workloads:
+                        continue
+                    try:
+                        if workload == "W1":
+                            records += w1(bench, sizes, rep, restart=not args.quick)
+                        elif workload == "W2":
+                            records += w2(bench, sizes, rep, warm_syncs=3)
+                        else:
+                            records += w3(bench, sizes, rep, args.w3_concurrency)
+                    except Exception as exc:  # noqa: BLE001 - one broken workload, not the run
+                        log(f"  {workload} broke off: {exc!r}")
+                        records.append({"workload": workload, "sub": "?", "server": kind,
+                                        "ok": False, "error": f"broke off: {exc!r}"})
+                        bench.stop()
+                    save()
+    finally:
+        for kind, bench in benches.items():
             bench.cleanup(Path(args.logs) / f"{kind}.log" if args.logs else None)
     save()
     print(report(records, servers, sizes, reps, described))
