@@ -231,6 +231,17 @@ def _name(tag: str, rep: int) -> str:
     return f"b{_run_id}-{tag}-{rep}"
 
 
+def _measured(bench: Bench, cfg: dict, on_event, timeout: float) -> dict:  # noqa: ANN001
+    """The load generator's result (or why it failed), with the server's new error lines."""
+    errors_before = bench.errors()
+    try:
+        result = run_loadgen(cfg, on_event, timeout=timeout)
+    except LoadgenError as exc:
+        result = {"ok": False, "error": str(exc)}
+    result["server_log_errors"] = bench.errors() - errors_before
+    return result
+
+
 def w1(bench: Bench, sizes: Sizes, rep: int, restart: bool) -> list[dict]:
     """One run of each W1 sub-workload (a fresh server for each, unless ``restart`` is off)."""
     records = []
@@ -254,13 +265,8 @@ def w1(bench: Bench, sizes: Sizes, rep: int, restart: bool) -> list[dict]:
             elif msg["event"] == "load-end":
                 stats.update(monitor.stop())
 
-        errors_before = bench.errors()
-        try:
-            result = run_loadgen(cfg, on_event, timeout=params["durationMs"] / 1000 + 150)
-        except LoadgenError as exc:
-            result = {"ok": False, "error": str(exc)}
+        result = _measured(bench, cfg, on_event, params["durationMs"] / 1000 + 150)
         result.update(stats)
-        result["server_log_errors"] = bench.errors() - errors_before
         records.append({"workload": "W1", "sub": sub, "server": bench.kind, "rep": rep,
                         **result})
         log(f"  W1 {sub} rep {rep + 1}: " + _short(result, [
@@ -290,12 +296,7 @@ def w2(bench: Bench, sizes: Sizes, rep: int, warm_syncs: int) -> list[dict]:
                     log("  (the store was still being written after the wait)")
                 send("go")
 
-        errors_before = bench.errors()
-        try:
-            result = run_loadgen(cfg, on_event, timeout=600)
-        except LoadgenError as exc:
-            result = {"ok": False, "error": str(exc)}
-        result["server_log_errors"] = bench.errors() - errors_before
+        result = _measured(bench, cfg, on_event, 600)
         records.append({"workload": "W2", "sub": tag, "server": bench.kind, "phase": "warm",
                         "rep": rep, **result})
         log(f"  W2 {tag} warm rep {rep + 1}: " + _short(result, [
@@ -350,13 +351,8 @@ def w3(bench: Bench, sizes: Sizes, rep: int, concurrency: int) -> list[dict]:
                 stats["side_cpu_us_per_open"] = 1e6 * stats["side_cpu_s"] / opened
                 send("close")
 
-        errors_before = bench.errors()
-        try:
-            result = run_loadgen(cfg, on_event, timeout=240)
-        except LoadgenError as exc:
-            result = {"ok": False, "error": str(exc)}
+        result = _measured(bench, cfg, on_event, 240)
         result.update(stats)
-        result["server_log_errors"] = bench.errors() - errors_before
         records.append({"workload": "W3", "sub": str(count), "server": bench.kind,
                         "rep": rep, **result})
         log(f"  W3 {count} rep {rep + 1}: " + _short(result, [
