@@ -203,8 +203,10 @@ async def test_one_batch_reaches_each_peer_as_one_merged_update(rooms):
         ticket = room.apply_update(_edit(doc_two, f"b{i}", sets=i), two)
     await rooms.writer.wait_committed(ticket)
 
-    assert len(await rooms.rows(room)) == 6  # each update is still its own row
+    (row,) = await rooms.rows(room)  # one row for the six updates, and one message
     (message,) = peer.sent
+    assert parse_message(message).payload == row
+    assert (room.stored_updates, room.stored_bytes) == (1, len(row))
     got = Doc()
     got.apply_update(parse_message(message).payload)
     assert room.doc.get_update(got.get_state()) == b"\x00\x00"  # nothing missing

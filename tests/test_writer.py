@@ -24,7 +24,7 @@ from .yclient import eventually
 
 
 class CountingLog(UpdateLog):
-    """The real UpdateLog, remembering the size of every batch it was given."""
+    """The real UpdateLog, remembering how many rows each batch it was given had."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         super().__init__(pool)
@@ -41,19 +41,32 @@ class CountingLog(UpdateLog):
 
 
 class Target:
-    """A CommitTarget that records what the writer hands back."""
+    """A CommitTarget that records what the writer hands back.
+
+    The writer stores bytes as they are, so this target's updates are opaque bytes and
+    its merge joins them with ``+`` (a room merges Yjs updates: test_room.py).
+    """
 
     def __init__(self, doc_id: int | None, key: tuple[uuid.UUID, str] | None = None) -> None:
         self.doc_id = doc_id
         self.key = key or (uuid.uuid4(), "default")
         self.committed_seqs: list[tuple[bytes, Any, int]] = []
+        self.merged: list[int] = []  # how many updates each merge took
         self.failures = 0
         self.broken_fan_out = False
 
-    def committed(self, stored: list[tuple[bytes, Any, int]]) -> None:
+    def merge(self, updates: list[bytes]) -> bytes:
+        self.merged.append(len(updates))
+        return b"+".join(updates)
+
+    def committed(self, update: bytes, origin: Any, seq: int) -> None:
         if self.broken_fan_out:
             raise RuntimeError("fan-out broke")
-        self.committed_seqs.extend(stored)
+        self.committed_seqs.append((update, origin, seq))
+
+    def updates(self) -> list[bytes]:
+        """Every update handed back, merged ones split again, in order."""
+        return [u for merged, _, _ in self.committed_seqs for u in merged.split(b"+")]
 
     def write_failed(self) -> None:
         self.failures += 1
@@ -98,6 +111,11 @@ async def _rows(db: asyncpg.Connection, doc_id: int) -> list[bytes]:
     return [r["data"] for r in records]
 
 
+async def _stored(db: asyncpg.Connection, doc_id: int) -> list[bytes]:
+    """The updates in a document's rows, merged ones split again, in order."""
+    return [u for row in await _rows(db, doc_id) for u in row.split(b"+")]
+
+
 @contextlib.asynccontextmanager
 async def table_locked(db: asyncpg.Connection, *, commit: bool = False) -> AsyncIterator[None]:
     """Hold an EXCLUSIVE lock on doc_updates: reads go on, inserts wait.
@@ -125,12 +143,12 @@ async def insert_is_waiting(db: asyncpg.Connection) -> bool:
     ))
 
 
-async def test_updates_arriving_during_a_commit_share_the_next_round_trip(
+async def test_updates_arriving_during_a_commit_share_the_next_round_trip_and_row(
     pool, log, make_writer, services, db
 ):
     writer = await make_writer()
     doc_id = await _new_doc(pool)
-    target = Target(doc_id)
+    target, other = Target(doc_id), Target(await _new_doc(pool))
     locker = await asyncpg.connect(services.database_url)
     try:
         async with table_locked(locker):
@@ -140,6 +158,8 @@ async def test_updates_arriving_during_a_commit_share_the_next_round_trip(
 
             async def send(i: int) -> int:
                 await asyncio.sleep(0)
+                if i % 10 == 0:  # one sender of the other document
+                    return writer.submit(other, f"x{i}".encode(), "x")
                 return writer.submit(target, f"u{i}".encode(), f"o{i}")
 
             tickets = await asyncio.gather(*(send(i) for i in range(1, 100)))
@@ -148,12 +168,21 @@ async def test_updates_arriving_during_a_commit_share_the_next_round_trip(
     finally:
         await locker.close()
 
-    assert log.batches == [1, 99]  # 100 updates, two round trips
-    assert await _rows(db, doc_id) == [f"u{i}".encode() for i in range(100)]
-    # Handed back in submission order, each with its rising sequence number.
-    assert [o for _, o, _ in target.committed_seqs] == [f"o{i}" for i in range(100)]
+    # 100 updates, two round trips; the second stores one row per document.
+    assert log.batches == [1, 2]
+    mine = [f"u{i}".encode() for i in range(100) if i % 10 != 0 or i == 0]
+    assert await _rows(db, doc_id) == [b"u0", b"+".join(mine[1:])]
+    theirs = b"+".join(f"x{i}".encode() for i in range(10, 100, 10))
+    assert await _rows(db, other.doc_id) == [theirs]
+    assert (target.merged, other.merged) == ([90], [9])
+    # Handed back as stored, each row with its rising sequence number; a merged
+    # update from several senders has no origin (every peer gets it), one from a
+    # single sender keeps it (that sender is skipped).
+    assert [(u, o) for u, o, _ in target.committed_seqs] == [
+        (b"u0", "o0"), (b"+".join(mine[1:]), None)]
+    assert [(u, o) for u, o, _ in other.committed_seqs] == [(theirs, "x")]
     seqs = [s for _, _, s in target.committed_seqs]
-    assert seqs == sorted(seqs) and len(set(seqs)) == 100
+    assert seqs[0] < seqs[1]
 
 
 async def test_a_burst_of_concurrent_submits_takes_fewer_round_trips_than_updates(
@@ -174,17 +203,17 @@ async def test_a_burst_of_concurrent_submits_takes_fewer_round_trips_than_update
 
     await asyncio.gather(*(sender(s) for s in range(80)))
 
-    assert sum(log.batches) == 400
     assert len(log.batches) < 400 // 4, log.batches
+    assert sum(log.batches) < 400  # a document's updates of one batch share a row
     assert [t for t, _ in order] == list(range(order[0][0], order[0][0] + 400))
-    # Within each document the rows follow the submission order, and so does fan-out.
+    # Within each document the rows follow the submission order, and so does fan-out,
+    # each row with a rising sequence number.
     for k, target in enumerate(targets):
         expected = [u for _, u in order if int(u.split(b":")[0]) % 4 == k]
-        assert await _rows(db, target.doc_id) == expected
-        assert [u for u, _, _ in target.committed_seqs] == expected
-    # Across documents too: sequence numbers rise in ticket order.
-    by_seq = sorted((s, u) for t in targets for u, _, s in t.committed_seqs)
-    assert [u for _, u in by_seq] == [u for _, u in order]
+        assert await _stored(db, target.doc_id) == expected
+        assert target.updates() == expected
+        seqs = [s for _, _, s in target.committed_seqs]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
 
 async def test_batches_are_capped_at_max_batch(pool, log, make_writer, services):
@@ -201,8 +230,8 @@ async def test_batches_are_capped_at_max_batch(pool, log, make_writer, services)
         await asyncio.wait_for(writer.wait_committed(last), 10)
     finally:
         await locker.close()
-    assert log.batches == [1, 8, 8, 8, 6]
-    assert len(target.committed_seqs) == 31
+    assert target.merged == [8, 8, 8, 6]  # at most 8 updates per batch, merged
+    assert target.updates() == [b"first"] + [b"%d" % i for i in range(30)]
 
 
 async def test_wait_committed_returns_once_the_row_is_visible(pool, make_writer, services):
@@ -245,8 +274,8 @@ async def test_stop_stores_everything_still_queued(pool, log, db):
     for i in range(50):
         writer.submit(target, b"%d" % i, None)
     await writer.stop()
-    assert await _rows(db, target.doc_id) == [b"%d" % i for i in range(50)]
-    assert len(target.committed_seqs) == 50
+    assert await _stored(db, target.doc_id) == [b"%d" % i for i in range(50)]
+    assert target.updates() == [b"%d" % i for i in range(50)]
 
 
 async def test_a_failed_batch_fails_its_waiters_and_the_writer_goes_on(pool, log, make_writer,
@@ -294,8 +323,8 @@ async def test_an_update_of_a_deleted_document_is_dropped_and_the_rest_stored(
     finally:
         await locker.close()
     await asyncio.wait_for(writer.wait_committed(last), 10)
-    assert await _rows(db, alive.doc_id) == [b"a0", b"a1", b"a2"]
-    assert [u for u, _, _ in alive.committed_seqs] == [b"a0", b"a1", b"a2"]
+    assert await _rows(db, alive.doc_id) == [b"a0", b"a1+a2"]
+    assert [u for u, _, _ in alive.committed_seqs] == [b"a0", b"a1+a2"]
     # Nothing of it is sent on; its room is told to reset (it closes, clients reload).
     assert deleted.committed_seqs == [] and deleted.failures == 1
     assert alive.failures == 0

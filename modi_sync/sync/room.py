@@ -168,20 +168,21 @@ class Room:
         self.last_ticket = self._writer.submit(self, diff, origin)
         return self.last_ticket
 
-    def committed(self, stored: list[tuple[bytes, Any, int]]) -> None:
-        """Called by the writer with this room's updates of one stored batch.
+    def merge(self, updates: list[bytes]) -> bytes:
+        """This room's updates of one batch, as the one row the writer stores for them."""
+        merged = merge_updates(*updates)
+        self.stored_updates -= len(updates) - 1
+        self.stored_bytes -= sum(len(u) for u in updates) - len(merged)
+        return merged
 
-        Now the others may see them: as one merged update, framed once, so a busy room
-        costs each peer one message per batch rather than one per update. A peer whose
-        own update is part of a batch with others' gets its own changes back too; Yjs
-        ignores what it already has.
+    def committed(self, update: bytes, origin: Any, seq: int) -> None:
+        """Called by the writer with this room's (merged) update of one stored batch.
+
+        Now the others may see it, framed once for all of them: a busy room costs each
+        peer one message per batch rather than one per update. A peer whose own update
+        was merged with others' gets its own changes back too; Yjs ignores what it
+        already has.
         """
-        if len(stored) == 1:
-            update, origin, _ = stored[0]
-        else:
-            update = merge_updates(*(u for u, _, _ in stored))
-            origins = {id(o): o for _, o, _ in stored}
-            origin = next(iter(origins.values())) if len(origins) == 1 else None
         self._broadcast(create_update_message(update), origin)
         if self._on_grown is not None:
             self._on_grown(self)

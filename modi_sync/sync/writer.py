@@ -1,9 +1,11 @@
 """Group commit: every update that arrived meanwhile, from every room, in one statement.
 
 Updates get increasing tickets as they are submitted. A single task takes everything
-queued, stores it with one INSERT (one transaction, one WAL flush), and only then hands
-each update back to its room for fan-out. A document stored for the first time gets
-its row just before, in one statement for all such documents of the batch. Whoever
+queued, merges each document's updates of the batch into one (its target does the
+merging: one row per document per batch, whatever the batch holds), stores them with
+one INSERT (one transaction, one WAL flush), and only then hands each document's
+update back to its room for fan-out. A document stored for the first time gets its
+row just before, in one statement for all such documents of the batch. Whoever
 needs to know that something is durable (a sync reply, an HTTP write, an idle room
 about to leave memory) waits for a ticket; nothing is allocated per update for those
 who do not wait.
@@ -32,10 +34,16 @@ class CommitTarget(Protocol):
     key: DocKey
     doc_id: int | None  # None until the document has a row; the writer makes it
 
-    def committed(self, stored: list[tuple[bytes, Any, int]]) -> None:
-        """This target's (update, origin, seq) of one stored batch, in order."""
+    def merge(self, updates: list[bytes]) -> bytes:
+        """This target's updates of one batch (two or more, in order) as one."""
+
+    def committed(self, update: bytes, origin: Any, seq: int) -> None:
+        """This target's update of one stored batch; origin None if it has several."""
 
     def write_failed(self) -> None: ...
+
+
+Queued = tuple[CommitTarget, bytes, Any]  # (target, update, origin)
 
 
 class GroupCommitWriter:
@@ -49,7 +57,7 @@ class GroupCommitWriter:
         self._log = log_store
         self._publish = publish
         self._max_batch = max_batch
-        self._queue: deque[tuple[CommitTarget, bytes, Any]] = deque()
+        self._queue: deque[Queued] = deque()
         self._submitted = 0  # ticket of the newest submitted update
         self._committed = 0  # every ticket up to here is stored (or failed)
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -101,12 +109,13 @@ class GroupCommitWriter:
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
             await self._store(batch)
 
-    async def _store(self, batch: list[tuple[CommitTarget, bytes, Any]]) -> None:
+    async def _store(self, batch: list[Queued]) -> None:
         last_ticket = self._committed + len(batch)
         try:
-            await self._make_documents(batch)
+            rows = self._merged(batch)
+            await self._make_documents(rows)
             seqs = await self._log.append_many(
-                [target.doc_id for target, _, _ in batch], [update for _, update, _ in batch]
+                [target.doc_id for target, _, _ in rows], [update for _, update, _ in rows]
             )
         except Exception:
             log.exception("storing %d updates failed; their rooms are reset", len(batch))
@@ -118,33 +127,49 @@ class GroupCommitWriter:
             return
         self._committed = last_ticket
         stored: list[tuple[DocKey, bytes]] = []
-        per_target: dict[int, tuple[CommitTarget, list[tuple[bytes, Any, int]]]] = {}
-        gone = {}
-        for (target, update, origin), seq in zip(batch, seqs, strict=True):
-            if seq is None:  # its document row is gone (erased meanwhile)
-                gone[id(target)] = target
+        for (target, update, origin), seq in zip(rows, seqs, strict=True):
+            if seq is None:
+                # Its document row is gone. An erased document's room is closing
+                # already; any other such room (its row lost in a database crash) must
+                # reload, and its clients resend what they have.
+                target.write_failed()
                 continue
-            per_target.setdefault(id(target), (target, []))[1].append((update, origin, seq))
             stored.append((target.key, update))
-        for target, updates in per_target.values():
             try:
-                target.committed(updates)
+                target.committed(update, origin, seq)
             except Exception:
                 # Stored, but not sent: the room resets and its clients resync. This
                 # task must go on, or every update after it would wait forever.
                 log.exception("fan-out of stored updates failed; resetting the room")
                 target.write_failed()
-        for target in gone.values():
-            # An erased document's room is closing already; any other such room (its row
-            # lost in a database crash) must reload, and its clients resend what they have.
-            target.write_failed()
         self._wake_waiters(None)
         if self._publish is not None and stored:
             self._publish(stored)  # to the other instances; queued, never waited for
 
-    async def _make_documents(self, batch: list[tuple[CommitTarget, bytes, Any]]) -> None:
+    @staticmethod
+    def _merged(batch: list[Queued]) -> list[Queued]:
+        """One (target, update, origin) per target, in the order of its first update.
+
+        A busy document's updates of one batch become one row and one message to its
+        peers: fewer rows for PostgreSQL to insert and index, fewer frames to send.
+        """
+        grouped: dict[int, tuple[CommitTarget, list[bytes], list[Any]]] = {}
+        for target, update, origin in batch:
+            entry = grouped.get(id(target))
+            if entry is None:
+                grouped[id(target)] = (target, [update], [origin])
+            else:
+                entry[1].append(update)
+                if entry[2][0] is not origin:
+                    entry[2][0] = None  # from several senders: every peer gets it
+        return [
+            (target, updates[0] if len(updates) == 1 else target.merge(updates), origin[0])
+            for target, updates, origin in grouped.values()
+        ]
+
+    async def _make_documents(self, batch: list[Queued]) -> None:
         """Give the documents stored for the first time their row, all in one statement."""
-        new = list({id(t): t for t, _, _ in batch if t.doc_id is None}.values())
+        new = [t for t, _, _ in batch if t.doc_id is None]  # one entry per target
         if new:
             ids = await self._log.create_documents([t.key for t in new])
             for target, doc_id in zip(new, ids, strict=True):
