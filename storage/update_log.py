@@ -1,7 +1,9 @@
 """The CRDT update log: ``documents`` and ``doc_updates``.
 
-Every accepted Yjs update is one row. Rows are only ever appended, except by compaction
-and erasure, so the log is the source of truth and a room in memory is a cache of it.
+Each row is a Yjs v1 update: what one group commit stored for the document (its
+accepted updates of that batch, merged). Rows are only ever appended, except by
+compaction and erasure, so the log is the source of truth and a room in memory is a
+cache of it.
 """
 
 from __future__ import annotations
