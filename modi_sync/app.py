@@ -48,7 +48,7 @@ from .keys import (
     WRITER,
 )
 from .revocations import RevocationTimes
-from .sync.bus import UpdatePublisher
+from .sync.bus import Gaps, UpdatePublisher
 from .sync.handler import DOC_NAME, sync_endpoint
 from .sync.keepalive import KeepAlive
 from .sync.listener import RedisListener
@@ -157,12 +157,13 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
             settings.auto_compact_interval),
         instance=instance,
     )
+    gaps = Gaps(instance)
     listeners = [
         RedisListener(redis, subscribe_sessions_ended, ended_user_ids,
                       partial(_sessions_ended, app), "sessions-ended"),
         RedisListener(redis, subscribe_doc_events, partial(doc_events, ignore=instance),
-                      partial(_doc_message, publisher, registry), "doc-events",
-                      resubscribed=publisher.subscribed_again),
+                      partial(_doc_message, publisher, registry, gaps), "doc-events",
+                      resubscribed=partial(_doc_events_back, publisher, registry, gaps)),
     ]
     # What the first client would otherwise wait for: statements planned, a Redis
     # connection open, and pycrdt's lazy imports (its first Doc loads an async backend).
@@ -187,10 +188,21 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
     await loads.close()
 
 
-def _doc_message(publisher: UpdatePublisher, registry: RoomRegistry, message: DocMessage) -> None:
+def _doc_message(
+    publisher: UpdatePublisher, registry: RoomRegistry, gaps: Gaps, message: DocMessage
+) -> None:
     """Another instance (or a command) published on the document channel."""
     publisher.heard(message)
     registry.handle_doc_events(message.events)
+    if gaps.missed(message):
+        registry.catch_up()
+
+
+def _doc_events_back(publisher: UpdatePublisher, registry: RoomRegistry, gaps: Gaps) -> None:
+    """The document channel's subscription was lost and is back."""
+    publisher.subscribed_again()
+    gaps.forget()
+    registry.catch_up()
 
 
 def _sessions_ended(app: web.Application, user_id: uuid.UUID) -> None:

@@ -2,12 +2,15 @@
 
 One message carries every change one instance published at once (a group commit's
 updates go out as one message, not one per update): the sending instance's id (16
-bytes), then records of one byte of kind, the owner's user id (16 bytes), the length
+bytes) and the message's number in its sequence (8 bytes; 0 for a command, which has
+none), then records of one byte of kind, the owner's user id (16 bytes), the length
 of the document's name (1 byte) and of the update (4 bytes), the name, and for an
 update the Yjs update itself. Documents travel by (user, name), not by row id: a
 receiver may hold a room for a document that had no row when it was loaded. Updates
 are published only after they are stored, so a receiver never has to store them. A
-receiver skips its own messages by their first 16 bytes, without decoding them.
+receiver skips its own messages by their first 16 bytes, without decoding them, and
+knows it missed some of another instance's when their numbers skip (a message that
+failed to go out still used its number).
 
 Two more kinds say who listens (see modi_sync/sync/bus.py): ``H`` (hello), sent by an
 instance that starts listening, and ``A``, the answer of each instance that heard it
@@ -30,6 +33,7 @@ UPDATE = b"U"
 DELETED = b"D"
 HELLO = b"H"
 ACK = b"A"
+_HEADER = struct.Struct(">16sQ")  # sender, its message number
 _RECORD = struct.Struct(">c16sBI")  # kind, user id, name length, update length
 _MESSAGE_BYTES = 1 << 20  # a batch larger than this is split over several messages
 
@@ -48,18 +52,25 @@ class DocEvent:
 @dataclass(frozen=True, slots=True)
 class DocMessage:
     sender: uuid.UUID  # the publishing instance (NO_INSTANCE for a command)
+    number: int  # its place in the sender's sequence, from 1 (0: a command's)
     events: list[DocEvent]
 
 
-def encode(instance: uuid.UUID, records: Iterable[tuple[bytes, DocKey, bytes]]) -> list[bytes]:
-    """(kind, key, update) records as messages of about ``_MESSAGE_BYTES`` at most."""
+def encode(
+    instance: uuid.UUID, records: Iterable[tuple[bytes, DocKey, bytes]], first: int = 0
+) -> list[bytes]:
+    """(kind, key, update) records as messages of about ``_MESSAGE_BYTES`` at most,
+    numbered from ``first`` on (all 0 if ``first`` is 0)."""
     messages: list[bytes] = []
-    parts: list[bytes] = [instance.bytes]
-    size = 0
+
+    def header() -> bytes:
+        return _HEADER.pack(instance.bytes, first + len(messages) if first else 0)
+
+    parts, size = [header()], 0
     for kind, (user_id, name), update in records:
         if size >= _MESSAGE_BYTES:
             messages.append(b"".join(parts))
-            parts, size = [instance.bytes], 0
+            parts, size = [header()], 0
         raw_name = name.encode()  # at most 64 ASCII characters (contract section 4)
         parts += (_RECORD.pack(kind, user_id.bytes, len(raw_name), len(update)), raw_name,
                   update)
@@ -73,7 +84,7 @@ def decode(data: bytes) -> list[DocEvent]:
     """The records of one message; a truncated record ends it."""
     view = memoryview(data)
     events: list[DocEvent] = []
-    at = 16
+    at = _HEADER.size
     while at + _RECORD.size <= len(data):
         kind, user_id, name_length, length = _RECORD.unpack_from(data, at)
         at += _RECORD.size
@@ -114,13 +125,19 @@ class DocChannel:
     def __init__(self, redis: Redis, instance: uuid.UUID) -> None:
         self._instance = instance
         self._conn = redis.connection_pool.make_connection()
+        self._sent = 0  # the number of the last message sent, or that failed to go out
 
     async def publish(self, records: Iterable[tuple[bytes, DocKey, bytes]]) -> int:
         """Send the records; return how many subscribers the last message reached."""
         receivers = 0
-        for message in encode(self._instance, records):
+        for message in encode(self._instance, records, self._sent + 1):
+            self._sent += 1  # used even if this send fails: the receivers see the gap
             receivers = await self._command("PUBLISH", CHANNEL, message)
         return receivers
+
+    def skip(self) -> None:
+        """Records were dropped before they were sent: tell the receivers by a gap."""
+        self._sent += 1
 
     async def subscribers(self) -> int:
         """How many connections listen on the channel, this instance's own included."""
@@ -151,6 +168,7 @@ async def doc_events(pubsub: PubSub, ignore: uuid.UUID) -> AsyncIterator[DocMess
     own = ignore.bytes
     async for message in pubsub.listen():
         data = message.get("data")
-        if message.get("type") != "message" or data[:16] == own:
+        if message.get("type") != "message" or data[:16] == own or len(data) < _HEADER.size:
             continue
-        yield DocMessage(uuid.UUID(bytes=data[:16]), decode(data))
+        sender, number = _HEADER.unpack_from(data)
+        yield DocMessage(uuid.UUID(bytes=sender), number, decode(data))

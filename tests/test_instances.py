@@ -1,11 +1,13 @@
 """Two server instances on one PostgreSQL and Redis: each one's clients see the other's edits.
 
 The Redis bus carries a group commit's updates as one message; an instance applies
-the other's and skips its own.
+the other's and skips its own, and reads its rooms from storage again when it may have
+missed some.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -16,7 +18,21 @@ from pycrdt import Doc, Map
 from redis.asyncio import Redis
 
 from modi_sync.keys import PUBLISHER
-from storage.doc_events import DELETED, UPDATE, decode, encode
+from modi_sync.sync.bus import Gaps, UpdatePublisher
+from storage.doc_events import (
+    ACK,
+    DELETED,
+    HELLO,
+    UPDATE,
+    DocChannel,
+    DocEvent,
+    DocMessage,
+    decode,
+    doc_events,
+    encode,
+    subscribe_doc_events,
+)
+from storage.update_log import UpdateLog
 
 from .conftest import JWT_SECRET, register, synced
 from .yclient import eventually
@@ -89,16 +105,16 @@ def test_one_message_carries_many_updates_and_splits_when_large():
     for i in range(20):
         workouts[str(i)] = "x" * 100
     instance, user = uuid.uuid4(), uuid.uuid4()
-    (message,) = encode(instance, [(UPDATE, (user, "default"), u) for u in updates])
-    assert message[:16] == instance.bytes
+    (message,) = encode(instance, [(UPDATE, (user, "default"), u) for u in updates], 7)
+    assert message[:24] == instance.bytes + (7).to_bytes(8, "big")  # sender, number
     assert [(e.kind, e.key, e.update) for e in decode(message)] == [
         (UPDATE, (user, "default"), u) for u in updates]
 
     big = bytes(600 * 1024)
     keys = [(user, "a"), (uuid.uuid4(), "b." * 32), (user, "c")]
     messages = encode(instance, [(UPDATE, keys[0], big), (UPDATE, keys[1], big),
-                                 (DELETED, keys[2], b"")])
-    assert len(messages) == 2
+                                 (DELETED, keys[2], b"")], 7)
+    assert [m[16:24] for m in messages] == [(7).to_bytes(8, "big"), (8).to_bytes(8, "big")]
     assert [e.key for m in messages for e in decode(m)] == keys
     assert decode(messages[0][:-10]) == decode(messages[0])[:1]  # a cut record is dropped
 
@@ -176,3 +192,105 @@ async def _is_stored(db, user: dict, keys: set[str]) -> bool:  # noqa: ANN001
             " WHERE d.user_id = $1 ORDER BY u.seq", uuid.UUID(user["user"]["id"])):
         doc.apply_update(row[0])
     return keys <= set(doc.get("workouts", type=Map).keys())
+
+
+async def test_an_instance_that_lost_its_subscription_reads_its_rooms_again(
+        make_client, redis, pool, db):
+    """An update stored but never heard (as if published while the subscription was
+    down) reaches the room's clients once the subscription is back."""
+    client = await make_client()
+    user = await register(client)
+    there = await synced(client, user["access_token"])
+    there.workouts()["first"] = Map({"sets": 1})
+    await eventually(lambda: _is_stored(db, user, {"first"}))
+
+    await _store_unheard(pool, db, user, "missed")
+    await redis.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+    await eventually(lambda: "missed" in there.workouts())
+    assert there.workouts()["missed"].to_py() == {"sets": 1.0}
+    await there.disconnect()
+
+
+async def test_a_gap_in_another_instance_numbers_makes_an_instance_read_its_rooms_again(
+        make_client, redis, pool, db):
+    client = await make_client()
+    user = await register(client)
+    there = await synced(client, user["access_token"])
+    there.workouts()["first"] = Map({"sets": 1})
+    await eventually(lambda: _is_stored(db, user, {"first"}))
+    key = (uuid.UUID(user["user"]["id"]), "default")
+    other = DocChannel(redis, uuid.uuid4())  # another instance, as the bus sees it
+    try:
+        await other.publish([(UPDATE, key, _update("heard 1"))])
+        await _store_unheard(pool, db, user, "missed")
+        await other.publish([(UPDATE, key, _update("heard 2"))])
+        await eventually(lambda: "heard 2" in there.workouts())
+        assert "missed" not in there.workouts()  # numbers 1, 2: nothing missed, not read
+
+        other.skip()  # as if message 3 failed to go out
+        await other.publish([(UPDATE, key, _update("heard 4"))])
+        await eventually(lambda: "missed" in there.workouts())
+        assert {"first", "heard 1", "heard 2", "heard 4"} <= set(there.workouts())
+    finally:
+        await other.close()
+    await there.disconnect()
+
+
+def test_gaps_are_numbers_skipped_or_a_first_message_that_is_not_a_sender_first():
+    me, other, late = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    gaps = Gaps(me)
+
+    def heard(sender: uuid.UUID, number: int, kind: bytes = UPDATE,
+              to: uuid.UUID | None = None) -> bool:
+        event = DocEvent(kind, (to or uuid.uuid4(), ""), b"")
+        return gaps.missed(DocMessage(sender, number, [event]))
+
+    assert not heard(other, 1, HELLO)  # an instance's first message: nothing before it
+    assert not heard(other, 2)
+    assert heard(other, 4)  # 3 never came
+    assert not heard(other, 5)
+    assert not heard(uuid.UUID(int=0), 0)  # a command's message has no number
+    assert not heard(late, 9, ACK, to=me)  # its answer to this instance's hello
+    assert heard(uuid.uuid4(), 9, HELLO)  # served a while, never heard from: missed some
+    gaps.forget()  # subscription renewed (and everything read again)
+    assert not heard(other, 11)
+    assert heard(other, 13)
+
+
+async def test_batches_not_published_while_alone_leave_a_gap(redis):
+    """An instance that believed itself alone skips one number for what it did not
+    send, so a listener it did not know of sees that it missed something."""
+    listener = await subscribe_doc_events(redis)
+    heard = doc_events(listener, ignore=uuid.uuid4())
+    instance = uuid.uuid4()
+    publisher = UpdatePublisher(DocChannel(redis, instance), instance)
+    try:
+        await publisher.start()  # its hello reaches only this test's subscription
+        hello = await asyncio.wait_for(anext(heard), 5)
+        assert (hello.number, hello.events[0].kind) == (1, HELLO)
+        key = (uuid.uuid4(), "default")
+        publisher.publish([(key, _update("a"))])
+        publisher.publish([(key, _update("b"))])  # one gap for the whole stretch
+        publisher.others = True
+        publisher.publish([(key, _update("c"))])
+        message = await asyncio.wait_for(anext(heard), 5)
+        assert message.number == 3 and len(message.events) == 1
+        gaps = Gaps(uuid.uuid4())
+        assert not gaps.missed(hello) and gaps.missed(message)
+    finally:
+        await publisher.stop()
+        await listener.aclose()
+
+
+def _update(key: str) -> bytes:
+    """An update of another client: ``key`` set in the workouts map."""
+    doc = Doc()
+    doc.get("workouts", type=Map)[key] = Map({"sets": 1})
+    return doc.get_update()
+
+
+async def _store_unheard(pool, db, user: dict, key: str) -> None:  # noqa: ANN001
+    """Store an update of the user's default document without telling any instance."""
+    doc_id = await db.fetchval("SELECT id FROM documents WHERE user_id = $1 AND name = $2",
+                               uuid.UUID(user["user"]["id"]), "default")
+    await UpdateLog(pool).append_many([doc_id], [_update(key)])

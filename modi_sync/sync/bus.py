@@ -18,6 +18,11 @@ it holds:
 - Every ``recheck`` seconds an instance asks Redis how many listen, and stops
   publishing when it is the only one. A hello heard while the question was out wins.
 - Hearing any message from another instance means someone listens.
+
+Redis pub/sub delivers at most once. An instance that may have missed messages (its
+subscription was lost, or another instance's message numbers skip: ``Gaps``) reads its
+rooms from storage again (``RoomRegistry.catch_up``); everything published was stored
+first, so storage has all of it.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ class UpdatePublisher:
         self._recheck = recheck
         self._hello_timeout = hello_timeout
         self.others = False  # another instance listens: publish
+        self._skipped = False  # a number was skipped for the batches not published
         self._heard = 0  # hellos and messages heard from others, to order them with rechecks
         self._answers: set[uuid.UUID] = set()
         self._answered = asyncio.Event()
@@ -63,13 +69,18 @@ class UpdatePublisher:
         self._task: asyncio.Task[None] | None = None
 
     def publish(self, updates: list[tuple[DocKey, bytes]]) -> None:
-        if not self.others:
-            return  # nobody else listens: nothing to send
+        if not self.others:  # nobody else listens: nothing to send
+            if not self._skipped:  # but if one did unbeknown, it will see a gap
+                self._channel.skip()
+                self._skipped = True
+            return
+        self._skipped = False
         self._pending.extend(updates)
         overflow = len(self._pending) - self._max_pending
         if overflow > 0:
             for _ in range(overflow):
                 self._pending.popleft()
+            self._channel.skip()
             log.warning("Redis is not keeping up: %d updates not sent to other instances",
                         overflow)
         self._wakeup.set()
@@ -158,3 +169,36 @@ class UpdatePublisher:
         listeners = await self._channel.subscribers()
         if heard == self._heard:  # a hello heard while the question was out wins
             self.others = listeners > 1  # this instance's own subscription is one
+
+
+class Gaps:
+    """Tells when this instance may have missed messages of another.
+
+    Either the sender's numbers skip, or the first message heard from a sender is
+    neither its first (its hello on starting) nor its answer to this instance's hello:
+    it served a while without publishing here (its hello or this one's was lost).
+    """
+
+    def __init__(self, instance: uuid.UUID) -> None:
+        self._instance = instance
+        # Per sender: the last number heard, or None for a sender heard of before the
+        # subscription was renewed (its next number is taken as it comes).
+        self._last: dict[uuid.UUID, int | None] = {}
+
+    def missed(self, message: DocMessage) -> bool:
+        number = message.number
+        if not number:
+            return False  # a command's: not numbered
+        known = message.sender in self._last
+        last = self._last.get(message.sender)
+        self._last[message.sender] = number
+        if last is not None:
+            return number != last + 1
+        return not known and number > 1 and not self._answers_me(message)
+
+    def _answers_me(self, message: DocMessage) -> bool:
+        return any(e.kind == ACK and e.key[0] == self._instance for e in message.events)
+
+    def forget(self) -> None:
+        """The subscription was renewed, and its rooms are read from storage again."""
+        self._last = dict.fromkeys(self._last)

@@ -1,7 +1,9 @@
 """A long-lived Redis subscription that hands each message to a callback.
 
 Two channels use it: the end of a user's sessions (close their sockets with 4401) and
-document changes made by other instances or commands (apply and fan out).
+document changes made by other instances or commands (apply and fan out). A
+subscription lost and back, whether redis-py's retries renewed it or this listener did
+after an error, is reported to ``resubscribed``: what was published meanwhile is lost.
 """
 
 from __future__ import annotations
@@ -40,7 +42,24 @@ class RedisListener:
     async def start(self) -> None:
         """Subscribed on return: nothing published afterwards is missed."""
         pubsub = await self._subscribe(self._redis)
+        self._watch(pubsub)
         self._task = asyncio.create_task(self._run(pubsub), name=self._name)
+
+    def _watch(self, pubsub: PubSub) -> None:
+        # redis-py reconnects a dropped subscription by itself (its retries) and
+        # subscribes again, silently; what was published meanwhile is lost all the same.
+        if self._resubscribed is not None and pubsub.connection is not None:
+            pubsub.connection.register_connect_callback(self._reconnected)
+
+    async def _reconnected(self, connection: Any) -> None:  # a method: redis-py keeps it weakly
+        assert self._resubscribed is not None
+        log.warning("%s: subscription lost and renewed", self._name)
+        self._resubscribed()
+
+    async def _close(self, pubsub: PubSub) -> None:
+        if pubsub.connection is not None:  # it goes back to the pool: no callback of ours
+            pubsub.connection.deregister_connect_callback(self._reconnected)
+        await pubsub.aclose()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -61,9 +80,10 @@ class RedisListener:
                     log.warning("%s: subscription lost (%s); resubscribing", self._name, exc)
                     await asyncio.sleep(1.0)
                     with contextlib.suppress(RedisError, OSError):
-                        await pubsub.aclose()
+                        await self._close(pubsub)
                         pubsub = await self._subscribe(self._redis)
+                        self._watch(pubsub)
                         if self._resubscribed is not None:
                             self._resubscribed()
         finally:
-            await pubsub.aclose()
+            await self._close(pubsub)

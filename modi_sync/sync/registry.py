@@ -115,8 +115,12 @@ class RoomRegistry:
         return await future
 
     def _loaded(self, key: RoomKey, stored: StoredDocument | None | Exception) -> None:
-        """The loader's answer for ``key``: make the room and hand it to every caller."""
-        waiting = self._loading.pop(key, [])
+        """The loader's answer for ``key``: make the room and hand it to every caller,
+        or, for a room already in memory, bring it up to date (``catch_up``)."""
+        waiting = self._loading.pop(key, None)
+        if waiting is None:
+            self._caught_up(key, stored)
+            return
         if isinstance(stored, Exception):
             for future, _ in waiting:
                 if not future.done():
@@ -230,6 +234,32 @@ class RoomRegistry:
                 room.apply_stored(event.update)
             elif event.kind == DELETED:
                 self.drop_document(event.key)
+
+    def catch_up(self) -> None:
+        """Messages of the bus may have been missed: read every room from storage again.
+
+        The reloads queue behind the loads under way, so a room being made gets its
+        reload after it is made. The loader's answer for a key nobody waits for is a
+        reload (``_caught_up``); one that finds the room gone and a new load waiting
+        makes the room, from data as new as the load's.
+        """
+        keys = [*self.rooms, *self._loading]
+        if keys:
+            log.info("reading %d documents from storage again: bus messages may be lost",
+                     len(keys))
+        for key in keys:
+            self._loader.load(key)
+
+    def _caught_up(self, key: RoomKey, stored: StoredDocument | None | Exception) -> None:
+        room = self.rooms.get(key)
+        if room is None or stored is None:
+            return  # gone from memory, or nothing stored: nothing to miss
+        if isinstance(stored, Exception):
+            # Cannot tell what it lacks: its clients reconnect to a fresh load.
+            log.warning("reading %s/%s again failed (%s); closing its room", *key, stored)
+            room.write_failed()
+            return
+        room.catch_up(stored)
 
     def close_user(self, user_id: UUID, code: int = CLOSE_SESSION_ENDED) -> int:
         """Close every sync connection of ``user_id`` on this instance; return how many."""

@@ -33,6 +33,8 @@ from .connection import Connection, frame
 from .protocol import ProtocolError, decode_state_vector, sync_step1_message, sync_step2_message
 
 if TYPE_CHECKING:
+    from storage.update_log import StoredDocument
+
     from .writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
@@ -189,16 +191,29 @@ class Room:
 
     def apply_stored(self, update: bytes) -> None:
         """An update another instance (or a command) already stored: apply and fan out."""
+        if self._apply_stored(update):
+            self.stored_bytes += len(update)
+            self.stored_updates += 1
+
+    def catch_up(self, stored: StoredDocument) -> None:
+        """What storage holds now, read again because bus messages may have been lost:
+        apply it, and send the connections what was new to this room."""
+        if self.doc_id is None:
+            self.doc_id = stored.doc_id
+        if stored.updates and self._apply_stored(merge_updates(*stored.updates)):
+            self.stored_updates = max(self.stored_updates, len(stored.updates))
+            self.stored_bytes = max(self.stored_bytes, sum(len(u) for u in stored.updates))
+
+    def _apply_stored(self, update: bytes) -> bool:
         try:
             diff = self._apply(self.doc, update)
         except Exception:
-            log.exception("a stored update from the bus does not apply; reloading the room")
+            log.exception("a stored update does not apply; reloading the room")
             self.write_failed()
-            return
-        self.stored_bytes += len(update)
-        self.stored_updates += 1
+            return False
         if diff is not None and diff != EMPTY:
             self._broadcast(create_update_message(diff), None)
+        return True
 
     def compacted(self, removed_updates: int, removed_bytes: int) -> None:
         self.stored_updates -= removed_updates
