@@ -189,6 +189,40 @@ async def test_shutdown_runs_the_compactions_that_were_waiting(make_client, db):
     assert await conn.wait_closed(timeout=2) == 1001
 
 
+async def test_a_room_written_to_leaves_memory_as_one_row_and_one_only_read_as_it_was(
+        make_client, db, pool):
+    client = await make_client(auto_compact_updates=500, auto_compact_interval=3600,
+                               room_idle_seconds=0.2)
+    registry = client.server.app[REGISTRY]
+    pair, user_id, conn, watch = await _client_with_edits(client, "written", 5)
+    assert await _rows_are(db, user_id, "written", 5, 5)  # far under the line of 500
+    await conn.disconnect()
+    await watch.disconnect()
+    await eventually(lambda: (user_id, "written") not in registry.rooms)
+    await eventually(lambda: _rows_are(db, user_id, "written", 1, 5))
+
+    # A document this instance only read keeps its rows: nothing new to merge.
+    log = UpdateLog(pool)
+    stored = await log.load(user_id, "read")
+    assert stored is not None
+    updates = [_doc_with(f"w{i}") for i in range(3)]
+    await log.append_many([stored.doc_id] * 3, updates)
+    reader = YClient(client.session, ws_url(client, "read", pair["access_token"]))
+    await reader.connect()
+    await reader.wait_synced()
+    assert set(reader.workouts().keys()) == {"w0", "w1", "w2"}
+    await reader.disconnect()
+    # Compaction would start as the room leaves, and stay a task until it is done.
+    await eventually(lambda: (user_id, "read") not in registry.rooms and not registry._tasks)
+    assert await _rows(db, user_id, "read") == updates
+
+
+def _doc_with(key: str) -> bytes:
+    doc = Doc()
+    doc.get("workouts", type=Map)[key] = Map({"sets": 1})
+    return doc.get_update()
+
+
 async def _rows_are(db, user_id, name, count: int | None, keys: int) -> bool:  # noqa: ANN001
     rows = await _rows(db, user_id, name)
     held = set(_doc_of(rows).get("workouts", type=Map).keys())

@@ -202,7 +202,7 @@ class RoomRegistry:
         if not room.connections and self.rooms.get(room.key) is room:
             self._discard(room)
             log.debug("room %s/%s left memory", *room.key)
-            self._compact_if_due(room)  # the next load reads the merged history
+            self._compact_if_due(room, leaving=True)  # the next load reads one row
 
     def _discard(self, room: Room) -> None:
         if self.rooms.get(room.key) is room:
@@ -278,11 +278,17 @@ class RoomRegistry:
             return  # a hot document is merged at most once a minute; the rest when it leaves
         self._compact_if_due(room)
 
-    def _compact_if_due(self, room: Room) -> None:
+    def _compact_if_due(self, room: Room, *, leaving: bool = False) -> None:
+        """Compact a room over the configured line, or one leaving memory that this
+        instance wrote to and that has more than one row: the next load reads one row,
+        which a fresh client gets as it is, with no Doc built. (A batch is one row, so
+        a burst of edits may leave a few hundred rows, under the line.)"""
         auto = self._auto
         if auto is None or room.doc_id is None or room.key in self._compacting:
             return
-        if room.stored_updates < auto.max_updates and room.stored_bytes < auto.max_bytes:
+        written = leaving and room.last_ticket > 0 and room.stored_updates > 1
+        if (not written and room.stored_updates < auto.max_updates
+                and room.stored_bytes < auto.max_bytes):
             return
         self._compacting.add(room.key)
         self._spawn(self._compact(room, auto))
@@ -318,7 +324,7 @@ class RoomRegistry:
         self._idle.clear()
         for room in list(self.rooms.values()):
             room.close_all(1001, "server shutting down")
-            self._compact_if_due(room)
+            self._compact_if_due(room, leaving=True)
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=compaction_budget)
             for task in late:
