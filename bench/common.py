@@ -367,9 +367,15 @@ class ModiServer:
             time.sleep(0.1)
 
     def register(self) -> dict:
-        body = json.dumps({"email": f"bench-{uuid.uuid4().hex[:12]}@example.com",
-                           "password": "bench password"}).encode()
-        req = urllib.request.Request(self.http + "/api/v1/auth/register", data=body,
+        return self._auth("register", f"bench-{uuid.uuid4().hex[:12]}@example.com")
+
+    def login(self, email: str) -> dict:
+        """A new access token for an account ``register`` made."""
+        return self._auth("login", email)
+
+    def _auth(self, route: str, email: str) -> dict:
+        body = json.dumps({"email": email, "password": "bench password"}).encode()
+        req = urllib.request.Request(f"{self.http}/api/v1/auth/{route}", data=body,
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=60) as resp:  # loopback only
             return json.loads(resp.read())["data"]
