@@ -29,6 +29,14 @@ LEFT JOIN doc_updates u ON u.doc_id = d.id
 ORDER BY w.o, u.seq
 """
 
+# The names of the documents of many users, at most $2 each (the caller asks for one
+# more than it keeps, to tell a list cut short).
+_NAMES_MANY = """
+SELECT w.user_id, d.name
+FROM unnest($1::uuid[]) AS w(user_id)
+CROSS JOIN LATERAL (SELECT name FROM documents WHERE user_id = w.user_id LIMIT $2) d
+"""
+
 # The ids of many documents, each made if it has no row. A document made by a
 # concurrent transaction after this statement's snapshot is neither found nor made
 # here: the caller asks again. New rows go in in (user, name) order: two batches (two
@@ -170,11 +178,13 @@ class UpdateLog:
             await self._pool.close()
 
     async def warm_up(self) -> None:
-        """Plan the load, make and append statements now, not on the first client's clock."""
+        """Plan the load, make, append and names statements now, not on the first client's
+        clock."""
         async with self._pool.acquire() as conn:
             await conn.fetch(_LOAD_MANY, [], [])
             await conn.fetch(_MAKE_MANY, [], [])
             await conn.fetch(_APPEND, [], [])
+            await conn.fetch(_NAMES_MANY, [], 0)
 
     async def load(self, user_id: UUID, name: str, *, create: bool = True) -> StoredDocument | None:
         """The user's document ``name`` and its stored updates; None if it has no row.
@@ -199,6 +209,19 @@ class UpdateLog:
             if data is not None:
                 stored.updates.append(data)
         return result
+
+    async def names_many(
+        self, user_ids: Sequence[UUID], most: int
+    ) -> dict[UUID, list[str] | None]:
+        """The names of each user's documents; None for a user with more than ``most``."""
+        names: dict[UUID, list[str] | None] = {u: [] for u in user_ids}
+        for user_id, name in await self._pool.fetch(_NAMES_MANY, list(user_ids), most + 1):
+            listed = names[user_id]
+            if listed is not None:
+                listed.append(name)
+                if len(listed) > most:
+                    names[user_id] = None
+        return names
 
     async def create_documents(self, keys: Sequence[tuple[UUID, str]]) -> list[int]:
         """The ids of these (user, name) documents, each made if it has no row yet."""

@@ -94,6 +94,28 @@ async def test_a_document_first_written_on_another_instance_reaches_a_room_loade
         await conn.disconnect()
 
 
+async def test_a_document_made_on_another_instance_is_not_taken_for_a_new_one(make_client):
+    """The first instance read the user's document names before the second made this
+    document; it learns of it from the bus, so opening it there is a load, not an
+    empty room."""
+    first, second = await make_client(), await make_client()
+    user = await register(first)
+    token = user["access_token"]
+    here = await synced(first, token)  # the user's names are read with this load
+    made = await synced(second, token, "made-there")
+    made.workouts()["w1"] = Map({"name": "deadlift"})
+    auth = {"Authorization": f"Bearer {token}"}
+    await eventually(lambda: _exists(second, auth, "made-there"))  # stored, so published
+    mark = await synced(second, token)
+    mark.weights()["after"] = Map({"weight": 80.5})
+    # One sender's messages arrive in order: the first instance has heard of both.
+    await eventually(lambda: "after" in here.weights())
+    fresh = await synced(first, token, "made-there")
+    assert fresh.workouts().to_py() == {"w1": {"name": "deadlift"}}
+    for conn in (here, made, mark, fresh):
+        await conn.disconnect()
+
+
 async def _exists(client, auth: dict, name: str) -> bool:  # noqa: ANN001
     return (await client.get(f"/api/v1/docs/{name}", headers=auth)).status == 200
 

@@ -40,6 +40,16 @@ async def test_one_batch_answers_each_document_on_its_own(pool, user_id):
     assert got[4] == got[0]
 
 
+async def test_the_names_of_many_users_documents_in_one_query(pool, user_id):
+    log = UpdateLog(pool)
+    await log.create_documents([(user_id, n) for n in ("a", "b", "c")])
+    other = uuid.uuid4()  # no such user: no documents
+    names = await log.names_many([user_id, other], 3)
+    assert sorted(names[user_id]) == ["a", "b", "c"] and names[other] == []
+    # More than asked for is no list at all: a list cut short would hide documents.
+    assert await log.names_many([user_id, other], 2) == {user_id: None, other: []}
+
+
 async def test_reading_a_document_makes_no_row(pool, user_id):
     log = UpdateLog(pool)
     assert await log.load_many([(user_id, "read-only")]) == [None]

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 import pytest
+from pycrdt import Doc, Map
 
 from modi_sync.sync.registry import DocumentNotFound, RoomRegistry
+from modi_sync.sync.room import Room
 from modi_sync.sync.writer import GroupCommitWriter
+from storage.doc_events import UPDATE, DocEvent
 from storage.update_log import UpdateLog
 from storage.users import UserStore
+
+from .test_room import RecordingConnection
+from .yclient import eventually
 
 
 class CountingLog(UpdateLog):
@@ -22,6 +29,7 @@ class CountingLog(UpdateLog):
     def __init__(self, pool: asyncpg.Pool) -> None:
         super().__init__(pool)
         self.queries: list[int] = []
+        self.listed: list[int] = []  # users whose names each query read
         self.fail_next = False
 
     async def load_many(self, wanted):  # noqa: ANN001, ANN201
@@ -30,6 +38,10 @@ class CountingLog(UpdateLog):
             self.fail_next = False
             raise ConnectionError("database went away")
         return await super().load_many(wanted)
+
+    async def names_many(self, user_ids, most):  # noqa: ANN001, ANN201
+        self.listed.append(len(user_ids))
+        return await super().names_many(user_ids, most)
 
 
 @pytest.fixture
@@ -101,3 +113,89 @@ async def test_a_failed_load_fails_every_caller_and_pins_nothing(registry, log, 
     room = await registry.get(key)  # the next caller loads again
     assert registry.rooms[key] is room
     assert log.queries == [1, 1]
+
+
+# -- the names of a user's documents --------------------------------------------------
+
+
+def _update(key: str) -> bytes:
+    doc = Doc()
+    doc.get("workouts", type=Map)[key] = "squat"
+    return doc.get_update()
+
+
+async def _store(pool: asyncpg.Pool, user_id: UUID, name: str) -> None:
+    """As another instance would: a row and an update, with nothing said on the bus."""
+    log = UpdateLog(pool)
+    stored = await log.load(user_id, name)
+    await log.append_many([stored.doc_id], [_update(name)])
+
+
+def _settled(coro: Coroutine[Any, Any, Room]) -> Room:
+    """The coroutine's result if it completes without waiting for anything (no query)."""
+    with pytest.raises(StopIteration) as done:
+        coro.send(None)
+    return done.value.value
+
+
+def _workouts(room: Room) -> set[str]:
+    return set(room.doc.get("workouts", type=Map).keys())
+
+
+async def test_a_name_not_among_the_user_documents_opens_without_a_query(
+        registry, log, user_id, pool):
+    await _store(pool, user_id, "kept")
+    assert _workouts(await registry.get((user_id, "kept"))) == {"kept"}
+    assert (log.queries, log.listed) == ([1], [1])  # the user's names came with the load
+
+    fresh = _settled(registry.get((user_id, "fresh")))
+    assert registry.rooms[(user_id, "fresh")] is fresh and not fresh.exists
+    with pytest.raises(DocumentNotFound):  # a reader is told at once as well
+        _settled(registry.get((user_id, "typo"), create=False))
+    assert (log.queries, log.listed) == ([1], [1])
+
+
+async def test_a_document_heard_of_is_loaded_even_while_the_names_are_being_read(
+        registry, log, user_id, pool):
+    first = asyncio.ensure_future(registry.get((user_id, "first")))
+    await asyncio.sleep(0)  # its load, and the reading of the user's names, are under way
+    registry.handle_doc_events([DocEvent(UPDATE, (user_id, "early"), _update("early"))])
+    await first
+    await _store(pool, user_id, "early")  # (the bus says so only once it is stored)
+    await _store(pool, user_id, "late")
+    registry.handle_doc_events([DocEvent(UPDATE, (user_id, "late"), _update("late"))])
+
+    assert _workouts(await registry.get((user_id, "early"))) == {"early"}
+    assert _workouts(await registry.get((user_id, "late"))) == {"late"}
+    assert log.queries == [1, 1, 1]
+
+
+async def test_after_a_catch_up_the_names_are_read_again(registry, log, user_id, pool):
+    await registry.get((user_id, "first"))
+    await _store(pool, user_id, "unheard")  # a bus message about it was lost
+    registry.catch_up()
+    assert _workouts(await registry.get((user_id, "unheard"))) == {"unheard"}
+    assert log.listed == [1, 1]
+
+
+async def test_a_room_written_here_is_loaded_after_it_leaves_memory(log, user_id):
+    writer = GroupCommitWriter(log)
+    await writer.start()
+    registry = RoomRegistry(log, writer, idle_seconds=0.05, max_document_bytes=1 << 20,
+                            max_connections_per_user=8)
+    try:
+        present = RecordingConnection(user_id)  # keeps the user's names in memory meanwhile
+        anchor = await registry.join((user_id, "anchor"), present)
+        written = _settled(registry.get((user_id, "new")))
+        await writer.wait_committed(written.apply_update(_update("new"), None))
+        await eventually(lambda: (user_id, "new") not in registry.rooms)
+
+        assert _workouts(await registry.get((user_id, "new"))) == {"new"}
+        assert log.listed == [1]  # the same list: the name was added as the room left
+        registry.leave(anchor, present)
+        await eventually(lambda: not registry.rooms)  # the user's last room left
+        await registry.get((user_id, "again"))
+        assert log.listed == [1, 1]  # so their names were forgotten, and read again
+    finally:
+        await registry.close()
+        await writer.stop()

@@ -14,6 +14,10 @@ no task or future per load in between: the registry gives each waiting caller a
 future of its own, so one that gives up cancels only its own wait. (That is two turns
 from the answer to a waiting socket instead of five; W3 did not move measurably, as
 its wait is the batch already in flight: docs/performance.md.)
+
+A load may also ask for the names of its user's documents (``names.py``): they are
+read in the same batch, by a second statement, and handed to ``listed`` after the
+loads. A failure to read them costs only the lists.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 from storage.doc_events import DocKey
+
+from .names import MAX_LISTED_NAMES
 
 if TYPE_CHECKING:
     from storage.update_log import StoredDocument, UpdateLog
@@ -33,19 +40,37 @@ log = logging.getLogger(__name__)
 
 # Called once per load: the stored document, None (no row), or why the batch failed.
 LoadDone = Callable[[DocKey, "StoredDocument | None | Exception"], None]
+# Called once per user whose names were asked for: the names, or None (failed, too many).
+Listed = Callable[[UUID, list[str] | None], None]
+
+
+def _ignore(user_id: UUID, names: list[str] | None) -> None:
+    pass
 
 
 class DocumentLoader:
-    def __init__(self, update_log: UpdateLog, done: LoadDone, *, max_batch: int = 128) -> None:
+    def __init__(
+        self,
+        update_log: UpdateLog,
+        done: LoadDone,
+        listed: Listed | None = None,  # required for loads ``with_names``
+        *,
+        max_batch: int = 128,
+    ) -> None:
         self._log = update_log
         self._done = done
+        self._listed = listed or _ignore
         self._max_batch = max_batch
         self._queue: deque[DocKey] = deque()
+        self._users: list[UUID] = []  # whose names to read with the next batch
         self._running: asyncio.Task[None] | None = None
 
-    def load(self, key: DocKey) -> None:
-        """Load the document ``key`` in the next batch; ``done`` gets the result."""
+    def load(self, key: DocKey, *, with_names: bool = False) -> None:
+        """Load the document ``key`` in the next batch; ``done`` gets the result. With
+        ``with_names``, the names of its user's documents too (for ``listed``)."""
         self._queue.append(key)
+        if with_names:
+            self._users.append(key[0])
         if self._running is None:
             self._start_batch()  # nothing under way: go now, others gather meanwhile
 
@@ -54,12 +79,16 @@ class DocumentLoader:
             self._running = None
             return
         batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch))]
-        self._running = asyncio.ensure_future(self._run(batch))
+        users, self._users = self._users, []
+        self._running = asyncio.ensure_future(self._run(batch, users))
 
-    async def _run(self, batch: list[DocKey]) -> None:
+    async def _run(self, batch: list[DocKey], users: list[UUID]) -> None:
         results: list[StoredDocument | None] | list[Exception]
+        names: dict[UUID, list[str] | None] = {}
         try:
             results = await self._log.load_many(batch)
+            if users:
+                names = await self._names(users)
         except Exception as exc:
             results = [exc] * len(batch)
         try:
@@ -68,5 +97,14 @@ class DocumentLoader:
                     self._done(key, result)
                 except Exception:  # one caller's bug must not strand the others
                     log.exception("handing over the load of %s/%s failed", *key)
+            for user_id in users:  # after the loads: a list is kept while its user has a room
+                self._listed(user_id, names.get(user_id))
         finally:
             self._start_batch()
+
+    async def _names(self, users: list[UUID]) -> dict[UUID, list[str] | None]:
+        try:
+            return await self._log.names_many(users, MAX_LISTED_NAMES)
+        except Exception as exc:  # the loads still stand; the lists are read next time
+            log.warning("reading the document names of %d users failed: %s", len(users), exc)
+            return {}

@@ -5,6 +5,9 @@ document while it loads. A room whose last connection left stays for
 ``idle_seconds`` (a reconnect finds it warm), then leaves memory once its queued
 updates are stored. A failed load or a failed write pins nothing.
 
+A user's first load also reads the names of their documents (``names.py``); while
+they have rooms in memory, opening a name not among them makes its empty room at once.
+
 The registry also starts automatic compaction when a room's stored history passes
 the configured count or size; it runs in the background and the room keeps serving.
 """
@@ -25,6 +28,7 @@ from storage.doc_events import DELETED, UPDATE, DocEvent
 
 from .connection import CLOSE_SESSION_ENDED
 from .loader import DocumentLoader
+from .names import DocumentNames
 from .room import Room, RoomKey
 from .writer import WriteFailed
 
@@ -68,7 +72,7 @@ class RoomRegistry:
         instance: uuid.UUID | None = None,
     ) -> None:
         self.instance = instance or uuid.uuid4()  # tells our bus messages from others'
-        self._loader = DocumentLoader(update_log, self._loaded)
+        self._loader = DocumentLoader(update_log, self._loaded, self._listed)
         self._writer = writer
         self._idle_seconds = idle_seconds
         self._max_document_bytes = max_document_bytes
@@ -81,6 +85,8 @@ class RoomRegistry:
         self._tasks: set[asyncio.Task[None]] = set()
         self._compacting: set[RoomKey] = set()
         self._per_user: Counter[UUID] = Counter()
+        self._names = DocumentNames()  # of the users with rooms here
+        self._rooms_of: Counter[UUID] = Counter()
 
     def connections_of(self, user_id: UUID) -> int:
         return self._per_user[user_id]
@@ -103,13 +109,17 @@ class RoomRegistry:
             if not create and not room.exists:
                 raise DocumentNotFound(key[1])
             return room
+        if key not in self._loading and self._names.is_new(key):
+            if not create:
+                raise DocumentNotFound(key[1])
+            return self._make_room(key, None)  # nothing stored: no load to wait for
         # A future of its own per caller: one that gives up (its socket closed) cancels
         # only its own wait, never the load the others wait for.
         future: asyncio.Future[Room] = asyncio.get_running_loop().create_future()
         waiting = self._loading.get(key)
         if waiting is None:
             self._loading[key] = [(future, create)]
-            self._loader.load(key)
+            self._loader.load(key, with_names=self._names.want(key[0]))
         else:
             waiting.append((future, create))
         return await future
@@ -137,6 +147,12 @@ class RoomRegistry:
             else:
                 future.set_result(room)
 
+    def _listed(self, user_id: UUID, names: list[str] | None) -> None:
+        if self._rooms_of[user_id]:
+            self._names.listed(user_id, names)
+        else:  # the load failed, or the user's rooms left meanwhile
+            self._names.forget(user_id)
+
     def _make_room(self, key: RoomKey, stored: StoredDocument | None) -> Room:
         doc_id, updates = (stored.doc_id, stored.updates) if stored else (None, [])
         room = Room(
@@ -145,6 +161,7 @@ class RoomRegistry:
             on_broken=self._discard, on_grown=self._maybe_compact,
         )
         self.rooms[key] = room
+        self._rooms_of[key[0]] += 1
         self._schedule_idle(room)  # until someone joins
         return room
 
@@ -205,10 +222,16 @@ class RoomRegistry:
             self._compact_if_due(room, leaving=True)  # the next load reads one row
 
     def _discard(self, room: Room) -> None:
-        if self.rooms.get(room.key) is room:
-            del self.rooms[room.key]
-            self._compacting.discard(room.key)
-        self._cancel_idle(room.key)
+        key = room.key
+        if self.rooms.get(key) is room:
+            del self.rooms[key]
+            self._compacting.discard(key)
+            self._names.add(key)  # it may have been written: the next open loads it
+            self._rooms_of[key[0]] -= 1
+            if not self._rooms_of[key[0]]:
+                del self._rooms_of[key[0]]
+                self._names.forget(key[0])
+        self._cancel_idle(key)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -227,6 +250,8 @@ class RoomRegistry:
     def handle_doc_events(self, events: list[DocEvent]) -> None:
         """From the Redis bus: what other instances and commands did to documents."""
         for event in events:
+            if event.kind == UPDATE:
+                self._names.add(event.key)  # made elsewhere, perhaps
             room = self.rooms.get(event.key)
             if room is None:
                 continue  # not in memory here: the next load reads it from storage
@@ -243,6 +268,7 @@ class RoomRegistry:
         reload (``_caught_up``); one that finds the room gone and a new load waiting
         makes the room, from data as new as the load's.
         """
+        self._names.forget_all()  # a document may have been made unheard
         keys = [*self.rooms, *self._loading]
         if keys:
             log.info("reading %d documents from storage again: bus messages may be lost",
