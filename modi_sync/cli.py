@@ -17,6 +17,7 @@ from .admin import NOT_FOUND, USAGE, UsageError, parse_doc_ref, parse_timestamp
 from .app import create_app, open_storage
 from .collector import cycle_collection
 from .config import ConfigError, Settings, load_settings
+from .listening import bound_sockets
 from .logs import configure_logging
 
 log = logging.getLogger("modi_sync")
@@ -106,8 +107,7 @@ def serve(settings: Settings) -> int:
     # 1001, queued updates stored, embedded services stopped.
     web.run_app(
         app,
-        host=settings.host,
-        port=settings.port,
+        sock=bound_sockets(settings.host, settings.port),  # with deferred accept
         loop=loop,
         print=lambda msg: log.info("listening on http://%s:%d", settings.host, settings.port),
         access_log=None,
