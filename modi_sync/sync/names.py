@@ -25,7 +25,9 @@ MAX_LISTED_NAMES = 10_000
 
 class DocumentNames:
     def __init__(self) -> None:
-        self._known: dict[UUID, set[str]] = {}  # complete lists
+        # Complete lists; None for a user read without one (too many names, or the
+        # reading failed): their opens are ordinary loads until they leave.
+        self._known: dict[UUID, set[str] | None] = {}
         self._listing: dict[UUID, set[str]] = {}  # being read: the names heard meanwhile
 
     def is_new(self, key: DocKey) -> bool:
@@ -43,7 +45,11 @@ class DocumentNames:
     def listed(self, user_id: UUID, names: list[str] | None) -> None:
         """What reading the names gave; None if it failed or there were too many."""
         heard = self._listing.pop(user_id, None)
-        if heard is not None and names is not None:  # else: forgotten meanwhile
+        if heard is None:
+            return  # forgotten meanwhile
+        if names is None:
+            self._known[user_id] = None
+        else:
             heard.update(names)
             self._known[user_id] = heard
 
