@@ -105,6 +105,6 @@ class DocumentLoader:
     async def _names(self, users: list[UUID]) -> dict[UUID, list[str] | None]:
         try:
             return await self._log.names_many(users, MAX_LISTED_NAMES)
-        except Exception as exc:  # the loads still stand; the lists are read next time
+        except Exception as exc:  # the loads still stand; these users go without a list
             log.warning("reading the document names of %d users failed: %s", len(users), exc)
             return {}
