@@ -21,11 +21,12 @@ DEFER_SECONDS = 5
 
 
 def bound_sockets(host: str, port: int) -> list[socket.socket]:
-    """A bound TCP socket (not yet listening) per address ``host`` resolves to."""
+    """A bound TCP socket (not yet listening) per address ``host`` resolves to; an
+    empty host is every interface, as in asyncio."""
     addresses = {
         (family, address)
         for family, _, _, _, address in socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     }
     sockets: list[socket.socket] = []
     try:

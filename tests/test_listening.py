@@ -41,3 +41,12 @@ def test_each_address_of_a_name_gets_its_own_socket():
     finally:
         for s in sockets:
             s.close()
+
+
+def test_an_empty_host_is_every_interface():
+    sockets = bound_sockets("", 0)
+    try:
+        assert "0.0.0.0" in {s.getsockname()[0] for s in sockets}
+    finally:
+        for s in sockets:
+            s.close()
