@@ -236,7 +236,7 @@ function readEditIndexes (update, onEdit) {
 }
 
 const skipVarString = (dec) => {
-  const len = decoding.readVarUint(dec) // read before dec.pos is: it moves dec.pos
+  const len = decoding.readVarUint(dec) // first: reading the length moves dec.pos
   dec.pos += len
 }
 const KEY_I = 'i'.charCodeAt(0)
