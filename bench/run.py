@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -487,8 +488,7 @@ def _fmt(v: float | None, digits: int) -> str:
     return f"{v:,.{digits}f}"
 
 
-def report(records: list[dict], servers: list[str], sizes: Sizes, reps: int,
-           modi_rev: str = "") -> str:
+def report(records: list[dict], servers: list[str], sizes: Sizes, what_ran: str) -> str:
     names = {"modi-sync": "modi-sync", **{k: v[0] for k, v in ANCHORS.items()}}
     records = [_with_rest(r) for r in records]
     anchors = [s for s in servers if s != "modi-sync"]
@@ -525,9 +525,14 @@ def report(records: list[dict], servers: list[str], sizes: Sizes, reps: int,
             note += f" [the server logged {errors} error lines]"
         verdict.append(f"{names[s]}: {len(mine) - len(bad)}/{len(mine)} runs ok{note}")
     pin = "server on core 0, client on core 1" if have_taskset() else "NOT pinned (taskset missing)"
+    # Runs per figure, counted: --report may pool files of runs with different --reps.
+    per_figure = Counter(
+        (r["server"], r["workload"], r["sub"], r.get("phase")) for r in records).values()
+    runs = f"{min(per_figure)}" if min(per_figure) == max(per_figure) else \
+        f"{min(per_figure)}-{max(per_figure)}"
     return ("\n".join(lines) + "\n\n"
-            f"modi-sync at {modi_rev}. "
-            f"Medians of {reps} runs; {pin}. ratio = modi-sync / anchor (for rates, above 1 "
+            f"modi-sync at {what_ran}. "
+            f"Medians of {runs} runs; {pin}. ratio = modi-sync / anchor (for rates, above 1 "
             "means modi-sync is faster; for ms, MB, kB and CPU, below 1 means modi-sync uses "
             "less). '–': not applicable (no storage to load from) or the runs failed.\n"
             "Convergence verified: " + "; ".join(verdict) + "\n")
@@ -549,8 +554,8 @@ def main() -> int:
     parser.add_argument("--json", metavar="FILE", help="write every run's raw figures here")
     parser.add_argument("--logs", metavar="DIR", help="keep each server's log here")
     parser.add_argument("--report", metavar="FILES",
-                        help="print the table from --json files of earlier runs (comma-separated);"
-                        " run nothing")
+                        help="print the table from --json files of earlier runs (comma-separated;"
+                        " with --quick for a quick run's), pooling their runs; run nothing")
     parser.add_argument("--modi-rev", default="HEAD", metavar="REV",
                         help="the commit of modi-sync to run (a snapshot, so others' edits to "
                         "the work tree during a run change nothing); 'worktree': as it is")
@@ -561,7 +566,8 @@ def main() -> int:
         records = [r for f in args.report.split(",") for r in json.loads(Path(f).read_text())]
         servers = [s for s in ALL_SERVERS + OPTIONAL_SERVERS
                    if any(r["server"] == s for r in records)]
-        print(report(records, servers, sizes, reps, args.modi_rev))
+        ran = sorted({r["modi_sync"] for r in records if r.get("modi_sync")})
+        print(report(records, servers, sizes, "; ".join(ran) or "a commit the files do not name"))
         return 0
     workloads = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
     servers = [s.strip() for s in args.servers.split(",") if s.strip()]
@@ -608,22 +614,26 @@ def main() -> int:
                         continue
                     try:
                         if workload == "W1":
-                            records += w1(bench, sizes, rep, restart=not args.quick)
+                            runs = w1(bench, sizes, rep, restart=not args.quick)
                         elif workload == "W2":
-                            records += w2(bench, sizes, rep, warm_syncs=3)
+                            runs = w2(bench, sizes, rep, warm_syncs=3)
                         else:
-                            records += w3(bench, sizes, rep, args.w3_concurrency)
+                            runs = w3(bench, sizes, rep, args.w3_concurrency)
                     except Exception as exc:  # noqa: BLE001 - one broken workload, not the run
                         log(f"  {workload} broke off: {exc!r}")
-                        records.append({"workload": workload, "sub": "?", "server": kind,
-                                        "ok": False, "error": f"broke off: {exc!r}"})
+                        runs = [{"workload": workload, "sub": "?", "server": kind,
+                                 "ok": False, "error": f"broke off: {exc!r}"}]
                         bench.stop()
+                    if kind == "modi-sync":  # so that --report can say what ran
+                        for run in runs:
+                            run["modi_sync"] = described
+                    records += runs
                     save()
     finally:
         for kind, bench in benches.items():
             bench.cleanup(Path(args.logs) / f"{kind}.log" if args.logs else None)
     save()
-    print(report(records, servers, sizes, reps, described))
+    print(report(records, servers, sizes, described))
     log(f"total {time.monotonic() - started:.0f} s")
     return 0 if all(_ok(r) for r in records) else 1
 

@@ -63,6 +63,15 @@ def test_quick_benchmark_reports_figures_and_convergence(tmp_path: Path) -> None
     assert "| W1 50x4 edits/s |" in proc.stdout
     assert "-update doc, cold ms |" in proc.stdout
     assert "Convergence verified: modi-sync: 8/8 runs ok" in proc.stdout
+    # --report prints the same table again from the saved runs, naming what ran.
+    again = subprocess.run(
+        [sys.executable, str(BENCH / "run.py"), "--quick", "--report", str(raw)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    table = [line for line in proc.stdout.splitlines() if line.startswith("|")]
+    assert [line for line in again.stdout.splitlines() if line.startswith("|")] == table
+    assert "modi-sync at the work tree. Medians of 1 runs" in again.stdout
 
 
 def test_cleanup_never_deletes_a_source_tree_it_did_not_snapshot(tmp_path: Path) -> None:
