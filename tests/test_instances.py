@@ -258,6 +258,31 @@ async def test_a_gap_in_another_instance_numbers_makes_an_instance_read_its_room
     await there.disconnect()
 
 
+async def test_an_update_whose_publish_failed_reaches_the_other_instance_unprompted(
+        make_client, redis, db):
+    """The failed message is the sender's last: no later one shows its gap, so the
+    sender says hello at its next recheck and the other instance reads storage."""
+    first = await make_client(bus_recheck_seconds=0.2)
+    second = await make_client(bus_recheck_seconds=0.2)
+    user = await register(first)
+    a = await synced(first, user["access_token"])
+    b = await synced(second, user["access_token"])
+    a.workouts()["before"] = Map({"sets": 1})
+    await eventually(lambda: "before" in b.workouts())
+
+    # Drop both publishers' Redis connections (the last command each ran was a PUBLISH
+    # or its recheck's PUBSUB): the next PUBLISH on each fails, as on a broken connection.
+    for client in await redis.client_list():
+        if client["cmd"] in ("publish", "pubsub"):
+            await redis.client_kill_filter(_id=client["id"])
+    a.workouts()["unsent"] = Map({"sets": 2})
+    await eventually(lambda: _is_stored(db, user, {"before", "unsent"}))
+    await eventually(lambda: "unsent" in b.workouts(), timeout=5)
+    assert b.workouts().to_py() == a.workouts().to_py()
+    for conn in (a, b):
+        await conn.disconnect()
+
+
 def test_gaps_are_numbers_skipped_or_a_first_message_that_is_not_a_sender_first():
     me, other, late = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     gaps = Gaps(me)

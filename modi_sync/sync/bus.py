@@ -22,7 +22,10 @@ it holds:
 Redis pub/sub delivers at most once. An instance that may have missed messages (its
 subscription was lost, or another instance's message numbers skip: ``Gaps``) reads its
 rooms from storage again (``RoomRegistry.catch_up``); everything published was stored
-first, so storage has all of it.
+first, so storage has all of it. A message that failed to go out shows as a gap only
+when a later one arrives, so a publisher with nothing more to send says hello again at
+its next recheck, and the others catch up within ``recheck`` seconds of Redis being
+back.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class UpdatePublisher:
         self._hello_timeout = hello_timeout
         self.others = False  # another instance listens: publish
         self._skipped = False  # a number was skipped for the batches not published
+        self._failed = False  # a message failed to go out and no later one has since
         self._heard = 0  # hellos and messages heard from others, to order them with rechecks
         self._answers: set[uuid.UUID] = set()
         self._answered = asyncio.Event()
@@ -146,15 +150,22 @@ class UpdatePublisher:
             await self._wakeup.wait()
             self._wakeup.clear()
             try:
+                if self._failed and self._recheck_due and self.others:
+                    # Nothing may follow the failed message to reveal its gap: a hello
+                    # does (the others answer it, as they do any hello).
+                    self._control.append((HELLO, (self._instance, ""), b""))
                 if self._control:
                     control, self._control = self._control, []
                     await self._channel.publish(control)
+                    self._failed = False
                 while self._pending:
                     batch = [self._pending.popleft()
                              for _ in range(min(len(self._pending), 1000))]
                     await self._channel.publish((UPDATE, key, u) for key, u in batch)
+                    self._failed = False
             except Exception as exc:
                 log.warning("publishing to other instances failed: %s", exc)
+                self._failed = True
             if self._recheck_due:
                 self._recheck_due = False
                 try:
