@@ -438,6 +438,7 @@ ANCHORS = {
     "yws": ("y-websocket-server", "y", False),
     "yws-leveldb": ("y-websocket-server+LevelDB", "y", True),
     "hocuspocus": ("Hocuspocus", "hocuspocus", False),
+    "hocuspocus-sqlite": ("Hocuspocus SQLite", "hocuspocus", True),
     "pycrdt-mem": ("pycrdt-websocket mem", "y", False),
     "pycrdt-sqlite": ("pycrdt-websocket SQLite", "y", True),
 }
@@ -479,7 +480,7 @@ class AnchorServer:
         return self.data_dir / ("leveldb" if self.kind == "yws-leveldb" else "ystore.db")
 
     def url_template(self) -> str:
-        if self.kind == "hocuspocus":
+        if self.proto == "hocuspocus":
             return f"ws://127.0.0.1:{self.port}/"  # the document name travels in every message
         return f"ws://127.0.0.1:{self.port}/{{name}}"
 
@@ -489,6 +490,9 @@ class AnchorServer:
             return ["node", str(BENCH / "servers" / "yws.mjs"), port]
         if self.kind == "hocuspocus":
             return ["node", str(BENCH / "servers" / "hocuspocus.mjs"), port]
+        if self.kind == "hocuspocus-sqlite":
+            return ["node", str(BENCH / "servers" / "hocuspocus.mjs"), port,
+                    "--sqlite", str(self.store_path)]
         cmd = [str(ANCHORS_PYTHON), str(BENCH / "servers" / "pycrdt_ws.py"), port]
         if self.kind == "pycrdt-sqlite":
             cmd += ["--sqlite", str(self.store_path)]
@@ -549,6 +553,12 @@ def anchors_ready(kinds: Iterable[str]) -> str | None:
                     "(it makes bench/.venv-anchors with pycrdt-websocket 0.16 and uvicorn)")
         if kind.startswith("yws") and not (NODE_MODULES / "@y" / "websocket-server").exists():
             return "npm package @y/websocket-server missing: run `bash bench/setup.sh`"
-        if kind == "hocuspocus" and not (NODE_MODULES / "@hocuspocus" / "server").exists():
+        if kind.startswith("hocuspocus") and not (NODE_MODULES / "@hocuspocus" / "server").exists():
             return "npm package @hocuspocus/server missing: run `bash bench/setup.sh`"
+        if kind == "hocuspocus-sqlite" and not (
+                NODE_MODULES / "better-sqlite3" / "build" / "Release" / "better_sqlite3.node"
+        ).exists():
+            return ("@hocuspocus/extension-sqlite is missing or its better-sqlite3 is not built "
+                    "(an optional dependency, built by `npm ci` with a C++ compiler): run "
+                    "`bash bench/setup.sh`")
     return None

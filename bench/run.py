@@ -59,7 +59,7 @@ from common import (  # noqa: E402
 )
 
 ALL_SERVERS = ["modi-sync", "yws", "hocuspocus", "pycrdt-mem", "pycrdt-sqlite"]
-OPTIONAL_SERVERS = ["yws-leveldb"]  # only with --servers; W2 cold for y-websocket-server
+OPTIONAL_SERVERS = ["yws-leveldb", "hocuspocus-sqlite"]  # only with --servers: W2 cold
 
 
 @dataclass(frozen=True)
