@@ -2,6 +2,7 @@
 # Install what the benchmarks need, by package name, under bench/ only:
 #   - the npm packages of bench/package.json (yjs, y-protocols, lib0, ws, y-websocket, and
 #     the anchors @y/websocket-server and @hocuspocus/server), from package-lock.json;
+#     optionally @hocuspocus/extension-sqlite, whose better-sqlite3 npm builds from source;
 #   - bench/.venv-anchors: pycrdt-websocket 0.16 and uvicorn (with websockets and uvloop)
 #     in a venv of their own, so the project's .venv stays as it is.
 # modi-sync itself runs from the project's .venv (see the top-level README).
