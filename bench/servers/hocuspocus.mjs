@@ -1,8 +1,8 @@
 // Hocuspocus (npm `@hocuspocus/server` 4.x) on 127.0.0.1: no authentication hook,
 // default configuration otherwise. In memory, or with `--sqlite PATH` its SQLite
 // extension (`@hocuspocus/extension-sqlite`), which stores a document's whole state
-// 2 s after its last change (at most every 10 s; Hocuspocus's default debounce) and
-// when the last client leaves or the server stops.
+// 2 s after its last change (at most 10 s apart while changes go on: Hocuspocus's
+// default debounce), when its last client leaves and when the server stops.
 //
 //   node bench/servers/hocuspocus.mjs PORT [--sqlite PATH]
 

@@ -55,6 +55,7 @@ class UpdatePublisher:
     ) -> None:
         self._channel = channel
         self._instance = instance
+        self._hello: _Record = (HELLO, (instance, ""), b"")
         self._pending: deque[tuple[DocKey, bytes]] = deque()
         self._control: list[_Record] = []  # hellos and answers, sent before updates
         self._max_pending = max_pending
@@ -93,7 +94,7 @@ class UpdatePublisher:
         """Say hello and wait for the other instances' answers; call it once subscribed."""
         self._task = asyncio.create_task(self._run(), name="update-publisher")
         try:
-            receivers = await self._channel.publish([(HELLO, (self._instance, ""), b"")])
+            receivers = await self._channel.publish([self._hello])
         except Exception as exc:
             log.warning("could not say hello to other instances: %s", exc)
             receivers = 0
@@ -110,7 +111,7 @@ class UpdatePublisher:
 
     def subscribed_again(self) -> None:
         """The subscription came back after a loss: tell the others again."""
-        self._control.append((HELLO, (self._instance, ""), b""))
+        self._control.append(self._hello)
         self._wakeup.set()
 
     def heard(self, message: DocMessage) -> None:
@@ -153,7 +154,7 @@ class UpdatePublisher:
                 if self._failed and self._recheck_due and self.others:
                     # Nothing may follow the failed message to reveal its gap: a hello
                     # does (the others answer it, as they do any hello).
-                    self._control.append((HELLO, (self._instance, ""), b""))
+                    self._control.append(self._hello)
                 if self._control:
                     control, self._control = self._control, []
                     await self._channel.publish(control)
