@@ -9,12 +9,14 @@ itself, with only its upstream, listen address and file paths changed for loopba
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import random
 import re
 import shutil
 import socket
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from uuid import UUID
 
@@ -56,13 +58,13 @@ def _render(upstream_ports: list[int], port: int, run_dir: Path) -> str:
 
 @pytest.fixture
 async def nginx_for(tmp_path: Path) -> AsyncIterator:
-    """Start nginx in front of the given test clients' servers; return its base URL."""
+    """Start nginx in front of the servers on the given ports; return its base URL."""
     started: list[asyncio.subprocess.Process] = []
 
-    async def start(*backends) -> str:  # noqa: ANN002 - aiohttp TestClients
+    async def start(*upstream_ports: int) -> str:
         port = free_port()
         conf = tmp_path / "nginx.conf"
-        conf.write_text(_render([b.server.port for b in backends], port, tmp_path))
+        conf.write_text(_render(list(upstream_ports), port, tmp_path))
         proc = await asyncio.create_subprocess_exec(
             NGINX, "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(conf),
             stdin=asyncio.subprocess.DEVNULL)
@@ -111,7 +113,7 @@ async def session_from() -> AsyncIterator:
 async def test_sync_and_rest_through_nginx_reach_both_instances(
         make_client, nginx_for, session_from, tmp_path):
     first, second = await make_client(), await make_client()
-    base = await nginx_for(first, second)
+    base = await nginx_for(first.server.port, second.server.port)
     http = session_from(_loopback_address())
     resp = await http.post(f"{base}/api/v1/auth/register",
                            json={"email": f"nginx-{random.getrandbits(48):x}@example.com",
@@ -152,7 +154,8 @@ async def test_each_client_keeps_its_own_address_behind_nginx(
     whichever instance it lands, and a client cannot pass for another by sending an
     X-Forwarded-For of its own."""
     limits = dict(rate_limit_auth="2/60", trusted_proxies=("127.0.0.1",))
-    base = await nginx_for(await make_client(**limits), await make_client(**limits))
+    first, second = await make_client(**limits), await make_client(**limits)
+    base = await nginx_for(first.server.port, second.server.port)
     login = {"email": "nobody@example.com", "password": "wrong password"}
     me, other = session_from(_loopback_address()), session_from(_loopback_address())
 
@@ -163,3 +166,24 @@ async def test_each_client_keeps_its_own_address_behind_nginx(
     assert statuses + [forged.status] == [401, 401, 429]
     assert (await forged.json())["error"]["code"] == "RATE_LIMITED"
     assert (await other.post(f"{base}/api/v1/auth/login", json=login)).status == 401
+
+
+async def test_what_nginx_answers_itself_is_in_the_contract_envelope(
+        make_client, nginx_for, session_from):
+    """A body over nginx's limit, and an upstream that does not answer: JSON errors with
+    the contract's codes and headers, not nginx's HTML pages."""
+    http = session_from(_loopback_address())
+    base = await nginx_for((await make_client()).server.port)
+    body = io.BytesIO(bytes(13 * 1024 * 1024))  # over nginx's 12 MB
+    too_large = await http.post(f"{base}/api/v1/auth/login", data=body,
+                                headers={"Content-Type": "application/json"})
+    nothing_there = free_port()
+    down = await http.get(f"{await nginx_for(nothing_there)}/api/v1/users/me",
+                          headers={"X-Request-ID": "magni-down.1"})
+    for resp, status, code in ((too_large, 413, "PAYLOAD_TOO_LARGE"), (down, 503, "UNAVAILABLE")):
+        assert resp.status == status
+        assert resp.content_type == "application/json"
+        assert (await resp.json())["error"]["code"] == code
+        assert datetime.fromisoformat(resp.headers["X-Timestamp"]).utcoffset() is not None
+    assert down.headers["X-Request-ID"] == "magni-down.1"
+    assert int(down.headers["Retry-After"]) > 0
