@@ -1,5 +1,6 @@
-"""deploy/nginx.conf in front of two instances: sync and REST reach both, and behind it
-each client keeps its own address for the rate limits.
+"""deploy/nginx.conf in front of two instances: sync and REST reach both, each client
+keeps its own address for the rate limits, nginx's own errors are the contract's, and
+the clients of an instance that stops come back through the other.
 
 The nginx is a real one: ``MODI_TEST_NGINX`` or ``nginx`` on PATH (``.ci/run`` unpacks
 Debian's). Without one these tests are skipped. The configuration is the deploy file
@@ -115,10 +116,7 @@ async def test_sync_and_rest_through_nginx_reach_both_instances(
     first, second = await make_client(), await make_client()
     base = await nginx_for(first.server.port, second.server.port)
     http = session_from(_loopback_address())
-    resp = await http.post(f"{base}/api/v1/auth/register",
-                           json={"email": f"nginx-{random.getrandbits(48):x}@example.com",
-                                 "password": "correct horse"})
-    assert resp.status == 201, await resp.text()
+    resp = await _register(http, base)
     # No X-Request-ID of the client's: nginx's own (32 hex digits) reaches the server,
     # which answers with it, and nginx's log names the request by it.
     request_id = resp.headers["X-Request-ID"]
@@ -187,3 +185,40 @@ async def test_what_nginx_answers_itself_is_in_the_contract_envelope(
         assert datetime.fromisoformat(resp.headers["X-Timestamp"]).utcoffset() is not None
     assert down.headers["X-Request-ID"] == "magni-down.1"
     assert int(down.headers["Retry-After"]) > 0
+
+
+async def test_clients_of_a_stopped_instance_come_back_through_the_other(
+        make_client, nginx_for, session_from):
+    """A rolling restart: one instance stops; its client reconnects to the same address,
+    nginx passes it to the other, and what it wrote meanwhile offline arrives."""
+    first, second = await make_client(), await make_client()
+    base = await nginx_for(first.server.port, second.server.port)
+    http = session_from(_loopback_address())
+    token = (await (await _register(http, base)).json())["data"]["access_token"]
+    ws = base.replace("http", "ws") + f"/sync/gym?token={token}"
+    clients = [await YClient(http, ws).connect() for _ in range(2)]  # one on each
+    for conn in clients:
+        await conn.wait_synced()
+
+    await first.close()
+    await eventually(lambda: any(c.close_code is not None for c in clients))
+    moved, stayed = sorted(clients, key=lambda c: c.close_code is None)
+    assert moved.close_code == 1001 and stayed.close_code is None
+    moved.workouts()["offline"] = Map({"name": "row", "sets": 3})  # written while away
+    await moved.connect()
+    await moved.wait_synced()
+    stayed.weights()["after"] = Map({"weight": 80.0})
+    await eventually(lambda: "offline" in stayed.workouts() and "after" in moved.weights())
+    fresh = await YClient(http, ws).connect()
+    await fresh.wait_synced()
+    assert fresh.workouts().to_py() == {"offline": {"name": "row", "sets": 3}}
+    for conn in (moved, stayed, fresh):
+        await conn.disconnect()
+
+
+async def _register(http: aiohttp.ClientSession, base: str) -> aiohttp.ClientResponse:
+    resp = await http.post(f"{base}/api/v1/auth/register",
+                           json={"email": f"nginx-{random.getrandbits(48):x}@example.com",
+                                 "password": "correct horse"})
+    assert resp.status == 201, await resp.text()
+    return resp
