@@ -22,6 +22,7 @@ from pathlib import Path
 from uuid import UUID
 
 import aiohttp
+import psutil
 import pytest
 from pycrdt import Map
 
@@ -222,3 +223,15 @@ async def _register(http: aiohttp.ClientSession, base: str) -> aiohttp.ClientRes
                                  "password": "correct horse"})
     assert resp.status == 201, await resp.text()
     return resp
+
+
+async def test_rest_requests_reuse_one_connection_to_the_instance(
+        make_client, nginx_for, session_from):
+    port = (await make_client()).server.port
+    base = await nginx_for(port)
+    http = session_from(_loopback_address())
+    for _ in range(3):
+        assert (await http.get(f"{base}/health")).status == 200
+    to_instance = [c for c in psutil.net_connections(kind="tcp")
+                   if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED]
+    assert len(to_instance) == 1  # one kept open and reused, not one per request
