@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from .conftest import ServerProcess
+from .nginx import NGINX, NginxProcess
 
 pytestmark = pytest.mark.interop
 
@@ -367,3 +368,36 @@ def test_a_provider_synced_before_compaction_converges_after_it(
 
     node.connect(server, "fresh", "plan", token)
     assert node.dump("fresh") == doc
+
+
+@pytest.mark.skipif(NGINX is None, reason="no nginx (set MODI_TEST_NGINX)")
+def test_providers_behind_nginx_ride_out_a_rolling_restart(
+        server: ServerProcess, node: NodeDriver, tmp_path: Path):
+    """Two instances behind deploy/nginx.conf, a provider on each. One instance is
+    stopped (SIGTERM) while both keep editing: its provider reconnects by itself to the
+    same address, lands on the other instance, and both end with every edit."""
+    other = ServerProcess(tmp_path / "other", server.env)
+    other.data_dir.mkdir()
+    other.start()
+    proxy = NginxProcess(tmp_path / "nginx", [server.port, other.port]).start()
+    try:
+        token = server.register()["access_token"]  # straight to the instance
+        node.connect(proxy, "a", "gym", token)  # nginx takes turns: a on the first,
+        node.connect(proxy, "b", "gym", token)  # b on the other
+        before, during = new_id(), new_id()
+        node.edit(put("a", "workouts", before, workout("squat", 100.0)))
+        node.call("wait_keys", id="b", root="workouts", keys=[before])
+
+        assert server.stop() == 0
+        node.edit(put("a", "workouts", during, workout("row", 60.0)),
+                  field("b", "workouts", before, "notes", "from b"))
+        docs = node.call("converge", ids=["a", "b"])["docs"]
+        assert set(docs["a"]["workouts"]) == {before, during}
+        assert docs["a"]["workouts"][before]["notes"] == "from b"
+        assert node.call("dump", id="a")["closes"] == [1001]  # moved once, by itself
+        assert node.call("dump", id="b")["closes"] == []
+        node.connect(proxy, "fresh", "gym", token)
+        assert node.dump("fresh") == docs["a"]
+    finally:
+        proxy.stop()
+        other.kill()

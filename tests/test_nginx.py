@@ -2,21 +2,17 @@
 keeps its own address for the rate limits, nginx's own errors are the contract's, and
 the clients of an instance that stops come back through the other.
 
-The nginx is a real one: ``MODI_TEST_NGINX`` or ``nginx`` on PATH (``.ci/run`` unpacks
-Debian's). Without one these tests are skipped. The configuration is the deploy file
-itself, with only its upstream, listen address and file paths changed for loopback.
+Skipped without an nginx (tests/nginx.py says where it is found).
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import os
 import random
 import re
-import shutil
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from uuid import UUID
@@ -29,61 +25,24 @@ from pycrdt import Map
 from modi_sync.keys import REGISTRY
 
 from .conftest import free_port
+from .nginx import NGINX, NginxProcess
 from .yclient import YClient, eventually
-
-NGINX = os.environ.get("MODI_TEST_NGINX") or shutil.which("nginx")
-DEPLOY_CONF = Path(__file__).resolve().parents[1] / "deploy" / "nginx.conf"
 
 pytestmark = pytest.mark.skipif(NGINX is None, reason="no nginx (set MODI_TEST_NGINX)")
 
 
-def _replace_once(text: str, old: str, new: str) -> str:
-    assert text.count(old) == 1, f"deploy/nginx.conf no longer has exactly one {old!r}"
-    return text.replace(old, new)
-
-
-def _render(upstream_ports: list[int], port: int, run_dir: Path) -> str:
-    """deploy/nginx.conf on loopback: its upstream and listen lines replaced, and nginx's
-    own files (pid, logs, buffers) kept in ``run_dir``, in the foreground."""
-    conf = DEPLOY_CONF.read_text()
-    servers = " ".join(f"server 127.0.0.1:{p};" for p in upstream_ports)
-    conf = _replace_once(conf, "server api:8080;", servers)
-    conf = _replace_once(conf, "listen 80;", f"listen 127.0.0.1:{port};")
-    temp = "".join(f"{kind}_temp_path {run_dir / kind};"
-                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    conf = _replace_once(conf, "/var/log/nginx/access.log", str(run_dir / "access.log"))
-    conf = _replace_once(conf, "http {", f"http {{ {temp}")
-    own = f"daemon off; master_process off; pid {run_dir / 'nginx.pid'}; " \
-          f"error_log {run_dir / 'error.log'} warn;\n"
-    return own + conf
-
-
 @pytest.fixture
-async def nginx_for(tmp_path: Path) -> AsyncIterator:
-    """Start nginx in front of the servers on the given ports; return its base URL."""
-    started: list[asyncio.subprocess.Process] = []
+def nginx_for(tmp_path: Path) -> Iterator[Callable[..., NginxProcess]]:
+    """Start nginx in front of the servers on the given ports."""
+    started: list[NginxProcess] = []
 
-    async def start(*upstream_ports: int) -> str:
-        port = free_port()
-        conf = tmp_path / "nginx.conf"
-        conf.write_text(_render(list(upstream_ports), port, tmp_path))
-        proc = await asyncio.create_subprocess_exec(
-            NGINX, "-p", str(tmp_path), "-e", str(tmp_path / "error.log"), "-c", str(conf),
-            stdin=asyncio.subprocess.DEVNULL)
-        started.append(proc)
-        await eventually(lambda: _listening(port) or proc.returncode is not None, timeout=10)
-        assert proc.returncode is None, (tmp_path / "error.log").read_text()
-        return f"http://127.0.0.1:{port}"
+    def start(*upstream_ports: int) -> NginxProcess:
+        started.append(NginxProcess(tmp_path / f"nginx-{len(started)}", list(upstream_ports)))
+        return started[-1].start()
 
     yield start
     for proc in started:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), timeout=10)
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        proc.stop()
 
 
 def _loopback_address() -> str:
@@ -113,16 +72,17 @@ async def session_from() -> AsyncIterator:
 
 
 async def test_sync_and_rest_through_nginx_reach_both_instances(
-        make_client, nginx_for, session_from, tmp_path):
+        make_client, nginx_for, session_from):
     first, second = await make_client(), await make_client()
-    base = await nginx_for(first.server.port, second.server.port)
+    proxy = nginx_for(first.server.port, second.server.port)
+    base = proxy.http_url
     http = session_from(_loopback_address())
     resp = await _register(http, base)
     # No X-Request-ID of the client's: nginx's own (32 hex digits) reaches the server,
     # which answers with it, and nginx's log names the request by it.
     request_id = resp.headers["X-Request-ID"]
     assert re.fullmatch("[0-9a-f]{32}", request_id), request_id
-    await eventually(lambda: f"request_id={request_id}" in (tmp_path / "access.log").read_text())
+    await eventually(lambda: f"request_id={request_id}" in proxy.access_log.read_text())
     user = (await resp.json())["data"]
     token = user["access_token"]
     ws = base.replace("http", "ws") + f"/sync/gym?token={token}"
@@ -154,7 +114,7 @@ async def test_each_client_keeps_its_own_address_behind_nginx(
     X-Forwarded-For of its own."""
     limits = dict(rate_limit_auth="2/60", trusted_proxies=("127.0.0.1",))
     first, second = await make_client(**limits), await make_client(**limits)
-    base = await nginx_for(first.server.port, second.server.port)
+    base = nginx_for(first.server.port, second.server.port).http_url
     login = {"email": "nobody@example.com", "password": "wrong password"}
     me, other = session_from(_loopback_address()), session_from(_loopback_address())
 
@@ -172,12 +132,12 @@ async def test_what_nginx_answers_itself_is_in_the_contract_envelope(
     """A body over nginx's limit, and an upstream that does not answer: JSON errors with
     the contract's codes and headers, not nginx's HTML pages."""
     http = session_from(_loopback_address())
-    base = await nginx_for((await make_client()).server.port)
+    base = nginx_for((await make_client()).server.port).http_url
     body = io.BytesIO(bytes(13 * 1024 * 1024))  # over nginx's 12 MB
     too_large = await http.post(f"{base}/api/v1/auth/login", data=body,
                                 headers={"Content-Type": "application/json"})
     nothing_there = free_port()
-    down = await http.get(f"{await nginx_for(nothing_there)}/api/v1/users/me",
+    down = await http.get(f"{nginx_for(nothing_there).http_url}/api/v1/users/me",
                           headers={"X-Request-ID": "magni-down.1"})
     for resp, status, code in ((too_large, 413, "PAYLOAD_TOO_LARGE"), (down, 503, "UNAVAILABLE")):
         assert resp.status == status
@@ -193,7 +153,7 @@ async def test_clients_of_a_stopped_instance_come_back_through_the_other(
     """A rolling restart: one instance stops; its client reconnects to the same address,
     nginx passes it to the other, and what it wrote meanwhile offline arrives."""
     first, second = await make_client(), await make_client()
-    base = await nginx_for(first.server.port, second.server.port)
+    base = nginx_for(first.server.port, second.server.port).http_url
     http = session_from(_loopback_address())
     token = (await (await _register(http, base)).json())["data"]["access_token"]
     ws = base.replace("http", "ws") + f"/sync/gym?token={token}"
@@ -228,7 +188,7 @@ async def _register(http: aiohttp.ClientSession, base: str) -> aiohttp.ClientRes
 async def test_rest_requests_reuse_one_connection_to_the_instance(
         make_client, nginx_for, session_from):
     port = (await make_client()).server.port
-    base = await nginx_for(port)
+    base = nginx_for(port).http_url
     http = session_from(_loopback_address())
     for _ in range(3):
         assert (await http.get(f"{base}/health")).status == 200

@@ -112,7 +112,7 @@ const commands = {
 
   dump ({ id }) {
     const c = client(id)
-    return { doc: dump(c.doc), synced: c.provider.synced, state_vector: stateVector(c.doc) }
+    return { doc: dump(c.doc), synced: c.provider.synced, state_vector: stateVector(c.doc), closes: c.closes }
   },
 
   disconnect ({ id }) {
