@@ -1,0 +1,1 @@
+"""Sync over websockets: y-websocket protocol, rooms, group commit, fan-out between instances."""

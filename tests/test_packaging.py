@@ -1,0 +1,37 @@
+"""What deploy/Dockerfile installs: the files it copies, built by a plain `pip install .`,
+hold every module, not only those an editable install finds in the source tree."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("modi_sync", "storage", "ocr_worker")
+FILES = ("setup.cfg", "pyproject.toml", "README.md")  # the Dockerfile's COPY lines
+
+
+def test_the_wheel_holds_every_module_and_migration(tmp_path: Path):
+    # A copy as the image gets it: no build/ or egg-info of an earlier build to borrow from.
+    app = tmp_path / "app"
+    for package in PACKAGES:
+        shutil.copytree(ROOT / package, app / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    for name in FILES:
+        shutil.copy(ROOT / name, app / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                    "--wheel-dir", str(tmp_path), str(app)],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = tmp_path.glob("modi_sync-*.whl")
+    shipped = set(zipfile.ZipFile(wheel).namelist())
+    source = {
+        path.relative_to(ROOT).as_posix()
+        for package in PACKAGES
+        for pattern in ("*.py", "*.sql")
+        for path in (ROOT / package).rglob(pattern)
+    }
+    assert "storage/migrations/001_initial.sql" in source
+    assert sorted(source - shipped) == []
