@@ -11,17 +11,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("modi_sync", "storage", "ocr_worker")
-FILES = ("setup.cfg", "pyproject.toml", "README.md")  # the Dockerfile's COPY lines
+
+
+def _copied_by_the_dockerfile() -> list[str]:
+    """The sources of deploy/Dockerfile's COPY lines."""
+    lines = (ROOT / "deploy" / "Dockerfile").read_text().splitlines()
+    return [src for line in lines if line.startswith("COPY ") for src in line.split()[1:-1]]
 
 
 def test_the_wheel_holds_every_module_and_migration(tmp_path: Path):
     # A copy as the image gets it: no build/ or egg-info of an earlier build to borrow from.
     app = tmp_path / "app"
-    for package in PACKAGES:
-        shutil.copytree(ROOT / package, app / package,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    for name in FILES:
-        shutil.copy(ROOT / name, app / name)
+    app.mkdir()
+    for name in _copied_by_the_dockerfile():
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, app / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / name, app / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                     "--wheel-dir", str(tmp_path), str(app)],
                    check=True, capture_output=True, timeout=300)
