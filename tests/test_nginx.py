@@ -103,6 +103,9 @@ async def test_sync_and_rest_through_nginx_reach_both_instances(
         "Authorization": f"Bearer {token}", "X-Request-ID": "magni-7f3a.1"})
     assert resp.status == 200
     assert resp.headers["X-Request-ID"] == "magni-7f3a.1"
+    # One the server would not take is replaced by nginx's, which the server keeps.
+    resp = await http.get(f"{base}/health", headers={"X-Request-ID": "not <sane>"})
+    assert re.fullmatch("[0-9a-f]{32}", resp.headers["X-Request-ID"])
     for conn in (a, b):
         await conn.disconnect()
 
