@@ -1,4 +1,5 @@
-"""Property: whatever three devices do, online or off, they converge, and so does storage.
+"""Property: whatever three devices do, online or off, they converge, and so does storage,
+whether they share one server instance or are spread over two.
 
 Hypothesis draws interleavings of map sets and deletes on the Magni roots (section 5),
 nested edits, disconnects, reconnects and pauses of the event loop (which let messages
@@ -101,13 +102,21 @@ async def account(client) -> dict:  # noqa: ANN001
     return await register(client)
 
 
+@pytest.fixture(params=[1, 2], ids=["one instance", "two instances"])
+async def servers(request, client, make_client) -> list:  # noqa: ANN001
+    """The device i talks to servers[i % len(servers)]: with two, through the Redis bus."""
+    return [client] + [await make_client() for _ in range(request.param - 1)]
+
+
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(steps=STEPS)
-async def test_three_devices_and_storage_always_converge(client, db, account, steps):
+async def test_three_devices_and_storage_always_converge(servers, db, account, steps):
     name = f"prop-{uuid.uuid4().hex[:12]}"
-    url = ws_url(client, name, account["access_token"])
-    devices = [YClient(client.session, url) for _ in range(DEVICES)]
+    devices = []
+    for i in range(DEVICES):
+        server = servers[i % len(servers)]
+        devices.append(YClient(server.session, ws_url(server, name, account["access_token"])))
     online = [True] * DEVICES
     try:
         for device in devices:
