@@ -71,6 +71,14 @@ async def session_from() -> AsyncIterator:
     await asyncio.gather(*(s.close() for s in sessions))
 
 
+async def _register(http: aiohttp.ClientSession, base: str) -> aiohttp.ClientResponse:
+    resp = await http.post(f"{base}/api/v1/auth/register",
+                           json={"email": f"nginx-{random.getrandbits(48):x}@example.com",
+                                 "password": "correct horse"})
+    assert resp.status == 201, await resp.text()
+    return resp
+
+
 async def test_sync_and_rest_through_nginx_reach_both_instances(
         make_client, nginx_for, session_from):
     first, second = await make_client(), await make_client()
@@ -178,14 +186,6 @@ async def test_clients_of_a_stopped_instance_come_back_through_the_other(
     assert fresh.workouts().to_py() == {"offline": {"name": "row", "sets": 3}}
     for conn in (moved, stayed, fresh):
         await conn.disconnect()
-
-
-async def _register(http: aiohttp.ClientSession, base: str) -> aiohttp.ClientResponse:
-    resp = await http.post(f"{base}/api/v1/auth/register",
-                           json={"email": f"nginx-{random.getrandbits(48):x}@example.com",
-                                 "password": "correct horse"})
-    assert resp.status == 201, await resp.text()
-    return resp
 
 
 async def test_rest_requests_reuse_one_connection_to_the_instance(
