@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import asyncpg
@@ -138,3 +139,22 @@ async def test_a_failing_callback_does_not_strand_the_other_loads(pool, user_id)
     loader.load((user_id, "after"))
     await eventually(lambda: len(seen) == 3)
     assert seen == ["first", "boom", "after"]
+
+
+async def test_a_slow_handover_lets_the_event_loop_run_between_loads(pool, user_id):
+    """A catch-up's callbacks re-apply whole documents: a batch of them must not hold the
+    event loop until the last is done."""
+    handed: list[str] = []
+
+    def done(key, result):  # noqa: ANN001, ANN202
+        time.sleep(0.003)  # stands for the CPU a catch-up's apply of a large room takes
+        handed.append(key[1])
+
+    loader = DocumentLoader(UpdateLog(pool), done)
+    for i in range(10):
+        loader.load((user_id, f"d{i}"))
+    await eventually(lambda: bool(handed))  # the handover has begun
+    # Another task gets a turn while loads of the same batch are still to be handed over.
+    assert len(handed) < 10
+    await eventually(lambda: len(handed) == 10)
+    assert handed == [f"d{i}" for i in range(10)]

@@ -15,6 +15,11 @@ future of its own, so one that gives up cancels only its own wait. (That is two 
 from the answer to a waiting socket instead of five; W3 did not move measurably, as
 its wait is the batch already in flight: docs/performance.md.)
 
+Handing over a batch is cheap for new loads (a room is made, its Doc built later), but
+a catch-up re-applies each room's whole stored state (``registry.catch_up``): a batch of
+large rooms could hold the event loop for seconds. So the handover lets the loop run
+whenever it has taken ``HANDOVER_SLICE`` seconds; the next batch still waits for it.
+
 A load may also ask for the names of its user's documents (``names.py``): they are
 read in the same batch, by a second statement, and handed to ``listed`` after the
 loads. A failure to read them costs only the lists.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -37,6 +43,8 @@ if TYPE_CHECKING:
     from storage.update_log import StoredDocument, UpdateLog
 
 log = logging.getLogger(__name__)
+
+HANDOVER_SLICE = 0.005  # seconds of callbacks before the event loop gets a turn
 
 # Called once per load: the stored document, None (no row), or why the batch failed.
 LoadDone = Callable[[DocKey, "StoredDocument | None | Exception"], None]
@@ -92,7 +100,12 @@ class DocumentLoader:
         except Exception as exc:
             results = [exc] * len(batch)
         try:
+            # The clock itself: uvloop's loop.time() stands still within a turn.
+            slice_ends = time.monotonic() + HANDOVER_SLICE
             for key, result in zip(batch, results, strict=True):
+                if time.monotonic() > slice_ends:
+                    await asyncio.sleep(0)
+                    slice_ends = time.monotonic() + HANDOVER_SLICE
                 try:
                     self._done(key, result)
                 except Exception:  # one caller's bug must not strand the others
