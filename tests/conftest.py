@@ -179,15 +179,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class ServerProcess:
-    """``modi-sync serve`` on loopback, as a user runs it; restartable and killable."""
+class OnLoopback:
+    """A server process's addresses: 127.0.0.1 and its ``port``."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
-        self.data_dir = data_dir
-        self.env = env
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.log_path = data_dir / "server.log"
+    port: int
 
     @property
     def http_url(self) -> str:
@@ -196,6 +191,17 @@ class ServerProcess:
     @property
     def ws_url(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
+
+
+class ServerProcess(OnLoopback):
+    """``modi-sync serve`` on loopback, as a user runs it; restartable and killable."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.env = env
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log_path = data_dir / "server.log"
 
     def start(self, timeout: float = 60.0) -> None:
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .conftest import free_port
+from .conftest import OnLoopback, free_port
 
 NGINX = os.environ.get("MODI_TEST_NGINX") or shutil.which("nginx")
 DEPLOY_CONF = Path(__file__).resolve().parents[1] / "deploy" / "nginx.conf"
@@ -41,7 +41,7 @@ def render(upstream_ports: list[int], port: int, run_dir: Path) -> str:
     return own + conf
 
 
-class NginxProcess:
+class NginxProcess(OnLoopback):
     """One nginx in the foreground, its files in ``run_dir``."""
 
     def __init__(self, run_dir: Path, upstream_ports: list[int]) -> None:
@@ -50,14 +50,6 @@ class NginxProcess:
         self.port = free_port()
         self.upstream_ports = upstream_ports
         self.proc: subprocess.Popen | None = None
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
 
     @property
     def access_log(self) -> Path:
