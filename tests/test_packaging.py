@@ -1,5 +1,6 @@
 """What deploy/Dockerfile installs: the files it copies, built by a plain `pip install .`,
-hold every module, not only those an editable install finds in the source tree."""
+hold every module, not only those an editable install finds in the source tree; and
+.dockerignore lets exactly those files into the build context."""
 
 from __future__ import annotations
 
@@ -41,3 +42,11 @@ def test_the_wheel_holds_every_module_and_migration(tmp_path: Path):
     }
     assert "storage/migrations/001_initial.sql" in source
     assert sorted(source - shipped) == []
+
+
+def test_the_build_context_lets_in_what_the_dockerfile_copies_and_nothing_else():
+    lines = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines[0] == "*"  # everything out, then each needed path back in
+    let_in = {line[1:] for line in lines if line.startswith("!")}
+    assert let_in == set(_copied_by_the_dockerfile())
