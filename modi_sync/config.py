@@ -29,15 +29,20 @@ class Settings:
     database_url: str | None = None
     redis_url: str | None = None
     jwt_secret: str | None = None
+    jwt_previous_secrets: tuple[str, ...] = ()  # still verified, never signed with
     cors_origins: tuple[str, ...] = ()
     log_format: str = "text"
     log_level: str = "INFO"
+    access_log: str = "auto"
 
     access_token_ttl: int = 15 * 60
     refresh_token_ttl: int = 7 * 24 * 3600
 
-    rate_limit_auth: str = "10/60"
+    rate_limit_auth: str = "30/60"
+    rate_limit_refresh: str = "120/60"
     rate_limit_user: str = "300/60"
+    login_free_failures: int = 5
+    login_backoff_max: int = 900
     trusted_proxies: tuple[str, ...] = ()
     max_body_bytes: int = 1024 * 1024
 
@@ -45,6 +50,12 @@ class Settings:
     max_document_bytes: int = 64 * 1024 * 1024
     max_connections_per_user: int = 32
     max_send_queue_bytes: int = 16 * 1024 * 1024
+    ws_message_limit: str = "1000/10"
+    max_awareness_clients: int = 8
+    max_awareness_bytes: int = 64 * 1024
+    max_pending_bytes: int = 1024 * 1024
+    max_documents_per_user: int = 100
+    max_user_bytes: int = 256 * 1024 * 1024
     room_idle_seconds: float = 30.0
     keepalive_seconds: float = 15.0
     bus_recheck_seconds: float = 5.0
@@ -82,19 +93,30 @@ ENVIRONMENT: dict[str, str] = {
     "DATABASE_URL": "database_url",
     "REDIS_URL": "redis_url",
     "JWT_SECRET": "jwt_secret",
+    "MODI_JWT_PREVIOUS_SECRETS": "jwt_previous_secrets",
     "MODI_CORS_ORIGINS": "cors_origins",
     "MODI_LOG_FORMAT": "log_format",
     "MODI_LOG_LEVEL": "log_level",
+    "MODI_ACCESS_LOG": "access_log",
     "MODI_ACCESS_TOKEN_TTL": "access_token_ttl",
     "MODI_REFRESH_TOKEN_TTL": "refresh_token_ttl",
     "MODI_RATE_LIMIT_AUTH": "rate_limit_auth",
+    "MODI_RATE_LIMIT_REFRESH": "rate_limit_refresh",
     "MODI_RATE_LIMIT_USER": "rate_limit_user",
+    "MODI_LOGIN_FREE_FAILURES": "login_free_failures",
+    "MODI_LOGIN_BACKOFF_MAX": "login_backoff_max",
     "MODI_TRUSTED_PROXIES": "trusted_proxies",
     "MODI_MAX_BODY_BYTES": "max_body_bytes",
     "MODI_MAX_FRAME_BYTES": "max_frame_bytes",
     "MODI_MAX_DOCUMENT_BYTES": "max_document_bytes",
     "MODI_MAX_CONNECTIONS_PER_USER": "max_connections_per_user",
     "MODI_MAX_SEND_QUEUE_BYTES": "max_send_queue_bytes",
+    "MODI_WS_MESSAGE_LIMIT": "ws_message_limit",
+    "MODI_MAX_AWARENESS_CLIENTS": "max_awareness_clients",
+    "MODI_MAX_AWARENESS_BYTES": "max_awareness_bytes",
+    "MODI_MAX_PENDING_BYTES": "max_pending_bytes",
+    "MODI_MAX_DOCUMENTS_PER_USER": "max_documents_per_user",
+    "MODI_MAX_USER_BYTES": "max_user_bytes",
     "MODI_ROOM_IDLE_SECONDS": "room_idle_seconds",
     "MODI_KEEPALIVE_SECONDS": "keepalive_seconds",
     "MODI_BUS_RECHECK_SECONDS": "bus_recheck_seconds",
@@ -155,7 +177,9 @@ def load_settings(
 def _validate(settings: Settings) -> None:
     if settings.log_format not in ("json", "text"):
         raise ConfigError("MODI_LOG_FORMAT must be 'json' or 'text'")
-    for name in ("rate_limit_auth", "rate_limit_user"):
+    if settings.access_log not in ("auto", "on", "off"):
+        raise ConfigError("MODI_ACCESS_LOG must be 'auto', 'on' or 'off'")
+    for name in ("rate_limit_auth", "rate_limit_refresh", "rate_limit_user", "ws_message_limit"):
         try:
             Limit.parse(getattr(settings, name))
         except ValueError:
@@ -174,7 +198,9 @@ def _validate(settings: Settings) -> None:
                  "max_connections_per_user", "max_send_queue_bytes", "commit_batch_max",
                  "db_pool_max", "redis_pool_max", "access_token_ttl", "refresh_token_ttl",
                  "auto_compact_updates", "auto_compact_bytes", "keepalive_seconds",
-                 "bus_recheck_seconds"):
+                 "bus_recheck_seconds", "max_awareness_clients", "max_awareness_bytes",
+                 "max_pending_bytes", "max_documents_per_user", "max_user_bytes",
+                 "login_free_failures", "login_backoff_max"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name} must be positive")
     if settings.gc_full_seconds < 0:

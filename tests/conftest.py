@@ -112,6 +112,7 @@ def settings(services: ServiceUrls, tmp_path: Path) -> Settings:
         # Every test shares 127.0.0.1 and one Redis: the limits are tested with
         # their own addresses (tests/test_rate_limits.py), not tripped by accident.
         rate_limit_auth="100000/60",
+        rate_limit_refresh="100000/60",
         rate_limit_user="100000/60",
     )
 
@@ -248,7 +249,8 @@ def server(services: ServiceUrls, tmp_path: Path) -> Iterator[ServerProcess]:
     """A server on the test session's services (external ones if the env names them)."""
     env = dict(os.environ, DATABASE_URL=services.database_url, REDIS_URL=services.redis_url,
                JWT_SECRET=JWT_SECRET, MODI_ROOM_IDLE_SECONDS="0.5",
-               MODI_RATE_LIMIT_AUTH="100000/60", MODI_RATE_LIMIT_USER="100000/60")
+               MODI_RATE_LIMIT_AUTH="100000/60", MODI_RATE_LIMIT_REFRESH="100000/60",
+               MODI_RATE_LIMIT_USER="100000/60")
     proc = ServerProcess(tmp_path, env)
     proc.start()
     yield proc
