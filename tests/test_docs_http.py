@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import io
 import uuid
+from collections.abc import AsyncIterator
 
-from pycrdt import Doc, Map
+from pycrdt import Doc, Map, Text
 
 from .conftest import register, ws_url
 from .yclient import YClient, eventually
@@ -21,6 +24,38 @@ def _workout_update(doc: Doc, key: str, name: str) -> bytes:
     doc.get("workouts", type=Map)[key] = Map({"name": name, "sets": 3, "reps": 8})
     doc.unobserve(sub)
     return captured[0]
+
+
+def _text_update(size: int) -> bytes:
+    """A real update of about ``size`` bytes: one Text insert."""
+    doc = Doc()
+    captured: list[bytes] = []
+    sub = doc.observe(lambda e: captured.append(e.update))
+    doc.get("notes", type=Text).insert(0, "x" * size)
+    doc.unobserve(sub)
+    return captured[0]
+
+
+async def _slowly(data: bytes, piece: int = 16 * 1024) -> AsyncIterator[bytes]:
+    """A slow client: the body goes out chunked, a piece at a time."""
+    for start in range(0, len(data), piece):
+        yield data[start : start + piece]
+        await asyncio.sleep(0.01)  # the point: the server must wait for the rest
+
+
+async def _stored_rows(db, pair: dict, name: str) -> list[bytes]:  # noqa: ANN001
+    rows = await db.fetch(
+        "SELECT u.data FROM doc_updates u JOIN documents d ON d.id = u.doc_id"
+        " WHERE d.user_id = $1 AND d.name = $2 ORDER BY u.seq",
+        uuid.UUID(pair["user"]["id"]), name)
+    return [row["data"] for row in rows]
+
+
+def _notes(rows: list[bytes]) -> str:
+    doc = Doc()
+    for row in rows:
+        doc.apply_update(row)
+    return str(doc.get("notes", type=Text))
 
 
 def _b64(data: bytes) -> str:
@@ -50,6 +85,32 @@ async def test_posted_update_is_stored_and_fanned_out_like_a_websocket_one(clien
         " WHERE d.user_id = $1 AND d.name = 'log'", uuid.UUID(pair["user"]["id"]))
     assert rows == 1
     await listener.disconnect()
+
+
+async def test_a_large_update_is_read_to_its_end(client, db):
+    pair = await register(client)
+    update = _text_update(2_000_000)
+    assert len(update) > 2_000_000
+    resp = await _post(client, pair, "big", io.BytesIO(update))  # with a Content-Length
+    assert resp.status == 200, await resp.text()
+    assert _notes(await _stored_rows(db, pair, "big")) == "x" * 2_000_000
+
+
+async def test_a_slow_chunked_update_is_read_to_its_end(client, db):
+    pair = await register(client)
+    resp = await _post(client, pair, "slow", _slowly(_text_update(200_000)))
+    assert resp.status == 200, await resp.text()
+    assert _notes(await _stored_rows(db, pair, "slow")) == "x" * 200_000
+
+
+async def test_a_chunked_update_over_the_cap_is_refused_whole(make_client, db):
+    client = await make_client(max_frame_bytes=64 * 1024)
+    pair = await register(client)
+    resp = await _post(client, pair, "capped", _slowly(_text_update(200_000)))
+    assert resp.status == 413
+    assert (await resp.json())["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    assert await _stored_rows(db, pair, "capped") == []
+    assert (await client.get("/api/v1/docs/capped", headers=_auth(pair))).status == 404
 
 
 async def test_json_view_lists_the_schema_roots_only(client):

@@ -127,17 +127,26 @@ async def get_update(request: web.Request) -> web.Response:
     return web.Response(body=update, content_type="application/octet-stream")
 
 
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, however it arrives (Content-Length or chunked, fast or slowly),
+    or a 413 as soon as it passes ``limit``: never more than that and one chunk held."""
+    too_large = ApiError(413, f"an update is at most {limit} bytes")
+    if (request.content_length or 0) > limit:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise too_large
+    return bytes(body)
+
+
 @routes.post(_DOC + "/update")
 async def post_update(request: web.Request) -> web.Response:
     request[CLAIMS] = await authenticated_user(request)  # before reading any body
     if request.content_type != "application/octet-stream":
         raise ApiError(415, "expected application/octet-stream")
-    limit = request.app[SETTINGS].max_frame_bytes
-    if (request.content_length or 0) > limit:
-        raise ApiError(413, f"an update is at most {limit} bytes")
-    update = await request.content.read(limit + 1)
-    if len(update) > limit:
-        raise ApiError(413, f"an update is at most {limit} bytes")
+    update = await _read_body(request, request.app[SETTINGS].max_frame_bytes)
     room = await _room(request, create=True)
     try:
         ticket = room.apply_update(update, origin=None)
