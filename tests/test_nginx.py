@@ -20,6 +20,7 @@ from uuid import UUID
 import aiohttp
 import psutil
 import pytest
+from aiohttp import web
 from pycrdt import Map
 
 from modi_sync.keys import REGISTRY
@@ -36,8 +37,9 @@ def nginx_for(tmp_path: Path) -> Iterator[Callable[..., NginxProcess]]:
     """Start nginx in front of the servers on the given ports."""
     started: list[NginxProcess] = []
 
-    def start(*upstream_ports: int) -> NginxProcess:
-        started.append(NginxProcess(tmp_path / f"nginx-{len(started)}", list(upstream_ports)))
+    def start(*upstream_ports: int, terminator: str | None = None) -> NginxProcess:
+        started.append(NginxProcess(tmp_path / f"nginx-{len(started)}", list(upstream_ports),
+                                    terminator))
         return started[-1].start()
 
     yield start
@@ -136,6 +138,85 @@ async def test_each_client_keeps_its_own_address_behind_nginx(
     assert statuses + [forged.status] == [401, 401, 429]
     assert (await forged.json())["error"]["code"] == "RATE_LIMITED"
     assert (await other.post(f"{base}/api/v1/auth/login", json=login)).status == 401
+
+
+async def test_behind_a_tls_terminator_each_client_keeps_its_own_address(
+        make_client, nginx_for, session_from):
+    """The compose layout: a TLS terminator in front of nginx, so every request comes
+    from its address. nginx believes its X-Forwarded-For, and only its: two clients
+    behind it get a login limit each; one that reaches nginx directly cannot pass for
+    others with an X-Forwarded-For of its own."""
+    limits = dict(rate_limit_auth="2/60", trusted_proxies=("127.0.0.1",),
+                  login_free_failures=1000)  # the per-IP limit is under test, not that
+    terminator = _loopback_address()
+    base = nginx_for((await make_client(**limits)).server.port,
+                     terminator=terminator).http_url
+    through, direct = session_from(terminator), session_from(_loopback_address())
+    login = {"email": f"nobody-{random.getrandbits(48):x}@example.com",
+             "password": "wrong password"}
+    a, b = (f"198.51.100.{random.randint(1, 254)}", f"203.0.113.{random.randint(1, 254)}")
+
+    async def status(http: aiohttp.ClientSession, forwarded_for: str) -> int:
+        resp = await http.post(f"{base}/api/v1/auth/login", json=login,
+                               headers={"X-Forwarded-For": forwarded_for})
+        return resp.status
+
+    # What a client sent itself, left of what the terminator added, changes nothing; a
+    # hop of the terminator's own address (two proxies on the host) is skipped.
+    assert [await status(through, f) for f in (a, f"192.0.2.1, {a}", f"{a}, {terminator}")] \
+        == [401, 401, 429]
+    assert [await status(through, b) for _ in range(3)] == [401, 401, 429]
+    forged = [await status(direct, f"192.0.2.{i}") for i in (3, 4, 5)]
+    assert forged == [401, 401, 429]
+
+
+async def test_the_servers_get_one_address_the_client_nginx_judged(
+        aiohttp_server, nginx_for, session_from):
+    """Whatever X-Forwarded-For a client sends, an instance gets only the address nginx
+    settled on: the one the terminator names, or the peer's own."""
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(text=request.headers.get("X-Forwarded-For", ""))
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", echo)
+    upstream = await aiohttp_server(app)
+    terminator, direct = _loopback_address(), _loopback_address()
+    base = nginx_for(upstream.port, terminator=terminator).http_url
+    seen = []
+    for address, forwarded_for in ((terminator, "192.0.2.1, 198.51.100.7"),
+                                   (direct, "192.0.2.1, 198.51.100.7")):
+        for path in ("/api/v1/users/me", "/sync/gym"):
+            resp = await session_from(address).get(f"{base}{path}",
+                                                   headers={"X-Forwarded-For": forwarded_for})
+            seen.append(await resp.text())
+    assert seen == ["198.51.100.7"] * 2 + [direct] * 2
+
+
+async def test_nginx_logs_no_token(make_client, nginx_for, session_from):
+    """A token in a query (the sync endpoint's way) appears in none of nginx's logs: the
+    access log has the path without the query, and the error log holds no message about
+    requests (an instance that does not answer shows in the access log instead)."""
+    proxy = nginx_for((await make_client()).server.port)
+    base = proxy.http_url
+    http = session_from(_loopback_address())
+    token = (await (await _register(http, base)).json())["data"]["access_token"]
+    conn = await YClient(http, base.replace("http", "ws") + f"/sync/gym?token={token}").connect()
+    await conn.wait_synced()
+    await conn.disconnect()
+    rest = await http.get(f"{base}/api/v1/docs?token={token}",
+                          headers={"Authorization": f"Bearer {token}"})
+    assert rest.status == 200
+    assert rest.headers["Server"] == "nginx"  # no version
+    down = nginx_for(free_port())
+    unavailable = await http.get(f"{down.http_url}/sync/gym?token={token}")
+    assert unavailable.status == 503
+
+    await eventually(lambda: '" 101 ' in proxy.access_log.read_text())  # once the socket closed
+    await eventually(lambda: "upstream_status=502" in down.access_log.read_text())
+    for log in (proxy.access_log, proxy.error_log, down.access_log, down.error_log):
+        assert token not in log.read_text(), log.name
+    assert '"GET /sync/gym HTTP/1.1" 101 ' in proxy.access_log.read_text()
+    assert '"GET /api/v1/docs HTTP/1.1" 200 ' in proxy.access_log.read_text()
 
 
 async def test_what_nginx_answers_itself_is_in_the_contract_envelope(
