@@ -13,6 +13,7 @@ from datetime import timedelta
 from aiohttp import web
 
 from . import admin
+from .access_log import AccessLog, access_logger
 from .admin import NOT_FOUND, USAGE, UsageError, parse_doc_ref, parse_timestamp
 from .app import create_app, open_storage
 from .collector import cycle_collection
@@ -110,7 +111,8 @@ def serve(settings: Settings) -> int:
         sock=bound_sockets(settings.host, settings.port),  # with deferred accept
         loop=loop,
         print=lambda msg: log.info("listening on http://%s:%d", settings.host, settings.port),
-        access_log=None,
+        access_log_class=AccessLog,
+        access_log=access_logger(settings),  # None: off, at no cost
         shutdown_timeout=10.0,
         # aiohttp's default of 128 overflows when a few hundred phones reconnect at once
         # (after a deploy, say): the kernel drops their handshakes and they retry later.
