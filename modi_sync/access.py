@@ -1,4 +1,4 @@
-"""Who is calling, and may they: bearer tokens, client addresses, rate limits."""
+"""Who is calling, and may they: bearer tokens, client addresses, rate limits, backoff."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from aiohttp import web
 from storage.rate_limits import Limit, Verdict
 
 from .api.errors import ApiError
-from .keys import ACCESS_TOKENS, RATE_LIMITER, RATE_VERDICT, REVOCATIONS, SETTINGS
+from .keys import (
+    ACCESS_TOKENS,
+    LOGIN_FAILURES,
+    RATE_LIMITER,
+    RATE_VERDICT,
+    SESSION_STATES,
+    SETTINGS,
+)
 from .tokens import AccessClaims, InvalidToken
 
 
@@ -18,8 +25,9 @@ async def authenticate(request: web.Request, *, allow_query_token: bool = False)
     """The verified claims of the caller's access token, or a 401.
 
     Browsers cannot set headers on a websocket upgrade, so the sync endpoint also
-    takes the token as ``?token=``. A token issued before its user's last password
-    change, or for a deleted user, is refused as well.
+    takes the token as ``?token=``. A token of an ended session (logged out, caught
+    reused), of an earlier generation (the password changed since), or of a deleted
+    user is refused as well.
     """
     token = None
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
@@ -33,7 +41,8 @@ async def authenticate(request: web.Request, *, allow_query_token: bool = False)
         claims = request.app[ACCESS_TOKENS].verify(token)
     except InvalidToken:
         raise ApiError.unauthorized("invalid or expired access token") from None
-    if claims.issued_at < await request.app[REVOCATIONS].revoked_before(claims.user_id):
+    state = await request.app[SESSION_STATES].state(claims.user_id, claims.session)
+    if state.revoked or state.generation != claims.generation:
         raise ApiError.unauthorized("invalid or expired access token")
     return claims
 
@@ -50,9 +59,23 @@ async def enforce_rate_limit(request: web.Request, scope: str, identity: str, sp
     verdict = await request.app[RATE_LIMITER].hit(scope, identity, _limit(spec))
     request[RATE_VERDICT] = verdict  # the headers are added to whatever response follows
     if not verdict.allowed:
-        raise ApiError(429, "too many requests, slow down",
-                       {"retry_after": verdict.retry_after},
-                       headers={"Retry-After": str(verdict.retry_after)})
+        raise _too_many(verdict.retry_after)
+
+
+async def begin_password_check(request: web.Request, subject: str) -> None:
+    """Count a password check against ``subject``; a 429 while it backs off.
+
+    The password is then not even looked at, so a guess made during the wait
+    tells nothing. Call ``LoginFailures.succeeded`` when the password was right.
+    """
+    wait = await request.app[LOGIN_FAILURES].begin(subject)
+    if wait:
+        raise _too_many(wait)
+
+
+def _too_many(retry_after: int) -> ApiError:
+    return ApiError(429, "too many requests, slow down", {"retry_after": retry_after},
+                    headers={"Retry-After": str(retry_after)})
 
 
 def rate_limit_headers(verdict: Verdict) -> dict[str, str]:
@@ -74,6 +97,23 @@ def client_ip(request: web.Request) -> str:
         if not _is_trusted(hop, trusted):
             return hop
     return hops[0] if hops else peer
+
+
+def address_bucket(address: str) -> str:
+    """What a per-address limit counts: an IPv4 address, or an IPv6 client's /64.
+
+    One IPv6 subscriber is routinely given a whole /64 and picks addresses from it at
+    will; counted per /128, each of them would start a fresh count.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address  # "unknown" (a unix socket), or a proxy's odd hop: as it is
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 @lru_cache(maxsize=16)

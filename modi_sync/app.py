@@ -23,6 +23,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from storage.database import create_pool, migrate
 from storage.doc_events import DocChannel, DocMessage, doc_events, subscribe_doc_events
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis
+from storage.login_failures import LoginFailures
 from storage.rate_limits import RateLimiter
 from storage.refresh_tokens import RefreshTokens
 from storage.session_events import ended_user_ids, subscribe_sessions_ended
@@ -32,22 +33,25 @@ from storage.users import UserStore
 from .api import auth, docs, health, openapi
 from .api.middleware import add_standard_headers, cors_middleware, error_middleware
 from .config import Settings
+from .device_tokens import DeviceTokens
 from .history import compact_document
 from .keys import (
     ACCESS_TOKENS,
+    DEVICE_TOKENS,
+    LOGIN_FAILURES,
     POOL,
     PUBLISHER,
     RATE_LIMITER,
     REDIS,
     REFRESH_TOKENS,
     REGISTRY,
-    REVOCATIONS,
+    SESSION_STATES,
     SETTINGS,
     UPDATE_LOG,
     USERS,
     WRITER,
 )
-from .revocations import RevocationTimes
+from .revocations import SessionStates
 from .sync.bus import Gaps, UpdatePublisher
 from .sync.handler import DOC_NAME, sync_endpoint
 from .sync.keepalive import KeepAlive
@@ -117,19 +121,24 @@ async def open_storage(settings: Settings) -> AsyncIterator[tuple[asyncpg.Pool, 
 
 async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
+    # Before any service starts: a secret that cannot be trusted stops the start.
+    secret = load_or_create_secret(settings.jwt_secret, settings.data_dir)
+    previous = settings.jwt_previous_secrets
     async with open_storage(settings) as (pool, redis):
         await migrate(pool)
         app[POOL] = pool
         app[REDIS] = redis
         app[USERS] = UserStore(pool)
         app[UPDATE_LOG] = UpdateLog(pool)
-        secret = load_or_create_secret(settings.jwt_secret, settings.data_dir)
-        app[ACCESS_TOKENS] = AccessTokens(secret, settings.access_token_ttl)
+        app[ACCESS_TOKENS] = AccessTokens(secret, settings.access_token_ttl, previous)
+        app[DEVICE_TOKENS] = DeviceTokens(secret, previous)
         app[REFRESH_TOKENS] = RefreshTokens(
             redis, settings.refresh_token_ttl, settings.access_token_ttl
         )
-        app[REVOCATIONS] = RevocationTimes(app[REFRESH_TOKENS].access_revoked_before)
+        app[SESSION_STATES] = SessionStates(app[REFRESH_TOKENS].session_state)
         app[RATE_LIMITER] = RateLimiter(redis)
+        app[LOGIN_FAILURES] = LoginFailures(
+            redis, settings.login_free_failures, settings.login_backoff_max)
         yield
 
 
@@ -207,7 +216,7 @@ def _doc_events_back(publisher: UpdatePublisher, registry: RoomRegistry, gaps: G
 
 def _sessions_ended(app: web.Application, user_id: uuid.UUID) -> None:
     """Another instance revoked or logged out ``user_id``."""
-    app[REVOCATIONS].forget(user_id)
+    app[SESSION_STATES].forget(user_id)
     app[REGISTRY].close_user(user_id)
 
 

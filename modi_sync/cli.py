@@ -20,6 +20,7 @@ from .collector import cycle_collection
 from .config import ConfigError, Settings, load_settings
 from .listening import bound_sockets
 from .logs import configure_logging
+from .tokens import SecretError, load_or_create_secret
 
 log = logging.getLogger("modi_sync")
 
@@ -95,6 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def serve(settings: Settings) -> int:
+    try:
+        load_or_create_secret(settings.jwt_secret, settings.data_dir)  # refused: no start
+    except SecretError as exc:
+        print(f"modi-sync: {exc}", file=sys.stderr)
+        return 2
     try:
         import uvloop
     except ImportError:  # pragma: no cover - Windows

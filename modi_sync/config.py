@@ -16,6 +16,9 @@ from typing import Any
 
 from storage.rate_limits import Limit
 
+# RFC 7518 3.2: an HS256 key at least as long as the hash. Generated: 48 random bytes.
+MIN_SECRET_BYTES = 32
+
 
 class ConfigError(ValueError):
     """A setting has a value that cannot be used."""
@@ -179,6 +182,7 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("MODI_LOG_FORMAT must be 'json' or 'text'")
     if settings.access_log not in ("auto", "on", "off"):
         raise ConfigError("MODI_ACCESS_LOG must be 'auto', 'on' or 'off'")
+    _validate_secrets(settings)
     for name in ("rate_limit_auth", "rate_limit_refresh", "rate_limit_user", "ws_message_limit"):
         try:
             Limit.parse(getattr(settings, name))
@@ -205,3 +209,14 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"{name} must be positive")
     if settings.gc_full_seconds < 0:
         raise ConfigError("MODI_GC_FULL_SECONDS must be 0 (off) or more")
+
+
+def _validate_secrets(settings: Settings) -> None:
+    advice = "use a random secret, e.g. `openssl rand -base64 48`"
+    if settings.jwt_secret is not None and len(settings.jwt_secret.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"JWT_SECRET is shorter than {MIN_SECRET_BYTES} bytes: {advice}")
+    for n, secret in enumerate(settings.jwt_previous_secrets, 1):
+        # Every previous secret once signed; one too short to trust is dropped, not kept.
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ConfigError(f"MODI_JWT_PREVIOUS_SECRETS: secret {n} is shorter than "
+                              f"{MIN_SECRET_BYTES} bytes")

@@ -1,26 +1,28 @@
-"""Refresh tokens and access revocation, in Redis.
+"""Refresh tokens, sessions and token generations, in Redis.
 
 A refresh token is 32 random bytes. Redis keeps only ``refresh:<sha256>`` with the
-user id, the token's family (one per login) and the user's token generation, under the
-token's TTL, so a dump of Redis holds nothing that can be presented.
+user id, the token's family (one per login: the session) and the user's token
+generation when it was issued, under the token's TTL, so a dump of Redis holds nothing
+that can be presented.
 
 - Refreshing marks the presented token used (it stays, as a tombstone, until its TTL
-  ends) and issues the next token of the same family. Marking is one Lua script, so of
-  two concurrent refreshes with one token exactly one wins.
-- Presenting a used token revokes its family: ``refresh_family_revoked:<family>``.
-- ``revoke_user`` (password change, account deletion) bumps the user's generation;
-  tokens of an older generation are refused.
+  ends) and answers with the generation recorded in it, under which the next token of
+  the same family is issued. Marking is one Lua script, so of two concurrent refreshes
+  with one token exactly one wins.
+- Presenting a used token revokes its family (``refresh_family_revoked:<family>``) in
+  the same script; so does a logout.
+- ``revoke_user`` (password change) bumps the user's generation
+  (``refresh_generation:<user>``); ``forget_user`` (account deletion) replaces it with
+  a "deleted" marker. Tokens of any other generation are refused.
 
-Access tokens are JWTs and cannot be recalled, so ``revoke_user`` also records a
-time before which the user's access tokens are refused (``access_revoked:<user>``, kept
-for one access-token lifetime, after which no older token is valid anyway).
+Access tokens carry their family and generation too, and ``session_state`` is what
+they are checked against: one MGET per check.
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 import uuid
 from dataclasses import dataclass
 from uuid import UUID
@@ -30,11 +32,12 @@ from redis.asyncio import Redis
 _TOKEN = "refresh:"  # noqa: S105 - a key prefix, not a secret
 _FAMILY_REVOKED = "refresh_family_revoked:"
 _GENERATION = "refresh_generation:"
-_ACCESS_REVOKED = "access_revoked:"
+_DELETED = b"deleted"
 
-# KEYS[1] token key. ARGV[1] family-revoked prefix, ARGV[2] generation prefix.
-# Returns nil (unknown or expired), or {status, user_id, family} with status one of
-# "ok" (now marked used), "reused", "revoked".
+# KEYS[1] token key. ARGV[1] family-revoked prefix, ARGV[2] generation prefix,
+# ARGV[3] how long a revoked family is remembered.
+# Returns nil (unknown or expired), or {status, user_id, family, generation} with
+# status one of "ok" (now marked used), "reused" (its family now revoked), "revoked".
 _USE_SCRIPT = """
 local rec = redis.call('HGETALL', KEYS[1])
 if #rec == 0 then return nil end
@@ -42,11 +45,22 @@ local t = {}
 for i = 1, #rec, 2 do t[rec[i]] = rec[i + 1] end
 local gen = redis.call('GET', ARGV[2] .. t.user_id) or '0'
 if redis.call('EXISTS', ARGV[1] .. t.family) == 1 or t.generation ~= gen then
-    return {'revoked', t.user_id, t.family}
+    return {'revoked', t.user_id, t.family, t.generation}
 end
-if t.used == '1' then return {'reused', t.user_id, t.family} end
+if t.used == '1' then
+    redis.call('SET', ARGV[1] .. t.family, '1', 'EX', ARGV[3])
+    return {'reused', t.user_id, t.family, t.generation}
+end
 redis.call('HSET', KEYS[1], 'used', '1')
-return {'ok', t.user_id, t.family}
+return {'ok', t.user_id, t.family, t.generation}
+"""
+
+# KEYS[1] generation key. Returns the new generation, or nil for a deleted account
+# (INCR of the marker would fail; a deleted account has nothing left to revoke).
+_BUMP_SCRIPT = """
+local gen = redis.call('GET', KEYS[1])
+if gen == ARGV[1] then return nil end
+return redis.call('INCR', KEYS[1])
 """
 
 
@@ -55,27 +69,54 @@ class RefreshResult:
     status: str  # "ok", "reused", "revoked" or "unknown"
     user_id: UUID | None = None
     family: str | None = None
+    generation: int | None = None  # recorded in the token; None if not a number
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """What an access token of (user, family) is checked against."""
+
+    generation: int | None  # the user's current; None once the account is deleted
+    revoked: bool  # the family (session) was logged out or caught reused
 
 
 def _key(token: str) -> str:
     return _TOKEN + hashlib.sha256(token.encode()).hexdigest()
 
 
+def _generation(value: bytes | None) -> int | None:
+    if value is None:
+        return 0
+    try:
+        return int(value)
+    except ValueError:  # the deleted marker
+        return None
+
+
 class RefreshTokens:
     def __init__(self, redis: Redis, ttl_seconds: int, access_ttl_seconds: int) -> None:
         self._redis = redis
         self.ttl_seconds = ttl_seconds
-        self._access_ttl = access_ttl_seconds
+        # Markers must outlive every token they refuse, refresh and access alike.
+        self._marker_ttl = max(ttl_seconds, access_ttl_seconds)
         self._use = redis.register_script(_USE_SCRIPT)
+        self._bump = redis.register_script(_BUMP_SCRIPT)
 
-    async def issue(self, user_id: UUID, family: str | None = None) -> str:
-        """A new token; a new family (a new login) unless ``family`` is given."""
+    async def generation(self, user_id: UUID) -> int | None:
+        """The user's current token generation; None once the account is deleted."""
+        return _generation(await self._redis.get(_GENERATION + str(user_id)))
+
+    async def issue(self, user_id: UUID, generation: int, family: str) -> str:
+        """A new token of the session ``family``, issued under ``generation``.
+
+        The generation is the caller's to give, never re-read here: a token issued
+        under a generation that has since been bumped is born revoked.
+        """
         token = secrets.token_urlsafe(32)
-        generation = await self._redis.get(_GENERATION + str(user_id)) or b"0"
         record = {
             "user_id": str(user_id),
-            "family": family or uuid.uuid4().hex,
-            "generation": generation,
+            "family": family,
+            "generation": str(generation),
             "used": "0",
         }
         key = _key(token)
@@ -87,16 +128,15 @@ class RefreshTokens:
 
     async def use(self, token: str) -> RefreshResult:
         """Retire ``token``; a token already retired revokes its whole family."""
-        found = await self._use(keys=[_key(token)], args=[_FAMILY_REVOKED, _GENERATION])
+        found = await self._use(keys=[_key(token)],
+                                args=[_FAMILY_REVOKED, _GENERATION, self._marker_ttl])
         if found is None:
             return RefreshResult("unknown")
-        status, user_id, family = (v.decode() for v in found)
-        if status == "reused":
-            await self.revoke_family(family)
-        return RefreshResult(status, UUID(user_id), family)
+        status, user_id, family = (v.decode() for v in found[:3])
+        return RefreshResult(status, UUID(user_id), family, _generation(found[3]))
 
     async def revoke_family(self, family: str) -> None:
-        await self._redis.set(_FAMILY_REVOKED + family, b"1", ex=self.ttl_seconds)
+        await self._redis.set(_FAMILY_REVOKED + family, b"1", ex=self._marker_ttl)
 
     async def family_of(self, token: str) -> tuple[UUID, str] | None:
         """The owner and family of a live token, without using it (for logout)."""
@@ -105,19 +145,25 @@ class RefreshTokens:
             return None
         return UUID(values[0].decode()), values[1].decode()
 
-    async def revoke_user(self, user_id: UUID) -> None:
-        """Every refresh token of the user, and every access token issued before now."""
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.incr(_GENERATION + str(user_id))  # no TTL: it must outlive every token
-            pipe.set(_ACCESS_REVOKED + str(user_id), int(time.time()), ex=self._access_ttl)
-            await pipe.execute()
+    async def revoke_user(self, user_id: UUID) -> int | None:
+        """Bump the generation: every token of the user, refresh and access, is refused.
+
+        Returns the new generation (None if the account is deleted). No TTL: the
+        generation must outlive every token.
+        """
+        value = await self._bump(keys=[_GENERATION + str(user_id)], args=[_DELETED])
+        return None if value is None else int(value)
 
     async def forget_user(self, user_id: UUID) -> None:
-        """Account deletion: revoke everything, then drop the per-user generation key."""
-        await self.revoke_user(user_id)
-        await self._redis.set(_GENERATION + str(user_id), b"deleted", ex=self.ttl_seconds)
+        """Account deletion: the "deleted" marker refuses every token of the user."""
+        await self._redis.set(_GENERATION + str(user_id), _DELETED, ex=self._marker_ttl)
 
-    async def access_revoked_before(self, user_id: UUID) -> int:
-        """Unix seconds: the user's access tokens issued earlier are refused."""
-        value = await self._redis.get(_ACCESS_REVOKED + str(user_id))
-        return int(value) if value is not None else 0
+    async def session_state(self, user_id: UUID, family: str) -> SessionState:
+        generation, revoked = await self._redis.mget(
+            [_GENERATION + str(user_id), _FAMILY_REVOKED + family])
+        return SessionState(_generation(generation), revoked is not None)
+
+
+def new_family() -> str:
+    """A session id: one per login, shared by its refresh and access tokens."""
+    return uuid.uuid4().hex

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import re
 import time
 import uuid
 from datetime import datetime
@@ -24,8 +26,10 @@ def _email() -> str:
 
 
 def assert_token_pair(data: dict, email: str) -> None:
-    """The contract's token pair, exactly."""
-    assert set(data) == {"user", "access_token", "refresh_token", "token_type", "expires_in"}
+    """The contract's token pair, exactly, and our device token."""
+    assert set(data) == {"user", "access_token", "refresh_token", "token_type", "expires_in",
+                         "device_token"}
+    assert isinstance(data["device_token"], str) and len(data["device_token"]) >= 32
     assert set(data["user"]) == {"id", "email", "role", "created_at"}
     UUID(data["user"]["id"])
     assert data["user"]["email"] == email
@@ -196,14 +200,16 @@ async def test_a_short_password_at_login_is_still_a_400_naming_the_field(client)
 # -- the access token -------------------------------------------------------------------
 
 
-async def test_access_token_is_hs256_with_exactly_the_contract_claims(client):
+async def test_access_token_is_hs256_with_the_contract_claims_and_its_session(client):
     email = _email()
     data = await register(client, email=email)
     token = data["access_token"]
     header = jwt.get_unverified_header(token)
     assert header["alg"] == "HS256"
+    assert header["kid"] == hashlib.sha256(JWT_SECRET.encode()).hexdigest()[:16]
     claims = jwt.decode(token, JWT_SECRET, algorithms=["HS256"])
-    assert set(claims) == {"sub", "email", "role", "iat", "exp", "jti"}
+    assert set(claims) == {"sub", "email", "role", "iat", "exp", "jti", "sid", "gen"}
+    assert claims["gen"] == 0 and re.fullmatch("[0-9a-f]{32}", claims["sid"])
     assert claims["sub"] == data["user"]["id"]
     assert claims["email"] == email
     assert claims["role"] == "user"
@@ -228,21 +234,28 @@ def _forge(token: str, how: str) -> str:
         return f"{NONE_HEADER}.{payload}."
     if how == "alg-none-with-signature":
         return f"{NONE_HEADER}.{payload}.{signature}"
+    kid = {"kid": jwt.get_unverified_header(token)["kid"]}
     if how == "hs512-same-secret":
-        return jwt.encode(claims, JWT_SECRET, algorithm="HS512")
+        return jwt.encode(claims, JWT_SECRET, algorithm="HS512", headers=kid)
     if how == "hs384-same-secret":
-        return jwt.encode(claims, JWT_SECRET, algorithm="HS384")
+        return jwt.encode(claims, JWT_SECRET, algorithm="HS384", headers=kid)
     if how == "tampered-signature":
         flipped = "A" if signature[0] != "A" else "B"
         return f"{head}.{payload}.{flipped}{signature[1:]}"
     if how == "tampered-payload":
         forged = dict(claims, role="admin")
         return f"{head}.{_b64(orjson.dumps(forged))}.{signature}"
-    if how == "missing-jti":
-        claims.pop("jti")
-        return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+    if how in ("missing-jti", "missing-sid", "missing-gen"):
+        claims.pop(how.removeprefix("missing-"))
+        return jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers=kid)
+    if how == "gen-not-a-number":
+        return jwt.encode(dict(claims, gen="0"), JWT_SECRET, algorithm="HS256", headers=kid)
     if how == "not-a-uuid-sub":
-        return jwt.encode(dict(claims, sub="1"), JWT_SECRET, algorithm="HS256")
+        return jwt.encode(dict(claims, sub="1"), JWT_SECRET, algorithm="HS256", headers=kid)
+    if how == "no-kid":
+        return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
+    if how == "unknown-kid":
+        return jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers={"kid": "0" * 16})
     raise AssertionError(how)
 
 
@@ -254,7 +267,8 @@ def _upgrade_headers() -> dict[str, str]:
 @pytest.mark.parametrize(
     "how",
     ["alg-none", "alg-none-with-signature", "hs512-same-secret", "hs384-same-secret",
-     "tampered-signature", "tampered-payload", "missing-jti", "not-a-uuid-sub"],
+     "tampered-signature", "tampered-payload", "missing-jti", "missing-sid", "missing-gen",
+     "gen-not-a-number", "not-a-uuid-sub", "no-kid", "unknown-kid"],
 )
 async def test_forged_tokens_are_refused_by_the_sync_endpoint(client, how):
     data = await register(client)
@@ -273,3 +287,72 @@ async def test_the_genuine_token_is_accepted_by_the_sync_endpoint(client):
                             headers=_upgrade_headers())
     assert resp.status == 101
     resp.close()
+
+
+# -- what a string may hold ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("route", [REGISTER, LOGIN])
+@pytest.mark.parametrize("char", ["\x00", "\x1b", "\x7f", "\x01", "\n", "\t", "\x1f"])
+async def test_an_email_with_a_control_character_is_a_400_and_stores_nothing(
+        client, db, route, char):
+    local = f"ctl-{uuid.uuid4().hex[:8]}"
+    email = f"{local}{char}@example.com"
+    resp = await client.post(route, json={"email": email, "password": "correct horse"})
+    assert resp.status == 400
+    error = assert_error(await resp.json(), "VALIDATION_ERROR")
+    assert error["details"]["field"] == "email"
+    assert await db.fetchval("SELECT count(*) FROM users WHERE email LIKE $1",
+                             local + "%") == 0
+
+
+async def _nul_cases(client) -> list[tuple[str, str, dict, dict]]:  # noqa: ANN001
+    """(method, route, headers, body) with NUL in one string field; every body field
+    of every route that takes one."""
+    pair = await register(client)
+    bearer = {"Authorization": f"Bearer {pair['access_token']}"}
+    nul = "bad\x00value-long-enough"
+    email = pair["user"]["email"]
+    return [
+        ("POST", REGISTER, {}, {"email": f"n\x00{_email()}", "password": "correct horse"}),
+        ("POST", REGISTER, {}, {"email": _email(), "password": nul}),
+        ("POST", LOGIN, {}, {"email": f"{email}\x00", "password": "correct horse"}),
+        ("POST", LOGIN, {}, {"email": email, "password": nul}),
+        ("POST", LOGIN, {}, {"email": email, "password": "correct horse",
+                             "device_token": pair["device_token"] + "\x00"}),
+        ("POST", "/api/v1/auth/refresh", {}, {"refresh_token": pair["refresh_token"] + "\x00"}),
+        ("POST", "/api/v1/auth/logout", {}, {"refresh_token": pair["refresh_token"] + "\x00"}),
+        ("POST", "/api/v1/auth/password", bearer, {"current_password": nul,
+                                                   "new_password": "battery staple"}),
+        ("POST", "/api/v1/auth/password", bearer, {"current_password": "correct horse",
+                                                   "new_password": nul}),
+        ("DELETE", "/api/v1/auth/account", bearer, {"password": nul}),
+    ]
+
+
+async def test_nul_in_any_string_field_is_a_400_naming_it(client):
+    for method, route, headers, body in await _nul_cases(client):
+        resp = await client.request(method, route, json=body, headers=headers)
+        assert resp.status == 400, (route, body)
+        field = next(k for k, v in body.items() if "\x00" in v)
+        assert assert_error(await resp.json(), "VALIDATION_ERROR")["details"]["field"] == field
+
+
+async def test_nul_in_a_document_name_is_refused_without_a_500(client):
+    pair = await register(client)
+    bearer = {"Authorization": f"Bearer {pair['access_token']}"}
+    for method, path in [("GET", "/api/v1/docs/a%00b"), ("DELETE", "/api/v1/docs/a%00b"),
+                         ("GET", "/api/v1/docs/a%00b/update")]:
+        resp = await client.request(method, path, headers=bearer)
+        assert resp.status == 404, path
+        assert_error(await resp.json(), "NOT_FOUND")
+
+
+@pytest.mark.parametrize("route", [REGISTER, LOGIN])
+async def test_token_responses_are_not_stored_by_caches(client, route):
+    email = _email()
+    if route == LOGIN:
+        await register(client, email=email)
+    resp = await client.post(route, json={"email": email, "password": "correct horse"})
+    assert resp.status in (200, 201)
+    assert resp.headers["Cache-Control"] == "no-store"

@@ -3,30 +3,78 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from aiohttp import web
 
+from storage.login_failures import subject
+from storage.refresh_tokens import new_family
 from storage.session_events import publish_session_ended
 from storage.users import EmailTaken, User
 
-from ..access import authenticated_user, client_ip, enforce_rate_limit
-from ..keys import ACCESS_TOKENS, REDIS, REFRESH_TOKENS, REGISTRY, REVOCATIONS, SETTINGS, USERS
+from ..access import (
+    address_bucket,
+    authenticated_user,
+    begin_password_check,
+    client_ip,
+    enforce_rate_limit,
+)
+from ..keys import (
+    ACCESS_TOKENS,
+    DEVICE_TOKENS,
+    LOGIN_FAILURES,
+    REDIS,
+    REFRESH_TOKENS,
+    REGISTRY,
+    SESSION_STATES,
+    SETTINGS,
+    USERS,
+)
 from ..passwords import hash_password, verify_password
 from .errors import ApiError, json_response
-from .validation import email_field, json_body, password_field, string_field
+from .validation import (
+    email_field,
+    json_body,
+    optional_string_field,
+    password_field,
+    string_field,
+)
 
 routes = web.RouteTableDef()
 
 
-async def token_pair(app: web.Application, user: User, family: str | None = None) -> dict:
+async def token_pair(app: web.Application, user: User, generation: int,
+                     family: str | None = None) -> dict:
+    """A pair of one session (a new one unless ``family``), under ``generation``.
+
+    The generation is the one the caller checked (the refreshed token's, or the one
+    a password change set), never re-read here: a pair issued while the password
+    changes is then already refused, instead of outliving the change.
+    """
+    family = family or new_family()
     access = app[ACCESS_TOKENS]
     return {
         "user": user_json(user),
-        "access_token": access.issue(user.id, user.email, user.role),
-        "refresh_token": await app[REFRESH_TOKENS].issue(user.id, family),
+        "access_token": access.issue(user.id, user.email, user.role, session=family,
+                                     generation=generation),
+        "refresh_token": await app[REFRESH_TOKENS].issue(user.id, generation, family),
         "token_type": "Bearer",
         "expires_in": access.ttl_seconds,
+        "device_token": app[DEVICE_TOKENS].issue(user.id),
     }
+
+
+async def _new_session(app: web.Application, user: User) -> dict:
+    generation = await app[REFRESH_TOKENS].generation(user.id)
+    if generation is None:  # deleted while this request ran
+        raise ApiError.unauthorized("wrong email or password")
+    return await token_pair(app, user, generation)
+
+
+def token_response(pair: dict, status: int = 200) -> web.Response:
+    response = json_response(pair, status=status)
+    response.headers["Cache-Control"] = "no-store"  # no cache or proxy keeps the tokens
+    return response
 
 
 def user_json(user: User) -> dict[str, Any]:
@@ -38,21 +86,36 @@ def user_json(user: User) -> dict[str, Any]:
     }
 
 
-async def _limit_by_ip(request: web.Request) -> None:
-    await enforce_rate_limit(request, "auth", client_ip(request),
-                             request.app[SETTINGS].rate_limit_auth)
+async def _limit_by_address(request: web.Request, scope: str, spec: str) -> None:
+    await enforce_rate_limit(request, scope, address_bucket(client_ip(request)), spec)
 
 
-async def _end_sessions(request: web.Request, user_id) -> None:  # noqa: ANN001 - UUID
-    """Close the user's sync sockets here at once, and on every other instance."""
-    request.app[REVOCATIONS].forget(user_id)
+async def _end_sessions(request: web.Request, user_id: UUID) -> None:
+    """Refuse the ended sessions' tokens and close the user's sync sockets, here at once
+    and on every other instance."""
+    request.app[SESSION_STATES].forget(user_id)
     request.app[REGISTRY].close_user(user_id)
     await publish_session_ended(request.app[REDIS], user_id)
 
 
+def _login_subject(app: web.Application, email: str, user: User | None,
+                   device_token: str | None) -> str:
+    """Whose wrong passwords this attempt counts with.
+
+    A device that signed in to this account before counts on its own, so a guesser
+    who pushes the account into backoff does not lock the owner out. Otherwise the
+    account: its id, so no spelling of the email starts a fresh count; an email with
+    no account counts too, so a 429 does not tell whether it has one.
+    """
+    if (user is not None and device_token is not None
+            and app[DEVICE_TOKENS].holder(device_token) == user.id):
+        return subject("device", device_token)
+    return subject("login", str(user.id) if user is not None else email.lower())
+
+
 @routes.post("/api/v1/auth/register")
 async def register(request: web.Request) -> web.Response:
-    await _limit_by_ip(request)
+    await _limit_by_address(request, "auth", request.app[SETTINGS].rate_limit_auth)
     body = await json_body(request)
     email = email_field(body)
     password = password_field(body)
@@ -60,38 +123,46 @@ async def register(request: web.Request) -> web.Response:
         user = await request.app[USERS].create(email, await hash_password(password))
     except EmailTaken:
         raise ApiError.conflict("an account with this email exists") from None
-    return json_response(await token_pair(request.app, user), status=201)
+    return token_response(await _new_session(request.app, user), status=201)
 
 
 @routes.post("/api/v1/auth/login")
 async def login(request: web.Request) -> web.Response:
-    await _limit_by_ip(request)
+    await _limit_by_address(request, "auth", request.app[SETTINGS].rate_limit_auth)
     body = await json_body(request)
     email = email_field(body)
     password = password_field(body)
+    device_token = optional_string_field(body, "device_token", max_len=512)
     user = await request.app[USERS].by_email(email)
+    counted = _login_subject(request.app, email, user, device_token)
+    await begin_password_check(request, counted)
     # Unknown email and wrong password take the same path and give the same answer.
     ok = await verify_password(user.password_hash if user else None, password)
     if user is None or not ok:
         raise ApiError.unauthorized("wrong email or password")
-    return json_response(await token_pair(request.app, user))
+    await request.app[LOGIN_FAILURES].succeeded(counted)
+    return token_response(await _new_session(request.app, user))
 
 
 @routes.post("/api/v1/auth/refresh")
 async def refresh(request: web.Request) -> web.Response:
-    await _limit_by_ip(request)
+    await _limit_by_address(request, "refresh", request.app[SETTINGS].rate_limit_refresh)
     token = string_field(await json_body(request), "refresh_token", max_len=512)
     result = await request.app[REFRESH_TOKENS].use(token)
+    if result.status == "reused":
+        # A stolen token was used by one party and now by another: the script has
+        # revoked the family, and its access tokens and sockets end too.
+        await _end_sessions(request, result.user_id)
     user = await request.app[USERS].by_id(result.user_id) if result.status == "ok" else None
-    if user is None:
-        # Unknown, expired, revoked, or reused (which has just revoked its family).
+    if user is None or result.generation is None:
+        # Unknown, expired, revoked, reused, or its user deleted.
         raise ApiError.unauthorized("invalid refresh token")
-    return json_response(await token_pair(request.app, user, result.family))
+    return token_response(await token_pair(request.app, user, result.generation, result.family))
 
 
 @routes.post("/api/v1/auth/logout")
 async def logout(request: web.Request) -> web.Response:
-    await _limit_by_ip(request)
+    await _limit_by_address(request, "refresh", request.app[SETTINGS].rate_limit_refresh)
     token = string_field(await json_body(request), "refresh_token", max_len=512)
     tokens = request.app[REFRESH_TOKENS]
     found = await tokens.family_of(token)
@@ -103,32 +174,44 @@ async def logout(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+async def _check_password(request: web.Request, user_id: UUID, password: str) -> User:
+    """The caller's account if ``password`` is its password; counted like a login.
+
+    A stolen access token buys a few guesses, not one per rate-limit slot.
+    """
+    user = await request.app[USERS].by_id(user_id)
+    if user is None:
+        raise ApiError.unauthorized("wrong password")
+    counted = subject("password", str(user.id))
+    await begin_password_check(request, counted)
+    if not await verify_password(user.password_hash, password):
+        raise ApiError.unauthorized("wrong password")
+    await request.app[LOGIN_FAILURES].succeeded(counted)
+    return user
+
+
 @routes.post("/api/v1/auth/password")
 async def change_password(request: web.Request) -> web.Response:
     claims = await authenticated_user(request)
     body = await json_body(request)
     current = password_field(body, "current_password")
     new = password_field(body, "new_password")
-    users = request.app[USERS]
-    user = await users.by_id(claims.user_id)
-    if user is None or not await verify_password(user.password_hash, current):
-        raise ApiError.unauthorized("wrong password")
-    await users.set_password_hash(user.id, await hash_password(new))
-    await request.app[REFRESH_TOKENS].revoke_user(user.id)
+    user = await _check_password(request, claims.user_id, current)
+    await request.app[USERS].set_password_hash(user.id, await hash_password(new))
+    generation = await request.app[REFRESH_TOKENS].revoke_user(user.id)
     await _end_sessions(request, user.id)
+    if generation is None:  # the account was deleted meanwhile
+        raise ApiError.unauthorized("wrong password")
     # Every earlier token is refused now; this device continues with a fresh pair.
-    return json_response(await token_pair(request.app, user))
+    return token_response(await token_pair(request.app, user, generation))
 
 
 @routes.delete("/api/v1/auth/account")
 async def delete_account(request: web.Request) -> web.Response:
     claims = await authenticated_user(request)
     password = password_field(await json_body(request))
-    users = request.app[USERS]
-    user = await users.by_id(claims.user_id)
-    if user is None or not await verify_password(user.password_hash, password):
-        raise ApiError.unauthorized("wrong password")
+    user = await _check_password(request, claims.user_id, password)
     await request.app[REFRESH_TOKENS].forget_user(user.id)
     await _end_sessions(request, user.id)
-    await users.delete(user.id)
+    await request.app[USERS].delete(user.id)
     return web.Response(status=204)

@@ -78,6 +78,8 @@ async def add_standard_headers(request: web.Request, response: web.StreamRespons
     """``on_response_prepare``: every response, the websocket upgrade included."""
     response.headers["X-Request-ID"] = request.get(REQUEST_ID) or str(uuid.uuid4())
     response.headers["X-Timestamp"] = _rfc3339(int(time.time()))
+    response.headers["X-Content-Type-Options"] = "nosniff"  # JSON is never run as a script
+    response.headers["Server"] = "modi-sync"  # aiohttp's default names its and Python's versions
     verdict = request.get(RATE_VERDICT)
     if verdict is not None:
         response.headers.update(rate_limit_headers(verdict))

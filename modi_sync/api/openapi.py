@@ -144,13 +144,19 @@ SPEC: dict[str, Any] = {
             },
             "TokenPair": _data({
                 "type": "object",
-                "required": ["user", "access_token", "refresh_token", "token_type", "expires_in"],
+                "required": ["user", "access_token", "refresh_token", "token_type", "expires_in",
+                             "device_token"],
                 "properties": {
                     "user": _ref("User"),
                     "access_token": {"type": "string"},
                     "refresh_token": {"type": "string"},
                     "token_type": {"const": "Bearer"},
                     "expires_in": {"type": "integer"},
+                    "device_token": {
+                        "type": "string",
+                        "description": "keep it and send it with the next login from this "
+                                       "device: guesses at the account by others do not "
+                                       "hold that login back"},
                 },
             }),
             "Document": {
@@ -185,7 +191,8 @@ SPEC: dict[str, Any] = {
                                "terms_version": {"type": "string"}},
             },
             "Login": {"type": "object", "required": ["email", "password"],
-                      "properties": {"email": _EMAIL, "password": _PASSWORD}},
+                      "properties": {"email": _EMAIL, "password": _PASSWORD,
+                                     "device_token": {"type": "string", "maxLength": 512}}},
             "RefreshToken": {"type": "object", "required": ["refresh_token"],
                              "properties": {"refresh_token": {"type": "string", "maxLength": 512}}},
             "Password": {"type": "object", "required": ["password"],

@@ -11,6 +11,7 @@ from aiohttp import web
 from .errors import ApiError
 
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
@@ -31,11 +32,22 @@ def string_field(body: dict[str, Any], field: str, *, min_len: int = 1, max_len:
         raise ApiError.validation(field, "required string")
     if not min_len <= len(value) <= max_len:
         raise ApiError.validation(field, f"length must be {min_len}..{max_len}")
+    if "\x00" in value:  # PostgreSQL text cannot hold it (a 500 if it got that far)
+        raise ApiError.validation(field, "must not contain NUL")
     return value
 
 
+def optional_string_field(body: dict[str, Any], field: str, *, max_len: int = 256) -> str | None:
+    if body.get(field) is None:
+        return None
+    return string_field(body, field, max_len=max_len)
+
+
 def email_field(body: dict[str, Any]) -> str:
-    email = string_field(body, "email", max_len=320).strip()
+    email = string_field(body, "email", max_len=320)
+    if _CONTROL.search(email):  # ESC and friends would be stored and shown as they are
+        raise ApiError.validation("email", "must not contain control characters")
+    email = email.strip()
     if not _EMAIL.fullmatch(email):
         raise ApiError.validation("email", "not an email address")
     return email
