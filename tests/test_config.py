@@ -26,6 +26,9 @@ def test_environment_values_are_converted_and_flags_win():
     ("MODI_LOG_FORMAT", "xml"),
     ("MODI_RATE_LIMIT_USER", "fast"),
     ("MODI_GC_FULL_SECONDS", "-1"),
+    ("JWT_SECRET", "x" * 31),
+    ("JWT_SECRET", "é" * 15),  # 30 bytes: the length is counted in bytes
+    ("MODI_JWT_PREVIOUS_SECRETS", "y" * 40 + ",short"),
 ])
 def test_unusable_values_are_refused(variable, value):
     with pytest.raises(ConfigError):
@@ -40,3 +43,11 @@ def test_the_smallest_pools_are_accepted():
 def test_the_cycle_collector_policy_can_be_turned_off():
     assert load_settings({}).gc_full_seconds == 600
     assert load_settings({"MODI_GC_FULL_SECONDS": "0"}).gc_full_seconds == 0
+
+
+def test_secrets_of_32_bytes_and_more_are_accepted():
+    settings = load_settings({"JWT_SECRET": "x" * 32,
+                              "MODI_JWT_PREVIOUS_SECRETS": "y" * 40 + ", " + "z" * 32})
+    assert settings.jwt_secret == "x" * 32
+    assert settings.jwt_previous_secrets == ("y" * 40, "z" * 32)
+    assert load_settings({"JWT_SECRET": ""}).jwt_secret is None  # unset: generated

@@ -103,3 +103,39 @@ async def test_cors_only_for_configured_origins(make_client):
     preflight = await client.options("/api/v1/auth/login", headers={
         "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
     assert "Access-Control-Allow-Origin" not in preflight.headers
+
+
+def _assert_hardened(headers) -> None:  # noqa: ANN001
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Server"] == "modi-sync"  # no aiohttp, no Python, no versions
+
+
+async def test_every_response_is_nosniff_and_names_no_versions(client):
+    pair = await register(client)
+    responses = [
+        await client.get("/health"),
+        await client.get("/api/v1/nothing-here"),  # aiohttp's 404, in our envelope
+        await client.get("/api/v1/docs"),  # 401
+        await client.post("/api/v1/auth/login", data=b"{", headers={
+            "Content-Type": "application/json"}),  # 400
+    ]
+    assert [r.status for r in responses] == [200, 404, 401, 400]
+    for resp in responses:
+        _assert_hardened(resp.headers)
+    ws = await client.session.ws_connect(ws_url(client, "default", pair["access_token"]))
+    assert ws._response.status == 101
+    _assert_hardened(ws._response.headers)
+    await ws.close()
+
+
+async def test_every_token_response_is_no_store(client):
+    pair = await register(client)
+    refreshed = await client.post("/api/v1/auth/refresh",
+                                  json={"refresh_token": pair["refresh_token"]})
+    changed = await client.post(
+        "/api/v1/auth/password",
+        json={"current_password": "correct horse", "new_password": "battery staple"},
+        headers={"Authorization": f"Bearer {(await refreshed.json())['data']['access_token']}"})
+    for resp in (refreshed, changed):
+        assert resp.status == 200
+        assert resp.headers["Cache-Control"] == "no-store"

@@ -70,3 +70,15 @@ def test_the_description_names_every_rest_route(api_schema, live_server):  # noq
             ("GET", "/api/v1/docs/{name}"), ("DELETE", "/api/v1/docs/{name}"),
             ("GET", "/api/v1/docs/{name}/update"), ("POST", "/api/v1/docs/{name}/update"),
             } <= documented
+
+
+def test_the_device_token_is_described():
+    from modi_sync.api.openapi import SPEC
+
+    schemas = SPEC["components"]["schemas"]
+    pair = schemas["TokenPair"]["properties"]["data"]
+    assert "device_token" in pair["required"]
+    assert pair["properties"]["device_token"]["type"] == "string"
+    login = schemas["Login"]
+    assert login["properties"]["device_token"] == {"type": "string", "maxLength": 512}
+    assert "device_token" not in login["required"]  # optional: additive to the contract

@@ -16,22 +16,12 @@ from modi_sync import tokens
 from modi_sync.keys import REDIS, REFRESH_TOKENS
 
 from .conftest import JWT_SECRET, register, ws_url
+from .frozen_clock import one_instant  # noqa: F401 - a fixture
 from .yclient import YClient, eventually
 
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-@pytest.fixture
-def one_instant(monkeypatch):  # noqa: ANN001, ANN201
-    """The wall clock stands still: everything below happens in the same millisecond.
-
-    A revocation by time (the token's ``iat`` against the time of the change) cannot
-    tell a token issued then from one issued before; one by generation can.
-    """
-    now = time.time()
-    monkeypatch.setattr(time, "time", lambda: now)
 
 
 async def _accepted(client, token: str) -> bool:  # noqa: ANN001
@@ -157,7 +147,8 @@ async def test_reuse_ends_the_familys_access_tokens_too(client):
         assert await _upgrade_status(client, token) == 401
 
 
-async def test_password_change_revokes_every_refresh_token(client, one_instant):
+@pytest.mark.usefixtures("one_instant")
+async def test_password_change_revokes_every_refresh_token(client):
     pair = await register(client)
     login = await client.post("/api/v1/auth/login", json={
         "email": pair["user"]["email"], "password": "correct horse"})
@@ -200,7 +191,8 @@ async def test_password_change_needs_the_current_password(client):
     assert (await _refresh(client, pair["refresh_token"])).status == 200
 
 
-async def test_account_deletion_erases_and_refuses_its_tokens(client, db, one_instant):
+@pytest.mark.usefixtures("one_instant")
+async def test_account_deletion_erases_and_refuses_its_tokens(client, db):
     pair = await register(client)
     user_id = uuid.UUID(pair["user"]["id"])
     sync = await YClient(client.session, ws_url(client, "default", pair["access_token"])).connect()
