@@ -13,13 +13,19 @@ from pycrdt import (
     create_sync_message,
     create_update_message,
     write_message,
+    write_var_uint,
 )
 
 from modi_sync.sync.protocol import (
     MESSAGE_AUTH,
     MESSAGE_QUERY_AWARENESS,
+    AwarenessEntry,
     Message,
     ProtocolError,
+    Reader,
+    TooManyEntries,
+    decode_state_vector,
+    parse_awareness,
     parse_message,
     sync_step2_message,
 )
@@ -126,3 +132,42 @@ def test_unknown_types_and_garbage_raise_protocol_error(frame):
 def test_protocol_error_is_a_value_error():
     # The handler catches it by name; callers that only know ValueError still see it.
     assert issubclass(ProtocolError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param(b"\x80" * 8 + b"\x01", id="nine-byte-varint"),
+        pytest.param(b"\xff" * (1 << 20), id="a-MiB-of-ff"),
+        pytest.param(b"\x00\x00" + b"\xff" * 100 + b"\x01", id="long-length-prefix"),
+        pytest.param(b"\xff\xff\xff\xff\xff\xff\xff\x7f", id="past-2^53"),
+    ],
+)
+def test_var_uints_are_bounded(frame):
+    with pytest.raises(ProtocolError):
+        parse_message(frame)
+
+
+def test_the_largest_javascript_integer_still_reads():
+    assert Reader(write_var_uint(2**53 - 1)).var_uint() == 2**53 - 1
+
+
+def test_state_vectors_are_bounded_by_their_bytes():
+    doc = _doc_with_content()
+    assert decode_state_vector(doc.get_state()) == {doc.client_id: 3}  # a map and two keys
+    with pytest.raises(ProtocolError):
+        decode_state_vector(write_var_uint(2**40) + b"\x01\x01")  # a count past its bytes
+
+
+def test_awareness_entries_are_measured_not_decoded():
+    awareness = Awareness(Doc())
+    awareness.set_local_state({"user": "a"})
+    present = awareness.encode_awareness_update([awareness.client_id])
+    awareness.set_local_state(None)
+    gone = awareness.encode_awareness_update([awareness.client_id])
+    assert parse_awareness(present, 8) == [AwarenessEntry(awareness.client_id, 1, 12)]
+    assert parse_awareness(gone, 8) == [AwarenessEntry(awareness.client_id, 2, 0)]
+    with pytest.raises(TooManyEntries):
+        parse_awareness(write_var_uint(9) + b"\x01\x01\x00" * 9, 8)
+    with pytest.raises(ProtocolError):
+        parse_awareness(write_var_uint(1) + b"\x01\x01\x05ab", 8)  # a state cut short
