@@ -56,7 +56,8 @@ from .sync.bus import Gaps, UpdatePublisher
 from .sync.handler import DOC_NAME, sync_endpoint
 from .sync.keepalive import KeepAlive
 from .sync.listener import RedisListener
-from .sync.registry import AutoCompaction, RoomRegistry
+from .sync.registry import AutoCompaction, Quota, RoomRegistry
+from .sync.room import RoomLimits
 from .sync.writer import GroupCommitWriter
 from .tokens import AccessTokens, load_or_create_secret
 
@@ -159,8 +160,13 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
     registry = RoomRegistry(
         loads, writer,
         idle_seconds=settings.room_idle_seconds,
-        max_document_bytes=settings.max_document_bytes,
+        limits=RoomLimits(
+            max_bytes=settings.max_document_bytes,
+            max_pending_bytes=settings.max_pending_bytes,
+            max_awareness_clients=settings.max_awareness_clients,
+            max_awareness_bytes=settings.max_awareness_bytes),
         max_connections_per_user=settings.max_connections_per_user,
+        quota=Quota(settings.max_documents_per_user, settings.max_user_bytes),
         auto_compaction=AutoCompaction(
             compact, settings.auto_compact_updates, settings.auto_compact_bytes,
             settings.auto_compact_interval),

@@ -37,6 +37,14 @@ FROM unnest($1::uuid[]) AS w(user_id)
 CROSS JOIN LATERAL (SELECT name FROM documents WHERE user_id = w.user_id LIMIT $2) d
 """
 
+# How many documents each of many users has, and their stored bytes.
+_TOTALS_MANY = """
+SELECT d.user_id, count(DISTINCT d.id), coalesce(sum(octet_length(u.data)), 0)::bigint
+FROM documents d LEFT JOIN doc_updates u ON u.doc_id = d.id
+WHERE d.user_id = ANY($1::uuid[])
+GROUP BY d.user_id
+"""
+
 # The ids of many documents, each made if it has no row. A document made by a
 # concurrent transaction after this statement's snapshot is neither found nor made
 # here: the caller asks again. New rows go in in (user, name) order: two batches (two
@@ -73,6 +81,7 @@ RETURNING seq
 """
 
 _EXISTING = "SELECT id FROM documents WHERE id = ANY($1::bigint[])"
+_USERS_EXISTING = "SELECT id FROM users WHERE id = ANY($1::uuid[])"
 
 _INFO_SELECT = """
 SELECT d.id, d.user_id, d.name,
@@ -131,6 +140,14 @@ class StoredDocument:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredTotals:
+    """What one user has stored: their documents and the bytes of their updates."""
+
+    documents: int
+    bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class DocumentInfo:
     doc_id: int
     user_id: UUID
@@ -178,13 +195,14 @@ class UpdateLog:
             await self._pool.close()
 
     async def warm_up(self) -> None:
-        """Plan the load, make, append and names statements now, not on the first client's
-        clock."""
+        """Plan the load, make, append, names and totals statements now, not on the first
+        client's clock."""
         async with self._pool.acquire() as conn:
             await conn.fetch(_LOAD_MANY, [], [])
             await conn.fetch(_MAKE_MANY, [], [])
             await conn.fetch(_APPEND, [], [])
             await conn.fetch(_NAMES_MANY, [], 0)
+            await conn.fetch(_TOTALS_MANY, [])
 
     async def load(self, user_id: UUID, name: str, *, create: bool = True) -> StoredDocument | None:
         """The user's document ``name`` and its stored updates; None if it has no row.
@@ -193,8 +211,7 @@ class UpdateLog:
         server makes rows with their first update, see ``create_documents``).
         """
         stored = (await self.load_many([(user_id, name)]))[0]
-        if stored is None and create:
-            await self.create_documents([(user_id, name)])
+        if stored is None and create and (await self.create_documents([(user_id, name)]))[0]:
             stored = (await self.load_many([(user_id, name)]))[0]
         return stored
 
@@ -223,17 +240,33 @@ class UpdateLog:
                     names[user_id] = None
         return names
 
-    async def create_documents(self, keys: Sequence[tuple[UUID, str]]) -> list[int]:
-        """The ids of these (user, name) documents, each made if it has no row yet."""
-        ids: dict[int, int] = {}
+    async def totals_many(self, user_ids: Sequence[UUID]) -> dict[UUID, StoredTotals]:
+        """Each user's stored totals (users with nothing stored get zeros)."""
+        totals = dict.fromkeys(user_ids, StoredTotals(0, 0))
+        for user_id, documents, size in await self._pool.fetch(_TOTALS_MANY, list(user_ids)):
+            totals[user_id] = StoredTotals(documents, size)
+        return totals
+
+    async def create_documents(self, keys: Sequence[tuple[UUID, str]]) -> list[int | None]:
+        """The ids of these (user, name) documents, each made if it has no row yet;
+        None for a document whose user no longer exists (deleted meanwhile)."""
+        ids: dict[int, int | None] = {}
         todo = list(range(len(keys)))
         async with self._pool.acquire() as conn:
             while todo:
-                rows = await conn.fetch(_MAKE_MANY, [keys[i][0] for i in todo],
-                                        [keys[i][1] for i in todo])
+                try:
+                    rows = await conn.fetch(_MAKE_MANY, [keys[i][0] for i in todo],
+                                            [keys[i][1] for i in todo])
+                except asyncpg.ForeignKeyViolationError:
+                    rows = []  # a user was deleted while the statement ran: look again
                 for o, doc_id in rows:
                     ids[todo[o - 1]] = doc_id
-                todo = [i for i in todo if i not in ids]  # a concurrent insert won
+                todo = [i for i in todo if i not in ids]  # a concurrent insert won, or ...
+                if todo:  # ... the user is gone: no row can ever be made for them
+                    users = await conn.fetch(_USERS_EXISTING, list({keys[i][0] for i in todo}))
+                    alive = {r[0] for r in users}
+                    ids.update((i, None) for i in todo if keys[i][0] not in alive)
+                    todo = [i for i in todo if i not in ids]
         return [ids[i] for i in range(len(keys))]
 
     async def list_documents(

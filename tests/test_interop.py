@@ -401,3 +401,14 @@ def test_providers_behind_nginx_ride_out_a_rolling_restart(
     finally:
         proxy.stop()
         other.kill()
+
+
+def test_a_provider_whose_update_is_over_the_frame_limit_is_told_1009(
+    server: ServerProcess, node: NodeDriver
+):
+    """A 32 MiB update against the 4 MiB frame limit: the server closes while the provider
+    is still sending, and the provider must read 1009, not a reset (1006)."""
+    token = server.register()["access_token"]
+    node.connect(server, "a", "default", token)
+    node.edit({"op": "blob", "id": "a", "root": "workouts", "key": "big", "size": 32 << 20})
+    assert node.call("wait_close", id="a")["closes"][0] == 1009

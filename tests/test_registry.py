@@ -13,7 +13,7 @@ import pytest
 from pycrdt import Doc, Map
 
 from modi_sync.sync.registry import DocumentNotFound, RoomRegistry
-from modi_sync.sync.room import Room
+from modi_sync.sync.room import Room, RoomLimits
 from modi_sync.sync.writer import GroupCommitWriter
 from storage.doc_events import UPDATE, DocEvent
 from storage.update_log import UpdateLog
@@ -53,7 +53,7 @@ async def log(pool: asyncpg.Pool) -> CountingLog:
 async def registry(log: CountingLog) -> AsyncIterator[RoomRegistry]:
     writer = GroupCommitWriter(log)
     await writer.start()
-    registry = RoomRegistry(log, writer, idle_seconds=30, max_document_bytes=1 << 20,
+    registry = RoomRegistry(log, writer, idle_seconds=30, limits=RoomLimits(max_bytes=1 << 20),
                             max_connections_per_user=8)
     try:
         yield registry
@@ -181,7 +181,7 @@ async def test_after_a_catch_up_the_names_are_read_again(registry, log, user_id,
 async def test_a_room_written_here_is_loaded_after_it_leaves_memory(log, user_id):
     writer = GroupCommitWriter(log)
     await writer.start()
-    registry = RoomRegistry(log, writer, idle_seconds=0.05, max_document_bytes=1 << 20,
+    registry = RoomRegistry(log, writer, idle_seconds=0.05, limits=RoomLimits(max_bytes=1 << 20),
                             max_connections_per_user=8)
     try:
         present = RecordingConnection(user_id)  # keeps the user's names in memory meanwhile

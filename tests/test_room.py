@@ -29,8 +29,10 @@ from modi_sync.sync.room import (
     DocumentUnavailable,
     InvalidUpdate,
     Room,
+    RoomLimits,
 )
 from modi_sync.sync.writer import GroupCommitWriter, WriteFailed
+from storage.rate_limits import Limit
 from storage.update_log import UpdateLog
 from storage.users import UserStore
 
@@ -73,7 +75,7 @@ class RecordingConnection(Connection):
         super().__init__(
             SimpleNamespace(transport=self.transport),  # type: ignore[arg-type]
             SimpleNamespace(closed=False),  # type: ignore[arg-type]
-            user_id, max_queue_bytes=1 << 20,
+            user_id, max_queue_bytes=1 << 20, message_limit=Limit(1000, 1),
         )
         self.closed_with: int | None = None
 
@@ -117,13 +119,13 @@ class RoomFactory:
         name = name or f"doc-{uuid.uuid4().hex[:8]}"
         stored = await self.log.load(self.user_id, name)
         return Room((self.user_id, name), stored.doc_id, stored.updates, self.writer,
-                    max_bytes=max_bytes, on_broken=self.broken.append)
+                    limits=RoomLimits(max_bytes=max_bytes), on_broken=self.broken.append)
 
     async def loaded(self, updates: list[bytes]) -> Room:
         """A room of a real (empty) document, loaded as if ``updates`` were its stored rows."""
         stored = await self.log.load(self.user_id, f"doc-{uuid.uuid4().hex[:8]}")
         return Room((self.user_id, "loaded"), stored.doc_id, updates, self.writer,
-                    max_bytes=1 << 20, on_broken=self.broken.append)
+                    limits=RoomLimits(max_bytes=1 << 20), on_broken=self.broken.append)
 
     async def rows(self, room: Room) -> list[bytes]:
         records = await self.pool.fetch(
@@ -377,8 +379,8 @@ async def test_awareness_is_tracked_per_connection_relayed_and_removed_on_leave(
 
     room.apply_awareness(a, payload, message)
 
-    assert a.awareness_ids == {aw_a.client_id}
-    assert b.awareness_ids == set()
+    assert a.awareness == {aw_a.client_id: len(b'{"user":"a"}')}
+    assert b.awareness == {}
     assert room.awareness.states[aw_a.client_id] == {"user": "a"}
     assert b.sent == [message] and a.sent == []
     # A newcomer is told about it.
@@ -390,7 +392,8 @@ async def test_awareness_is_tracked_per_connection_relayed_and_removed_on_leave(
     room.remove(a)
 
     assert aw_a.client_id not in room.awareness.states
-    assert a.awareness_ids == set()
+    assert aw_a.client_id not in room.awareness.meta  # pycrdt's clock of it goes too
+    assert a.awareness == {}
     assert len(b.sent) == 2
     # What b got is a removal its own Awareness understands.
     removal = parse_message(b.sent[1])
@@ -410,7 +413,7 @@ async def test_awareness_cleared_by_the_client_is_forgotten(rooms):
     _, payload = _awareness_update(None, aw)  # the client says it is gone itself
     room.apply_awareness(a, payload, b"m2")
 
-    assert a.awareness_ids == set()
+    assert a.awareness == {aw.client_id: 0}  # still its client, with no state
     assert aw.client_id not in room.awareness.states
     room.remove(a)
     assert b.sent == [b"m1", b"m2"]  # no removal of its own: nothing left to remove
@@ -442,7 +445,7 @@ async def test_failed_write_closes_the_connections_and_breaks_the_room(rooms):
     """A batch PostgreSQL cannot take (a document id outside bigint) fails as a whole."""
     good = await rooms.open()
     broken = Room((rooms.user_id, "broken"), 2**63, [], rooms.writer,
-                  max_bytes=1 << 20, on_broken=rooms.broken.append)
+                  limits=RoomLimits(max_bytes=1 << 20), on_broken=rooms.broken.append)
     conn = RecordingConnection(rooms.user_id)
     broken.add(conn)
 

@@ -10,24 +10,33 @@ Frames queued during one turn of the event loop leave in one write at its end (a
 group commit hands a room many updates at once): one system call per peer and turn,
 not per message.
 
-The transport buffers what the peer has not read yet. A peer whose buffer passes
-``max_queue_bytes`` has stopped reading: it is dropped, not buffered without end. A
-peer that went silent is found by the keep-alive sweep (keepalive.py), which reads and
-sets ``heard`` and ``pinged``.
+Every byte waiting for a peer counts against ``max_queue_bytes``: the frames queued
+for the end of the turn and what the transport holds that the peer has not read yet.
+A peer past it has stopped reading: it is dropped, not buffered without end. A reply
+to a sync step 1 (a whole document, perhaps) is written at once and the connection
+reads nothing more until the transport has taken it (``send_reply``), so a client that
+asks again and again without reading has at most one reply in flight. A peer that
+went silent is found by the keep-alive sweep (keepalive.py), which reads and sets
+``heard`` and ``pinged``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
+import time
 from uuid import UUID
 
 from aiohttp import WSCloseCode, web
 
+from storage.rate_limits import Limit
+
 log = logging.getLogger(__name__)
 
 CLOSE_SESSION_ENDED = 4401
+CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455: a temporary condition; clients reconnect later
 
 _FIN_BINARY = 0x82
 _PING = b"\x89\x00"  # a final ping frame without payload
@@ -45,9 +54,31 @@ def frame(message: bytes) -> bytes:
     return header + message
 
 
+class MessageBudget:
+    """A token bucket: ``limit.requests`` messages at once, then that many per
+    ``limit.window_seconds``."""
+
+    __slots__ = ("_burst", "_rate", "_tokens", "_at")
+
+    def __init__(self, limit: Limit) -> None:
+        self._burst = float(limit.requests)
+        self._rate = limit.requests / limit.window_seconds
+        self._tokens = self._burst
+        self._at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
 class Connection:
-    __slots__ = ("ws", "user_id", "awareness_ids", "heard", "pinged", "_transport",
-                 "_max_queue_bytes", "_closing", "_out")
+    __slots__ = ("ws", "user_id", "awareness", "heard", "pinged",
+                 "budget", "_transport", "_max_queue_bytes", "_closing", "_out", "_queued")
 
     def __init__(
         self,
@@ -55,16 +86,19 @@ class Connection:
         ws: web.WebSocketResponse,
         user_id: UUID,
         max_queue_bytes: int,
+        message_limit: Limit,
     ) -> None:
         self.ws = ws
         self.user_id = user_id
-        self.awareness_ids: set[int] = set()
+        self.awareness: dict[int, int] = {}  # awareness client it speaks for -> state bytes
         self.heard = True  # something arrived since the last keep-alive sweep
         self.pinged = False  # the last sweep sent a ping
+        self.budget = MessageBudget(message_limit)
         self._transport = request.transport
         self._max_queue_bytes = max_queue_bytes
         self._closing: asyncio.Task[None] | None = None
         self._out: list[bytes] | None = None  # frames waiting for the end of this turn
+        self._queued = 0  # their bytes
 
     @property
     def closing(self) -> bool:
@@ -74,7 +108,15 @@ class Connection:
         self.send_frame(frame(message))
 
     def send_frame(self, data: bytes) -> None:
-        if self.closing:
+        transport = self._transport
+        if self.closing or transport is None:
+            return
+        self._queued += len(data)
+        waiting = self._queued + transport.get_write_buffer_size()
+        if waiting > self._max_queue_bytes:
+            # It is not reading, so it would not read a close frame either: drop it.
+            self._out, self._queued = None, 0
+            self.abort(f"it stopped reading ({waiting} bytes waiting)")
             return
         if self._out is None:
             self._out = [data]
@@ -84,16 +126,30 @@ class Connection:
 
     def flush(self) -> None:
         """Write the frames queued so far; it runs by itself at the end of the turn."""
-        out, self._out = self._out, None
+        out, self._out, self._queued = self._out, None, 0
         transport = self._transport
         if not out or transport is None or transport.is_closing():
             return
         transport.write(out[0] if len(out) == 1 else b"".join(out))
-        if transport.get_write_buffer_size() > self._max_queue_bytes:
-            # It is not reading, so it would not read a close frame either: drop it.
-            log.warning("dropping a client that stopped reading (%d bytes waiting)",
-                        transport.get_write_buffer_size())
-            transport.abort()
+
+    async def send_reply(self, message: bytes) -> None:
+        """Send ``message`` after what is queued; return once the transport has room
+        again. The caller reads nothing more meanwhile: at most one reply in flight.
+
+        aiohttp's own writer does the waiting: the sync socket is made with a writer
+        limit of 0, so each of its frames waits while the transport is over its high
+        mark (the peer is not reading).
+        """
+        self.flush()  # what was queued before goes first
+        transport = self._transport
+        if self.closing or transport is None:
+            return
+        waiting = len(message) + transport.get_write_buffer_size()
+        if waiting > self._max_queue_bytes:
+            self.abort(f"it stopped reading ({waiting} bytes waiting)")
+            return
+        with contextlib.suppress(ConnectionError):  # it went away; the receive loop ends
+            await self.ws.send_bytes(message)
 
     def ping(self) -> None:
         self.send_frame(_PING)

@@ -4,26 +4,94 @@ Authentication happens before the upgrade (401 in the error envelope). After it 
 protocol is y-websocket's, unchanged: the server sends sync step 1 and the awareness
 states it knows, answers step 1 with step 2, and treats step 2 and update messages as
 updates (apply, store, then fan out).
+
+One client must not hold the event loop or the server's memory: each message is
+decoded with bounds (protocol.py) before a room sees it, the loop yields to others
+after each message, a connection may send only so many messages (``MessageBudget``),
+and it reads nothing more while its last reply to a step 1 waits for it to read.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from pycrdt import YMessageType, YSyncMessageType
 
+from storage.rate_limits import Limit
+
 from ..access import authenticate
 from ..keys import REGISTRY, SETTINGS, WRITER
-from .connection import Connection
+from .connection import CLOSE_TRY_AGAIN_LATER, Connection
 from .protocol import MESSAGE_QUERY_AWARENESS, ProtocolError, parse_message
+from .quota import QuotaExceeded
 from .registry import TooManyConnections
-from .room import DocumentTooLarge, DocumentUnavailable, InvalidUpdate, Room
-from .writer import WriteFailed
+from .room import (
+    AwarenessTooLarge,
+    DocumentTooLarge,
+    DocumentUnavailable,
+    InvalidUpdate,
+    Room,
+    TooManyAwarenessClients,
+    UpdatesDoNotIntegrate,
+)
+from .writer import GroupCommitWriter, WriteFailed
 
 log = logging.getLogger(__name__)
 
 DOC_NAME = r"[A-Za-z0-9._-]{1,64}"
+
+# After a frame over the size limit: how long the socket keeps reading (and dropping)
+# what the peer still sends, so that the close frame reaches it (see SyncWebSocket).
+OVERSIZE_LINGER_SECONDS = 2.0
+
+# What closes a connection, and how: (close code, reason).
+_CLOSES: dict[type[Exception], tuple[int, str]] = {
+    ProtocolError: (WSCloseCode.UNSUPPORTED_DATA, "invalid message"),
+    InvalidUpdate: (WSCloseCode.UNSUPPORTED_DATA, "invalid message"),
+    DocumentTooLarge: (WSCloseCode.MESSAGE_TOO_BIG, "document size limit reached"),
+    QuotaExceeded: (WSCloseCode.MESSAGE_TOO_BIG, "storage quota reached"),
+    AwarenessTooLarge: (WSCloseCode.MESSAGE_TOO_BIG, "awareness state too large"),
+    TooManyAwarenessClients: (WSCloseCode.POLICY_VIOLATION, "too many awareness clients"),
+    UpdatesDoNotIntegrate: (WSCloseCode.POLICY_VIOLATION, "updates do not integrate"),
+}
+
+
+class SyncWebSocket(web.WebSocketResponse):
+    """aiohttp's websocket, except after a frame over the size limit.
+
+    aiohttp answers such a frame with a 1009 close frame and closes the socket at
+    once, while the peer is still sending the rest of the frame. Closing a socket with
+    unread input makes the kernel send a reset, and the peer's kernel may then drop
+    the close frame unread: the client sees 1006, not 1009. Here the socket stays open
+    a little longer (``linger``), aiohttp reading and dropping what arrives, so the
+    close frame is read first. This overrides aiohttp's ``_close_transport``, a private
+    hook: tests/test_hostile_sync.py checks the 1009 arrives.
+    """
+
+    oversized = False  # a frame over the size limit arrived
+
+    async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"",
+                    drain: bool = True) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG:
+            self.oversized = True
+        return await super().close(code=code, message=message, drain=drain)
+
+    def _close_transport(self) -> None:
+        if not self.oversized:
+            super()._close_transport()
+
+    async def linger(self, request: web.Request) -> None:
+        """Keep reading (and dropping) for a moment, then close the socket."""
+        transport = request.transport
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + OVERSIZE_LINGER_SECONDS
+        # Polled: aiohttp offers no event for the peer's close here.
+        while transport is not None and not transport.is_closing() and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        self.oversized = False
+        self._close_transport()
 
 
 async def sync_endpoint(request: web.Request) -> web.StreamResponse:
@@ -35,10 +103,13 @@ async def sync_endpoint(request: web.Request) -> web.StreamResponse:
     # No compression: every peer of a room is sent the same frame (see connection.py).
     # No heartbeat and no autoping: the keep-alive sweep (keepalive.py) pings silent
     # peers, and this loop answers pings and notes every frame, pongs included.
-    ws = web.WebSocketResponse(max_msg_size=settings.max_frame_bytes, autoping=False,
-                               compress=False)
+    # Writer limit 0: every frame aiohttp writes (replies to step 1) waits while the
+    # peer is not reading (Connection.send_reply).
+    ws = SyncWebSocket(max_msg_size=settings.max_frame_bytes, autoping=False,
+                       compress=False, writer_limit=0)
     await ws.prepare(request)
-    conn = Connection(request, ws, claims.user_id, settings.max_send_queue_bytes)
+    conn = Connection(request, ws, claims.user_id, settings.max_send_queue_bytes,
+                      Limit.parse(settings.ws_message_limit))
     try:
         room = await registry.join((claims.user_id, name), conn)
     except TooManyConnections:
@@ -57,6 +128,8 @@ async def sync_endpoint(request: web.Request) -> web.StreamResponse:
     finally:
         registry.leave(room, conn)
         await conn.finish()
+    if ws.oversized:
+        await ws.linger(request)
     return ws
 
 
@@ -65,6 +138,10 @@ async def _receive_loop(request: web.Request, conn: Connection, room: Room) -> N
     async for msg in conn.ws:
         conn.heard = True
         if conn.closing:
+            return
+        if not conn.budget.take():
+            log.info("closing a connection that sent too many messages")
+            conn.close(CLOSE_TRY_AGAIN_LATER, "too many messages")
             return
         if msg.type is WSMsgType.PING:
             await conn.ws.pong(msg.data)
@@ -76,28 +153,32 @@ async def _receive_loop(request: web.Request, conn: Connection, room: Room) -> N
                 conn.close(WSCloseCode.UNSUPPORTED_DATA, "binary frames only")
             return  # ERROR (e.g. a frame over the size limit): aiohttp closed it already
         try:
-            message = parse_message(msg.data)
-            if message.type == YMessageType.SYNC:
-                if message.sync_type == YSyncMessageType.SYNC_STEP1:
-                    reply, ticket = room.sync_step2(message.payload)
-                    # The reply may hold updates still on their way to storage: it
-                    # leaves only once they are stored.
-                    await writer.wait_committed(ticket)
-                    conn.send(reply)
-                else:
-                    room.apply_update(message.payload, conn)
-            elif message.type == YMessageType.AWARENESS:
-                room.apply_awareness(conn, message.payload, msg.data)
-            elif message.type == MESSAGE_QUERY_AWARENESS:
-                awareness = room.awareness_message()
-                if awareness is not None:
-                    conn.send(awareness)
-        except (ProtocolError, InvalidUpdate) as exc:
-            log.info("closing a connection that sent an invalid message: %s", exc)
-            conn.close(WSCloseCode.UNSUPPORTED_DATA, "invalid message")
-            return
-        except DocumentTooLarge:
-            conn.close(WSCloseCode.MESSAGE_TOO_BIG, "document size limit reached")
+            await _handle(msg.data, conn, room, writer)
+        except tuple(_CLOSES) as exc:
+            code, reason = _CLOSES[type(exc)]
+            log.info("closing a connection: %s (%s)", reason, exc)
+            conn.close(code, reason)
             return
         except (WriteFailed, DocumentUnavailable):
             return  # the room closed every connection already
+        # One client's burst of buffered messages must not keep the others waiting.
+        await asyncio.sleep(0)
+
+
+async def _handle(data: bytes, conn: Connection, room: Room, writer: GroupCommitWriter) -> None:
+    message = parse_message(data)
+    if message.type == YMessageType.SYNC:
+        if message.sync_type == YSyncMessageType.SYNC_STEP1:
+            reply, ticket = room.sync_step2(message.payload)
+            # The reply may hold updates still on their way to storage: it leaves only
+            # once they are stored.
+            await writer.wait_committed(ticket)
+            await conn.send_reply(reply)
+        else:
+            room.apply_update(message.payload, conn)
+    elif message.type == YMessageType.AWARENESS:
+        room.apply_awareness(conn, message.payload, data)
+    elif message.type == MESSAGE_QUERY_AWARENESS:
+        awareness = room.awareness_message()
+        if awareness is not None:
+            conn.send(awareness)

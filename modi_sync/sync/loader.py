@@ -20,9 +20,10 @@ a catch-up re-applies each room's whole stored state (``registry.catch_up``): a 
 large rooms could hold the event loop for seconds. So the handover lets the loop run
 whenever it has taken ``HANDOVER_SLICE`` seconds; the next batch still waits for it.
 
-A load may also ask for the names of its user's documents (``names.py``): they are
-read in the same batch, by a second statement, and handed to ``listed`` after the
-loads. A failure to read them costs only the lists.
+A load may also ask for the names of its user's documents (``names.py``) and the
+user's stored totals (``quota.py``): they are read in the same batch, by two more
+statements, and handed to ``listed`` after the loads. A failure to read them costs
+only the lists and totals.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from storage.doc_events import DocKey
 from .names import MAX_LISTED_NAMES
 
 if TYPE_CHECKING:
-    from storage.update_log import StoredDocument, UpdateLog
+    from storage.update_log import StoredDocument, StoredTotals, UpdateLog
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,12 @@ HANDOVER_SLICE = 0.005  # seconds of callbacks before the event loop gets a turn
 
 # Called once per load: the stored document, None (no row), or why the batch failed.
 LoadDone = Callable[[DocKey, "StoredDocument | None | Exception"], None]
-# Called once per user whose names were asked for: the names, or None (failed, too many).
-Listed = Callable[[UUID, list[str] | None], None]
+# Called once per user whose names were asked for: the names, or None (failed, too
+# many), and the user's stored totals, or None (failed).
+Listed = Callable[[UUID, "list[str] | None", "StoredTotals | None"], None]
 
 
-def _ignore(user_id: UUID, names: list[str] | None) -> None:
+def _ignore(user_id: UUID, names: list[str] | None, totals: StoredTotals | None) -> None:
     pass
 
 
@@ -93,10 +95,11 @@ class DocumentLoader:
     async def _run(self, batch: list[DocKey], users: list[UUID]) -> None:
         results: list[StoredDocument | None] | list[Exception]
         names: dict[UUID, list[str] | None] = {}
+        totals: dict[UUID, StoredTotals] = {}
         try:
             results = await self._log.load_many(batch)
             if users:
-                names = await self._names(users)
+                names, totals = await self._names(users)
         except Exception as exc:
             results = [exc] * len(batch)
         try:
@@ -111,13 +114,16 @@ class DocumentLoader:
                 except Exception:  # one caller's bug must not strand the others
                     log.exception("handing over the load of %s/%s failed", *key)
             for user_id in users:  # after the loads: a list is kept while its user has a room
-                self._listed(user_id, names.get(user_id))
+                self._listed(user_id, names.get(user_id), totals.get(user_id))
         finally:
             self._start_batch()
 
-    async def _names(self, users: list[UUID]) -> dict[UUID, list[str] | None]:
+    async def _names(
+        self, users: list[UUID]
+    ) -> tuple[dict[UUID, list[str] | None], dict[UUID, StoredTotals]]:
         try:
-            return await self._log.names_many(users, MAX_LISTED_NAMES)
+            return (await self._log.names_many(users, MAX_LISTED_NAMES),
+                    await self._log.totals_many(users))
         except Exception as exc:  # the loads still stand; these users go without a list
             log.warning("reading the document names of %d users failed: %s", len(users), exc)
-            return {}
+            return {}, {}

@@ -29,11 +29,12 @@ from storage.doc_events import DELETED, UPDATE, DocEvent
 from .connection import CLOSE_SESSION_ENDED
 from .loader import DocumentLoader
 from .names import DocumentNames
-from .room import Room, RoomKey
+from .quota import Usage
+from .room import Room, RoomKey, RoomLimits
 from .writer import WriteFailed
 
 if TYPE_CHECKING:
-    from storage.update_log import Compaction, StoredDocument, UpdateLog
+    from storage.update_log import Compaction, StoredDocument, StoredTotals, UpdateLog
 
     from .connection import Connection
     from .writer import GroupCommitWriter
@@ -52,6 +53,12 @@ class DocumentNotFound(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Quota:
+    max_documents: int  # per user
+    max_bytes: int  # stored, per user
+
+
+@dataclass(frozen=True, slots=True)
 class AutoCompaction:
     compact: Callable[[int], Awaitable[Compaction]]
     max_updates: int
@@ -66,8 +73,9 @@ class RoomRegistry:
         writer: GroupCommitWriter,
         *,
         idle_seconds: float,
-        max_document_bytes: int,
+        limits: RoomLimits,
         max_connections_per_user: int,
+        quota: Quota | None = None,
         auto_compaction: AutoCompaction | None = None,
         instance: uuid.UUID | None = None,
     ) -> None:
@@ -75,7 +83,8 @@ class RoomRegistry:
         self._loader = DocumentLoader(update_log, self._loaded, self._listed)
         self._writer = writer
         self._idle_seconds = idle_seconds
-        self._max_document_bytes = max_document_bytes
+        self._limits = limits
+        self._quota = quota
         self._max_connections_per_user = max_connections_per_user
         self._auto = auto_compaction
         self.rooms: dict[RoomKey, Room] = {}
@@ -86,6 +95,7 @@ class RoomRegistry:
         self._compacting: set[RoomKey] = set()
         self._per_user: Counter[UUID] = Counter()
         self._names = DocumentNames()  # of the users with rooms here
+        self._usage: dict[UUID, Usage] = {}  # of the users with rooms here, once read
         self._rooms_of: Counter[UUID] = Counter()
 
     def connections_of(self, user_id: UUID) -> int:
@@ -147,17 +157,21 @@ class RoomRegistry:
             else:
                 future.set_result(room)
 
-    def _listed(self, user_id: UUID, names: list[str] | None) -> None:
-        if self._rooms_of[user_id]:
-            self._names.listed(user_id, names)
-        else:  # the load failed, or the user's rooms left meanwhile
+    def _listed(self, user_id: UUID, names: list[str] | None,
+                stored: StoredTotals | None) -> None:
+        if not self._rooms_of[user_id]:  # the load failed, or the user's rooms left meanwhile
             self._names.forget(user_id)
+            return
+        self._names.listed(user_id, names)
+        if stored is not None and self._quota is not None:
+            self._usage[user_id] = Usage(stored.documents, stored.bytes,
+                                         self._quota.max_documents, self._quota.max_bytes)
 
     def _make_room(self, key: RoomKey, stored: StoredDocument | None) -> Room:
         doc_id, updates = (stored.doc_id, stored.updates) if stored else (None, [])
         room = Room(
             key, doc_id, updates, self._writer,
-            max_bytes=self._max_document_bytes,
+            limits=self._limits, usage_of=self._usage.get,
             on_broken=self._discard, on_grown=self._maybe_compact,
         )
         self.rooms[key] = room
@@ -231,6 +245,7 @@ class RoomRegistry:
             if not self._rooms_of[key[0]]:
                 del self._rooms_of[key[0]]
                 self._names.forget(key[0])
+                self._usage.pop(key[0], None)
         self._cancel_idle(key)
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -243,6 +258,9 @@ class RoomRegistry:
     def drop_document(self, key: RoomKey) -> None:
         """The document was erased: close its sockets (4404) and forget its room."""
         room = self.rooms.get(key)
+        usage = self._usage.get(key[0])
+        if usage is not None:  # without its room here, its bytes are unknown: kept
+            usage.removed(room.stored_bytes if room else 0, document=True)
         if room is not None:
             room.close_all(CLOSE_DOCUMENT_DELETED, "document deleted")
             self._discard(room)
@@ -252,6 +270,9 @@ class RoomRegistry:
         for event in events:
             if event.kind == UPDATE:
                 self._names.add(event.key)  # made elsewhere, perhaps
+                usage = self._usage.get(event.key[0])
+                if usage is not None:
+                    usage.stored(len(event.update))
             room = self.rooms.get(event.key)
             if room is None:
                 continue  # not in memory here: the next load reads it from storage
@@ -329,6 +350,9 @@ class RoomRegistry:
             return
         room.compacted(result.updates_before - result.updates_after,
                        result.bytes_before - result.bytes_after)
+        usage = self._usage.get(room.key[0])
+        if usage is not None:
+            usage.removed(result.bytes_before - result.bytes_after)
         room.compacted_at = asyncio.get_running_loop().time()
         self._compacting.discard(room.key)
         log.info("compacted %s/%s: %d updates, %d bytes -> %d, %d", *room.key,

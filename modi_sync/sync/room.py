@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -30,7 +31,16 @@ from pycrdt import (
 )
 
 from .connection import Connection, frame
-from .protocol import ProtocolError, decode_state_vector, sync_step1_message, sync_step2_message
+from .pending import lacks
+from .protocol import (
+    ProtocolError,
+    TooManyEntries,
+    decode_state_vector,
+    parse_awareness,
+    sync_step1_message,
+    sync_step2_message,
+)
+from .quota import Usage
 
 if TYPE_CHECKING:
     from storage.update_log import StoredDocument
@@ -57,6 +67,27 @@ class DocumentUnavailable(Exception):
     """The stored updates do not load; the room closed its connections and is gone."""
 
 
+class UpdatesDoNotIntegrate(ValueError):
+    """Updates whose dependencies never arrived passed the room's budget: the room
+    closed its connections and is gone, taking them out of memory."""
+
+
+class TooManyAwarenessClients(ValueError):
+    """A connection spoke for more awareness clients than it may."""
+
+
+class AwarenessTooLarge(ValueError):
+    """A connection's awareness states passed their size limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomLimits:
+    max_bytes: int = 64 * 1024 * 1024  # stored bytes of the document
+    max_pending_bytes: int = 1024 * 1024  # received bytes that wait for dependencies
+    max_awareness_clients: int = 8  # per connection
+    max_awareness_bytes: int = 64 * 1024  # per connection
+
+
 def _check_state_vector(state_vector: bytes) -> None:
     try:
         decode_state_vector(state_vector)
@@ -72,9 +103,10 @@ class Room:
         updates: list[bytes],
         writer: GroupCommitWriter,
         *,
-        max_bytes: int,
+        limits: RoomLimits,
         on_broken: Callable[[Room], None],
         on_grown: Callable[[Room], None] | None = None,
+        usage_of: Callable[[UUID], Usage | None] | None = None,
     ) -> None:
         self.key = key
         self.doc_id = doc_id  # None until the document's first update is stored
@@ -84,7 +116,8 @@ class Room:
         self.stored_updates = len(updates)
         self.compacted_at = float("-inf")  # event-loop time of the last compaction
         self._writer = writer
-        self._max_bytes = max_bytes
+        self._limits = limits
+        self._usage_of = usage_of  # the user's quota, None while unknown (quota.py)
         self._on_broken = on_broken
         self._on_grown = on_grown
         self._loaded: list[bytes] | None = updates  # until the Doc is built from them
@@ -92,6 +125,10 @@ class Room:
         self._diff: bytes | None = None
         self._observing = False  # subscribed on the first change: a subscription is ~1.4 kB
         self._awareness: Awareness | None = None  # made on first use: most rooms never need it
+        self._awareness_owner: dict[int, Connection] = {}  # who speaks for each client id
+        # Client updates not (all) integrated yet, by sender, and their bytes.
+        self._pending: list[tuple[Any, bytes]] = []
+        self._pending_bytes = 0
 
     # -- documents --------------------------------------------------------------------
 
@@ -150,25 +187,65 @@ class Room:
     def apply_update(self, update: bytes, origin: Any) -> int | None:
         """Apply, queue for storage; return the writer ticket, or None if nothing changed.
 
-        Raises InvalidUpdate or DocumentTooLarge and leaves the document untouched.
+        Raises InvalidUpdate, DocumentTooLarge or QuotaExceeded and leaves the document
+        untouched; UpdatesDoNotIntegrate once the room has closed (``_count_pending``).
         """
         if update == EMPTY:  # e.g. the step 2 of a client with nothing new
             return None
-        if self.stored_bytes + len(update) > self._max_bytes:
-            raise DocumentTooLarge(f"document would exceed {self._max_bytes} bytes")
+        if self.stored_bytes + len(update) > self._limits.max_bytes:
+            raise DocumentTooLarge(f"document would exceed {self._limits.max_bytes} bytes")
+        new_document = not self.exists
+        usage = self._usage_of(self.key[0]) if self._usage_of is not None else None
+        if usage is not None:
+            usage.check(len(update), new_document=new_document)
         doc = self.doc  # outside the try: a stored update that does not load is not the sender's
         try:
             diff = self._apply(doc, update)
         except Exception as exc:  # yrs reports every decoding problem as ValueError
             raise InvalidUpdate(str(exc)) from exc
+        ticket = None
         # What changed, not what was sent: a reconnecting client resends its whole state,
         # and only the part new to the server is worth storing and forwarding.
-        if diff is None or diff == EMPTY:
-            return None
-        self.stored_bytes += len(diff)
-        self.stored_updates += 1
-        self.last_ticket = self._writer.submit(self, diff, origin)
-        return self.last_ticket
+        if diff is not None and diff != EMPTY:
+            self.stored_bytes += len(diff)
+            self.stored_updates += 1
+            if usage is not None:
+                usage.stored(len(diff), new_document=new_document)
+            self.last_ticket = ticket = self._writer.submit(self, diff, origin)
+        if diff != update:  # what was sent may not all be in the document
+            self._count_pending(update, origin, diff)
+        return ticket
+
+    def _count_pending(self, update: bytes, origin: Any, diff: bytes | None) -> None:
+        """Keep count of updates that wait for dependencies, within the room's budget.
+
+        Past the budget the sender is closed (1008), and the room closes its other
+        connections and leaves memory: only a new Doc, loaded from storage, is rid of
+        what yrs holds aside. The clients reconnect and resend what they have.
+        """
+        state = self.doc.get_state()
+        if self._pending and diff:
+            self._recheck_pending(state)
+        if not lacks(update, state, diff):
+            return
+        self._pending.append((origin, update))
+        self._pending_bytes += len(update)
+        if self._pending_bytes <= self._limits.max_pending_bytes:
+            return
+        log.warning("%s/%s: %d bytes of updates wait for dependencies; reloading the room",
+                    *self.key, self._pending_bytes)
+        if isinstance(origin, Connection):
+            origin.close(1008, "updates do not integrate")
+        self.close_all(1011, "document reloaded")
+        self._on_broken(self)
+        raise UpdatesDoNotIntegrate(f"more than {self._limits.max_pending_bytes} bytes wait")
+
+    def _recheck_pending(self, state: bytes) -> None:
+        """Forget the waiting updates that are in the document now."""
+        still = [(o, u) for o, u in self._pending if lacks(u, state)]
+        if len(still) != len(self._pending):
+            self._pending = still
+            self._pending_bytes = sum(len(u) for _, u in still)
 
     def merge(self, updates: list[bytes]) -> bytes:
         """This room's updates of one batch, as the one row the writer stores for them."""
@@ -213,6 +290,8 @@ class Room:
             return False
         if diff is not None and diff != EMPTY:
             self._broadcast(create_update_message(diff), None)
+            if self._pending:  # what another client sent may have been waiting for it
+                self._recheck_pending(self.doc.get_state())
         return True
 
     def compacted(self, removed_updates: int, removed_bytes: int) -> None:
@@ -295,23 +374,39 @@ class Room:
         if self._awareness is None:
             self._awareness = Awareness(self.doc)
             self._awareness.set_local_state(None)  # the server itself is nobody's peer
-            self._awareness.observe(self._track_awareness)
         return self._awareness
 
-    def _track_awareness(self, topic: str, changes: tuple[dict[str, list[int]], Any]) -> None:
-        if topic != "update":
-            return
-        delta, origin = changes
-        if isinstance(origin, Connection):
-            origin.awareness_ids.update(delta["added"], delta["updated"])
-            origin.awareness_ids.difference_update(delta["removed"])
-
     def apply_awareness(self, conn: Connection, payload: bytes, message: bytes) -> None:
-        awareness = self.awareness
+        """Apply a connection's awareness update and pass it on to the others.
+
+        A connection speaks for the client ids it names (a y-websocket provider names
+        one), at most ``max_awareness_clients`` of them with states of at most
+        ``max_awareness_bytes`` in all; pycrdt keeps a clock for every id it has ever
+        seen, so the ids a connection named are forgotten when it leaves (``remove``).
+        """
+        limits = self._limits
         try:
-            awareness.apply_awareness_update(payload, conn)
-        except Exception as exc:
+            entries = parse_awareness(payload, limits.max_awareness_clients)
+        except TooManyEntries as exc:
+            raise TooManyAwarenessClients(str(exc)) from exc
+        except ProtocolError as exc:
             raise InvalidUpdate(f"bad awareness update: {exc}") from exc
+        spoken = dict(conn.awareness)
+        spoken.update((e.client_id, e.state_bytes) for e in entries)
+        if len(spoken) > limits.max_awareness_clients:
+            raise TooManyAwarenessClients(f"more than {limits.max_awareness_clients} ids")
+        if sum(spoken.values()) > limits.max_awareness_bytes:
+            raise AwarenessTooLarge(f"more than {limits.max_awareness_bytes} bytes")
+        try:
+            self.awareness.apply_awareness_update(payload, conn)
+        except Exception as exc:  # a state that is not JSON, say
+            raise InvalidUpdate(f"bad awareness update: {exc}") from exc
+        for client_id in spoken.keys() - conn.awareness.keys():
+            previous = self._awareness_owner.get(client_id)
+            if previous is not None and previous is not conn:  # the client moved here
+                previous.awareness.pop(client_id, None)
+            self._awareness_owner[client_id] = conn
+        conn.awareness = spoken
         self._broadcast(message, conn)
 
     def awareness_message(self) -> bytes | None:
@@ -329,14 +424,19 @@ class Room:
         self.connections.add(conn)
 
     def remove(self, conn: Connection) -> None:
-        """Forget a connection and tell the others its awareness states are gone."""
+        """Forget a connection and its awareness clients; tell the others they left."""
         self.connections.discard(conn)
-        if not conn.awareness_ids:
+        if not conn.awareness:
             return
-        gone = [cid for cid in conn.awareness_ids if cid in self.awareness.states]
-        conn.awareness_ids.clear()
-        if not gone:
-            return
-        self.awareness.remove_awareness_states(gone, None)
-        removal = self.awareness.encode_awareness_update(gone)
-        self._broadcast(create_awareness_message(removal), None)
+        owned = [cid for cid in conn.awareness if self._awareness_owner.get(cid) is conn]
+        conn.awareness = {}
+        for cid in owned:
+            del self._awareness_owner[cid]
+        awareness = self.awareness
+        gone = [cid for cid in owned if cid in awareness.states]
+        if gone:
+            awareness.remove_awareness_states(gone, None)
+            self._broadcast(create_awareness_message(
+                awareness.encode_awareness_update(gone)), None)
+        for cid in owned:
+            awareness.meta.pop(cid, None)

@@ -112,8 +112,7 @@ class GroupCommitWriter:
     async def _store(self, batch: list[Queued]) -> None:
         last_ticket = self._committed + len(batch)
         try:
-            rows = self._merged(batch)
-            await self._make_documents(rows)
+            rows = await self._make_documents(self._merged(batch))
             seqs = await self._log.append_many(
                 [target.doc_id for target, _, _ in rows], [update for _, update, _ in rows]
             )
@@ -167,13 +166,23 @@ class GroupCommitWriter:
             for target, updates, origin in grouped.values()
         ]
 
-    async def _make_documents(self, batch: list[Queued]) -> None:
-        """Give the documents stored for the first time their row, all in one statement."""
-        new = [t for t, _, _ in batch if t.doc_id is None]  # one entry per target
-        if new:
-            ids = await self._log.create_documents([t.key for t in new])
-            for target, doc_id in zip(new, ids, strict=True):
-                target.doc_id = doc_id
+    async def _make_documents(self, rows: list[Queued]) -> list[Queued]:
+        """Give the documents stored for the first time their row, all in one statement;
+        the rows that can be stored. A document whose user was deleted meanwhile gets
+        no row: its room alone fails, not the batch (the other users' rooms)."""
+        new = [t for t, _, _ in rows if t.doc_id is None]  # one entry per target
+        if not new:
+            return rows
+        ids = await self._log.create_documents([t.key for t in new])
+        for target, doc_id in zip(new, ids, strict=True):
+            target.doc_id = doc_id
+        if all(ids):
+            return rows
+        for target in new:
+            if target.doc_id is None:
+                log.info("not storing an update of %s/%s: its user is gone", *target.key)
+                target.write_failed()
+        return [row for row in rows if row[0].doc_id is not None]
 
     def _wake_waiters(self, error: Exception | None) -> None:
         ready = [w for w in self._waiters if w[0] <= self._committed]

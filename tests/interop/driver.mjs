@@ -81,6 +81,8 @@ const applyOp = (op) => {
     entry.set(op.field, op.value)
   } else if (op.op === 'delete') {
     root.delete(op.key)
+  } else if (op.op === 'blob') {
+    root.set(op.key, 'x'.repeat(op.size)) // made here: a large string need not cross stdin
   } else {
     throw new Error(`unknown op ${op.op}`)
   }
@@ -113,6 +115,14 @@ const commands = {
   dump ({ id }) {
     const c = client(id)
     return { doc: dump(c.doc), synced: c.provider.synced, state_vector: stateVector(c.doc), closes: c.closes }
+  },
+
+  // Wait until the server has closed a provider's socket; the close codes it got.
+  async wait_close ({ id, timeout_ms: timeoutMs = 15000 }) {
+    const c = client(id)
+    await until(() => c.closes.length > 0, timeoutMs, () => `${id} not closed`,
+      [[c.provider, 'connection-close']])
+    return { closes: c.closes }
   },
 
   disconnect ({ id }) {
