@@ -361,3 +361,35 @@ async def test_a_failing_fan_out_resets_its_room_and_the_writer_goes_on(
     later = writer.submit(fine, b"later", None)
     await asyncio.wait_for(writer.wait_committed(later), 10)  # the writer still runs
     assert [u for u, _, _ in fine.committed_seqs] == [b"also stored", b"later"]
+
+
+async def test_a_new_document_of_a_deleted_user_fails_alone_not_the_batch(
+    pool, log, make_writer, services, db
+):
+    """Issue 19: the foreign key of a deleted user's new document failed the whole group
+    commit, and an unrelated user's socket closed with 1011."""
+    writer = await make_writer()
+    other = Target(await _new_doc(pool))
+    gone_user = await UserStore(pool).create(f"w-{uuid.uuid4().hex[:10]}@example.com", "x")
+    orphan, fresh = Target(None, (gone_user.id, "new")), Target(None, (uuid.uuid4(), "x"))
+    mine = await UserStore(pool).create(f"w-{uuid.uuid4().hex[:10]}@example.com", "x")
+    made = Target(None, (mine.id, "made"))
+    locker = await asyncpg.connect(services.database_url)
+    try:
+        async with table_locked(locker, commit=True):
+            writer.submit(other, b"o0", None)
+            await eventually(lambda: insert_is_waiting(locker))
+            # One batch: an existing document, two whose users are gone, one to make.
+            writer.submit(other, b"o1", None)
+            writer.submit(orphan, b"x", None)
+            writer.submit(fresh, b"y", None)
+            last = writer.submit(made, b"m", None)
+            await locker.execute("DELETE FROM users WHERE id = $1", gone_user.id)
+    finally:
+        await locker.close()
+    await asyncio.wait_for(writer.wait_committed(last), 10)
+    assert await _rows(db, other.doc_id) == [b"o0", b"o1"]
+    assert other.failures == 0 and made.failures == 0
+    assert await _rows(db, made.doc_id) == [b"m"]
+    assert (orphan.failures, fresh.failures) == (1, 1)
+    assert orphan.committed_seqs == [] and fresh.committed_seqs == []
