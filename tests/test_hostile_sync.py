@@ -372,3 +372,18 @@ async def test_the_sync_step1_of_a_fresh_client_still_works_after_the_limits(cli
     assert await stays_false(lambda: a.ws.closed, seconds=0.3)
     await a.disconnect()
     await b.disconnect()
+
+
+async def test_the_quotas_answer_413_over_http(make_client):
+    client = await make_client(max_documents_per_user=1)
+    pair = await register(client)
+    headers = {"Authorization": f"Bearer {pair['access_token']}",
+               "Content-Type": "application/octet-stream"}
+    doc = Doc()
+    doc.get("workouts", type=Map)["w"] = Map({"sets": 1})
+    first = await client.post("/api/v1/docs/one/update", data=doc.get_update(), headers=headers)
+    assert first.status == 200
+    second = await client.post("/api/v1/docs/two/update", data=doc.get_update(), headers=headers)
+    assert second.status == 413
+    assert (await second.json())["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    assert (await client.get("/api/v1/docs/two", headers=headers)).status == 404

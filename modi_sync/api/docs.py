@@ -21,8 +21,15 @@ from ..access import authenticated_user
 from ..history import MAGNI_ROOTS
 from ..keys import REDIS, REGISTRY, SETTINGS, UPDATE_LOG, WRITER
 from ..sync.handler import DOC_NAME
+from ..sync.quota import QuotaExceeded
 from ..sync.registry import DocumentNotFound
-from ..sync.room import DocumentTooLarge, DocumentUnavailable, InvalidUpdate, Room
+from ..sync.room import (
+    DocumentTooLarge,
+    DocumentUnavailable,
+    InvalidUpdate,
+    Room,
+    UpdatesDoNotIntegrate,
+)
 from ..sync.writer import WriteFailed
 from ..tokens import AccessClaims
 from .errors import ApiError, json_response
@@ -154,6 +161,11 @@ async def post_update(request: web.Request) -> web.Response:
         raise ApiError.validation("body", "not a valid Yjs v1 update") from None
     except DocumentTooLarge:
         raise ApiError(413, "the document has reached its size limit") from None
+    except QuotaExceeded as exc:
+        raise ApiError(413, f"storage quota reached: {exc}") from None
+    except UpdatesDoNotIntegrate:
+        raise ApiError.validation(
+            "body", "builds on content the document does not have, past the limit") from None
     if ticket is not None:
         await _stored(request, ticket)
     return json_response({"state_vector": b64url(room.doc.get_state())})
