@@ -8,9 +8,10 @@ import io
 import uuid
 from collections.abc import AsyncIterator
 
-from pycrdt import Doc, Map, Text
+from pycrdt import Doc, Map, Text, write_var_uint
 
 from .conftest import register, ws_url
+from .hostile import LagMonitor
 from .yclient import YClient, eventually
 
 
@@ -181,6 +182,23 @@ async def test_bad_requests_store_nothing(make_client, db):
         "SELECT count(*) FROM doc_updates u JOIN documents d ON d.id = u.doc_id"
         " WHERE d.user_id = $1 AND d.name = 'd'", uuid.UUID(pair["user"]["id"]))
     assert stored == 0
+
+
+async def test_a_few_bytes_claiming_millions_of_entries_are_refused_at_once(client, db):
+    """Four bytes that claim 2^27 clients: yrs would reserve room for them all (about
+    250 MB, 150 ms of the event loop) before finding there are none."""
+    pair = await register(client)
+    assert (await _post(client, pair, "d", _workout_update(Doc(), "a", "x"))).status == 200
+    claim = write_var_uint(2**27)
+    async with LagMonitor() as lag:
+        update = await _post(client, pair, "d", claim)
+        missing = await client.get(f"/api/v1/docs/d/update?state_vector={_b64(claim)}",
+                                   headers=_auth(pair))
+    assert (update.status, missing.status) == (400, 400)
+    assert (await update.json())["error"]["details"]["field"] == "body"
+    assert (await missing.json())["error"]["details"]["field"] == "state_vector"
+    assert lag.worst < 0.05, lag.report()
+    assert len(await _stored_rows(db, pair, "d")) == 1
 
 
 async def test_another_users_document_is_out_of_reach(client):
