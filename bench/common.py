@@ -255,6 +255,11 @@ def _modi_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         MODI_RATE_LIMIT_AUTH="1000000/60",
         MODI_RATE_LIMIT_USER="1000000/60",
         MODI_LOG_LEVEL="WARNING",
+        # The load generator is one user sending as fast as the server takes it: the
+        # per-connection message budget and the per-user quotas are not what is measured.
+        MODI_WS_MESSAGE_LIMIT="100000000/1",
+        MODI_MAX_DOCUMENTS_PER_USER="100000000",
+        MODI_MAX_USER_BYTES=str(1 << 50),
     )
     env.update(extra or {})
     return env
