@@ -115,7 +115,7 @@ class AccessTokens:
                 session=str(claims["sid"]),
                 generation=generation,
             )
-        except (jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise InvalidToken(str(exc)) from exc
 
 
@@ -141,17 +141,17 @@ def load_or_create_secret(configured: str | None, data_dir: Path) -> str:
 
 
 def _read_secret_file(path: Path) -> str:
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise SecretError(f"{path} has mode {mode:04o}: group and others must have no access "
-                          f"(chmod 600 {path})")
     try:
+        mode = stat.S_IMODE(path.stat().st_mode)
         secret = path.read_text(encoding="ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise SecretError(f"{path} cannot be read as a secret: {exc}") from None
+    if mode & 0o077:
+        raise SecretError(f"{path} has mode {mode:04o}: group and others must have no access "
+                          f"(chmod 600 {path})")
     if not secret:
-        raise SecretError(f"{path} is empty: delete it to have a new secret generated "
-                          "(every session ends) or put the secret back")
+        raise SecretError(f"{path} is empty: put the secret back, or delete the file to "
+                          "have a new one generated")
     if len(secret.encode()) < MIN_SECRET_BYTES:
         raise SecretError(f"{path} holds a secret shorter than {MIN_SECRET_BYTES} bytes")
     return secret
