@@ -7,7 +7,9 @@ no-setup default; ``migrate`` runs against the test session's PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -34,6 +36,18 @@ MIGRATIONS = sorted(
 # -- helpers --------------------------------------------------------------------------
 
 
+def redis_pid(data_dir: Path) -> int:
+    """The embedded Redis's process (its pid file is under the data dir)."""
+    return int((data_dir / "redis" / "redis.pid").read_text())
+
+
+def exited(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE  # not reaped yet
+    except psutil.NoSuchProcess:
+        return True
+
+
 def postgres_processes(pg_dir: Path) -> list[psutil.Process]:
     """Postmasters whose command line names this data dir (the -D argument)."""
     found = []
@@ -56,6 +70,8 @@ def leftovers_reaped(embedded_server: ServerProcess) -> Iterator[ServerProcess]:
             proc.wait(10)
         except psutil.TimeoutExpired:
             proc.kill()
+    with contextlib.suppress(OSError, ValueError):  # no pid file: Redis stopped
+        os.kill(redis_pid(embedded_server.data_dir), signal.SIGKILL)
 
 
 def sync_url(server: ServerProcess, token: str, name: str = "default") -> str:
@@ -76,13 +92,14 @@ async def connected(http, url: str) -> YClient:  # noqa: ANN001
 # -- serve ----------------------------------------------------------------------------
 
 
-async def test_sigterm_closes_sockets_with_1001_exits_0_and_stops_postgres(
+async def test_sigterm_closes_sockets_with_1001_exits_0_and_stops_postgres_and_redis(
     leftovers_reaped, http
 ):
     server = leftovers_reaped
     user = await start(server)
     pg_dir = server.data_dir / "pg"
     assert postgres_processes(pg_dir), "serve did not start its embedded PostgreSQL"
+    redis = redis_pid(server.data_dir)
     url = sync_url(server, user["access_token"])
     a, b = await connected(http, url), await connected(http, url)
     a.workouts()["w1"] = Map({"name": "squat", "sets": 5})
@@ -95,6 +112,7 @@ async def test_sigterm_closes_sockets_with_1001_exits_0_and_stops_postgres(
     assert await b.wait_closed() == 1001
     assert postgres_processes(pg_dir) == []
     assert not (pg_dir / "postmaster.pid").exists()
+    assert exited(redis)
 
     # What reached b was stored: a restart serves it.
     await asyncio.to_thread(server.start)
@@ -117,13 +135,16 @@ async def test_sigkill_leaves_postgres_running_and_the_next_start_adopts_it(
     expected = b.workouts().to_py()
     postmaster = postgres_processes(pg_dir)
     assert len(postmaster) == 1
+    redis = redis_pid(server.data_dir)
 
     await asyncio.to_thread(server.kill)  # SIGKILL: no shutdown code runs at all
     await a.wait_closed()
     await b.wait_closed()
-    assert postgres_processes(pg_dir) == postmaster  # the leftover, still running
+    assert postgres_processes(pg_dir) == postmaster  # the leftovers, still running
+    assert not exited(redis)
 
-    await asyncio.to_thread(server.start)  # must not be blocked by it
+    await asyncio.to_thread(server.start)  # must not be blocked by them
+    assert redis_pid(server.data_dir) == redis  # adopted
     fresh = await connected(http, url)
     assert fresh.workouts().to_py() == expected
     fresh.workouts()["after"] = Map({"sets": 1})
@@ -132,9 +153,10 @@ async def test_sigkill_leaves_postgres_running_and_the_next_start_adopts_it(
     await fresh.disconnect()
     await other.disconnect()
 
-    # This start owns the server now: a clean stop takes it down.
+    # This start owns the servers now: a clean stop takes them down.
     assert await asyncio.to_thread(server.stop) == 0
     assert postgres_processes(pg_dir) == []
+    assert exited(redis)
 
 
 async def test_sigkill_twice_in_a_row_still_starts(leftovers_reaped, http):
@@ -231,7 +253,9 @@ async def _schema_versions(dsn: str) -> list[tuple[int, int]]:
 
 
 async def test_two_concurrent_migrates_on_a_fresh_embedded_data_dir(tmp_path):
-    """Both start the same embedded PostgreSQL at once; both succeed, neither leaves it up."""
+    """Both start the same embedded PostgreSQL and Redis at once; both succeed, neither
+    leaves them up. (Two processes rarely start at the same instant: the starts'
+    race is caught for certain in tests/test_embedded.py.)"""
     data_dir = tmp_path / "fresh"
     procs = [_migrate_process(None, None, data_dir) for _ in range(2)]
     try:
@@ -239,6 +263,7 @@ async def test_two_concurrent_migrates_on_a_fresh_embedded_data_dir(tmp_path):
         for proc, (out, _) in zip(procs, outputs, strict=True):
             assert proc.returncode == 0, out.decode()
         assert postgres_processes(data_dir / "pg") == []
+        assert not (data_dir / "redis" / "redis.pid").exists()  # Redis removes it as it stops
 
         pg = EmbeddedPostgres(data_dir / "pg")
         dsn = await asyncio.to_thread(pg.start)
