@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import threading
 import time
@@ -26,6 +27,11 @@ class LagMonitor:
     CPU time the loop's thread spent meanwhile: work that holds the loop spends CPU,
     while a process the (shared) machine did not schedule for a while spends none and
     is no fault of the server's.
+
+    The heap that exists when the monitor starts is frozen (``gc.freeze``) until it
+    stops, as the server's collector does with what survives (modi_sync/collector.py):
+    with CPython's stock policy, a pass over pytest's and hypothesis's objects held the
+    loop for 100 ms now and then, whatever the frame.
 
     A loop held for ``interrupt_after`` seconds may be held for minutes (pycrdt's
     var-uint reader is quadratic in the length of a 0xff run), and no asyncio timeout
@@ -48,6 +54,7 @@ class LagMonitor:
 
     async def __aenter__(self) -> LagMonitor:
         self._previous_handler = signal.signal(signal.SIGUSR1, self._interrupt)
+        gc.freeze()
         self._woke = time.monotonic()
         self._task = asyncio.create_task(self._watch())
         self._guard = threading.Thread(target=self._guard_loop, args=(threading.get_ident(),),
@@ -66,6 +73,7 @@ class LagMonitor:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        gc.unfreeze()
         signal.signal(signal.SIGUSR1, self._previous_handler)
 
     async def _watch(self) -> None:
