@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 
@@ -139,3 +140,14 @@ async def test_every_token_response_is_no_store(client):
     for resp in (refreshed, changed):
         assert resp.status == 200
         assert resp.headers["Cache-Control"] == "no-store"
+
+
+async def test_a_request_aiohttp_cannot_parse_names_no_versions_either(client):
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nBroken header line\r\n\r\n")
+    await writer.drain()
+    head = (await reader.read(4096)).decode("latin-1")
+    writer.close()
+    assert head.split("\r\n")[0].endswith(" 400 Bad Request")
+    assert "\r\nServer: modi-sync\r\n" in head
+    assert "aiohttp" not in head and "Python" not in head

@@ -9,7 +9,7 @@ import uuid
 from functools import lru_cache
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from ..access import rate_limit_headers
 from ..keys import RATE_VERDICT, REQUEST_ID, SETTINGS
@@ -74,12 +74,18 @@ def _rfc3339(second: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
+SERVER_NAME = "modi-sync"  # aiohttp's own names its version and Python's
+# A request aiohttp cannot parse is answered by aiohttp itself, before any hook of ours
+# runs; that answer takes its Server header from this module global (no setting exists).
+web_response.SERVER_SOFTWARE = SERVER_NAME
+
+
 async def add_standard_headers(request: web.Request, response: web.StreamResponse) -> None:
     """``on_response_prepare``: every response, the websocket upgrade included."""
     response.headers["X-Request-ID"] = request.get(REQUEST_ID) or str(uuid.uuid4())
     response.headers["X-Timestamp"] = _rfc3339(int(time.time()))
     response.headers["X-Content-Type-Options"] = "nosniff"  # JSON is never run as a script
-    response.headers["Server"] = "modi-sync"  # aiohttp's default names its and Python's versions
+    response.headers["Server"] = SERVER_NAME
     verdict = request.get(RATE_VERDICT)
     if verdict is not None:
         response.headers.update(rate_limit_headers(verdict))
