@@ -214,12 +214,16 @@ _truncated_var_uints = st.builds(lambda prefix, n: prefix + b"\x80" * n,
 _huge_length_prefixes = st.one_of(
     st.builds(lambda prefix, n, tail: prefix + _var(n) + tail,
               _prefixes, st.integers(2**20, 2**80), st.binary(max_size=16)),
-    # inside the payloads: an awareness update, an update's struct and delete-set counts
+    # counts inside the payloads: an awareness update's entries, an update's clients,
+    # structs and deleted clients, a state vector's clients
     st.builds(lambda n: create_awareness_message(_var(n) + b"\x01\x01\x02{}"),
               st.integers(2**20, 2**64)),
+    st.builds(lambda n: create_update_message(_var(n)), st.integers(2**20, 2**64)),
     st.builds(lambda n: create_update_message(_var(1) + _var(n) + _var(7) + _var(0)),
               st.integers(2**20, 2**64)),
     st.builds(lambda n: create_update_message(b"\x00" + _var(n)), st.integers(2**20, 2**64)),
+    st.builds(lambda n: _sync(YSyncMessageType.SYNC_STEP1, _var(n) + b"\x01\x01"),
+              st.integers(2**20, 2**64)),
 )
 
 _ff_run_lengths = st.integers(1, 16) | st.integers(2_000, 64 * 1024)
