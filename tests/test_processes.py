@@ -24,7 +24,7 @@ from pycrdt import Map
 
 from storage.embedded import EmbeddedPostgres
 
-from .conftest import JWT_SECRET, ServerProcess, ServiceUrls
+from .conftest import JWT_SECRET, ServerProcess, ServiceUrls, _private_dir
 from .yclient import YClient, eventually
 
 MIGRATIONS = sorted(
@@ -252,11 +252,11 @@ async def _schema_versions(dsn: str) -> list[tuple[int, int]]:
     return [(r["version"], r["n"]) for r in rows]
 
 
-async def test_two_concurrent_migrates_on_a_fresh_embedded_data_dir(tmp_path):
+async def test_two_concurrent_migrates_on_a_fresh_embedded_data_dir():
     """Both start the same embedded PostgreSQL and Redis at once; both succeed, neither
     leaves them up. (Two processes rarely start at the same instant: the starts'
     race is caught for certain in tests/test_embedded.py.)"""
-    data_dir = tmp_path / "fresh"
+    data_dir = _private_dir() / "fresh"  # not under pytest's tmp root: see _private_dir
     procs = [_migrate_process(None, None, data_dir) for _ in range(2)]
     try:
         outputs = [await asyncio.to_thread(p.communicate, timeout=120) for p in procs]
