@@ -1,8 +1,9 @@
 """storage.embedded: the private PostgreSQL and Redis under the data dir.
 
-Redis keeps everything of it there, closed to others, and every write it answered
-survives a kill; PostgreSQL's first starts by several processes at once all succeed,
-and run as root (as here, where it runs as a user of its own) through a closed data dir.
+Redis keeps everything of it there, closed to others, and a kill loses no write it
+answered. First starts of PostgreSQL by several processes at once all succeed; run as
+root (as in this suite), PostgreSQL, a user of its own, still works through the closed
+data dir.
 """
 
 from __future__ import annotations
