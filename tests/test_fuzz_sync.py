@@ -53,10 +53,10 @@ MAX_LAG = 0.050  # seconds one frame may hold the event loop
 SETTLE = 5.0  # seconds a socket or a fresh client has to answer
 # What the server closes a misbehaving socket with (docs/sync.md): 1003 invalid message
 # or update, 1008 policy (connections, awareness ids, updates that never integrate),
-# 1009 frame, document or quota size, 4429 message rate. Not 1000: the handler closes
+# 1009 frame, document or quota size, 1013 message rate. Not 1000: the handler closes
 # with it when an exception escapes the receive loop, and that exception may never be
 # logged (the handler is cancelled once the peer has gone).
-CLOSE_CODES = {1003, 1008, 1009, 4429}
+CLOSE_CODES = {1003, 1008, 1009, 1013}
 # The largest frame the server reads: aiohttp refuses one of max_msg_size bytes (1009).
 LARGEST_FRAME = 4 * 1024 * 1024 - 1
 

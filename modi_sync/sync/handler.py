@@ -105,7 +105,8 @@ async def sync_endpoint(request: web.Request) -> web.StreamResponse:
     # peers, and this loop answers pings and notes every frame, pongs included.
     # Writer limit 0: every frame aiohttp writes (replies to step 1) waits while the
     # peer is not reading (Connection.send_reply).
-    ws = SyncWebSocket(max_msg_size=settings.max_frame_bytes, autoping=False,
+    # aiohttp refuses a frame of max_msg_size bytes already: the limit is what may pass.
+    ws = SyncWebSocket(max_msg_size=settings.max_frame_bytes + 1, autoping=False,
                        compress=False, writer_limit=0)
     await ws.prepare(request)
     conn = Connection(request, ws, claims.user_id, settings.max_send_queue_bytes,
@@ -161,6 +162,12 @@ async def _receive_loop(request: web.Request, conn: Connection, room: Room) -> N
             return
         except (WriteFailed, DocumentUnavailable):
             return  # the room closed every connection already
+        except Exception:
+            # Logged here: once the peer has gone the handler is cancelled, and an
+            # exception left to propagate would be replaced and never seen.
+            log.exception("handling a sync message failed")
+            conn.close(WSCloseCode.INTERNAL_ERROR, "internal error")
+            return
         # One client's burst of buffered messages must not keep the others waiting.
         await asyncio.sleep(0)
 

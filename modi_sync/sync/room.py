@@ -35,6 +35,7 @@ from .pending import lacks
 from .protocol import (
     ProtocolError,
     TooManyEntries,
+    check_count,
     decode_state_vector,
     parse_awareness,
     sync_step1_message,
@@ -93,6 +94,14 @@ def _check_state_vector(state_vector: bytes) -> None:
         decode_state_vector(state_vector)
     except ProtocolError as exc:
         raise InvalidUpdate(f"bad state vector: {exc}") from exc
+
+
+def _check_count(data: bytes, entry_bytes: int) -> None:
+    """Before yrs sees an update or a state vector: its count of clients must fit."""
+    try:
+        check_count(data, entry_bytes)
+    except ProtocolError as exc:
+        raise InvalidUpdate(str(exc)) from exc
 
 
 class Room:
@@ -192,6 +201,7 @@ class Room:
         """
         if update == EMPTY:  # e.g. the step 2 of a client with nothing new
             return None
+        _check_count(update, 3)  # a client's structs take three bytes at least
         if self.stored_bytes + len(update) > self._limits.max_bytes:
             raise DocumentTooLarge(f"document would exceed {self._limits.max_bytes} bytes")
         new_document = not self.exists
@@ -331,6 +341,7 @@ class Room:
                 return EMPTY, self.last_ticket
             if len(stored) == 1 and state_vector == EMPTY_STATE:
                 return stored[0], self.last_ticket  # the one stored update is the whole state
+        _check_count(state_vector, 2)  # a client and its clock
         doc = self.doc
         try:
             update = doc.get_update(state_vector)
