@@ -12,6 +12,7 @@ import io
 import random
 import re
 import socket
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -128,7 +129,8 @@ async def test_each_client_keeps_its_own_address_behind_nginx(
     limits = dict(rate_limit_auth="2/60", trusted_proxies=("127.0.0.1",))
     first, second = await make_client(**limits), await make_client(**limits)
     base = nginx_for(first.server.port, second.server.port).http_url
-    login = {"email": "nobody@example.com", "password": "wrong password"}
+    # An email of its own: the wrong passwords count against it (the login backoff).
+    login = {"email": f"nobody-{uuid.uuid4().hex[:10]}@example.com", "password": "wrong password"}
     me, other = session_from(_loopback_address()), session_from(_loopback_address())
 
     statuses = [(await me.post(f"{base}/api/v1/auth/login", json=login)).status
