@@ -8,8 +8,10 @@ server's loop holds the test's too: ``LagMonitor`` sees it from inside.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gc
+import os
 import signal
 import threading
 import time
@@ -97,3 +99,15 @@ class LagMonitor:
     def report(self) -> str:
         held = f"the event loop was held for {self.worst * 1000:.0f} ms"
         return held + (" (then interrupted: it would have gone on)" if self.interrupted else "")
+
+
+async def silent_socket(client, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:  # noqa: ANN001
+    """A websocket handshake, then a client that reads no more (and may write raw frames)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port, limit=1024)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    await writer.drain()
+    assert b"101" in await reader.readline()
+    return reader, writer

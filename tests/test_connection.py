@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 from uuid import UUID
 
@@ -15,6 +14,7 @@ from modi_sync.keys import REGISTRY
 from modi_sync.sync.connection import frame
 
 from .conftest import register, ws_url
+from .hostile import silent_socket
 from .yclient import YClient, eventually, stays_false
 
 
@@ -33,25 +33,12 @@ def test_frame_header_follows_rfc_6455(size):
         assert data[10:] == message
 
 
-async def _silent_socket(client, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:  # noqa: ANN001
-    """A websocket handshake, then a client that never reads another byte."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.port, limit=1024)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    await writer.drain()
-    status = await reader.readline()
-    assert b"101" in status
-    return reader, writer
-
-
 async def test_a_client_that_stops_reading_is_dropped(make_client):
     client = await make_client(max_send_queue_bytes=256 * 1024, max_frame_bytes=8 << 20)
     pair = await register(client)
     user_id = UUID(pair["user"]["id"])
     registry = client.server.app[REGISTRY]
-    _, silent = await _silent_socket(client, f"/sync/big?token={pair['access_token']}")
+    _, silent = await silent_socket(client, f"/sync/big?token={pair['access_token']}")
     await eventually(lambda: registry.connections_of(user_id) == 1)
 
     writer = await YClient(client.session, ws_url(client, "big", pair["access_token"])).connect()
@@ -95,7 +82,7 @@ async def test_a_peer_that_answers_no_ping_is_dropped_and_a_live_one_stays(make_
     registry = client.server.app[REGISTRY]
     # A raw socket that never reads, so never answers a ping; and a y-websocket client,
     # whose websocket library answers pings by itself.
-    _, silent = await _silent_socket(client, f"/sync/ka?token={pair['access_token']}")
+    _, silent = await silent_socket(client, f"/sync/ka?token={pair['access_token']}")
     live = await YClient(client.session, ws_url(client, "ka", pair["access_token"])).connect()
     await live.wait_synced()
     assert registry.connections_of(user_id) == 2

@@ -6,11 +6,8 @@ Redis): the limit is hit, and the client gets the close code docs/security.md na
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import os
 import struct
-import time
 from collections.abc import AsyncIterator
 from uuid import UUID
 
@@ -31,32 +28,9 @@ from modi_sync.keys import REGISTRY
 from modi_sync.sync.protocol import sync_step1_message
 
 from .conftest import register, synced
+from .hostile import LagMonitor, silent_socket
 from .test_sync_websocket import close_code_of, raw_peer, stored_rows
 from .yclient import eventually, stays_false
-
-
-class LoopLag:
-    """The longest the event loop (the server's too: it runs in-process) was held."""
-
-    def __init__(self, tick: float = 0.002) -> None:
-        self.tick = tick
-        self.worst = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(self.tick)
-            self.worst = max(self.worst, time.perf_counter() - before - self.tick)
-
-    async def __aenter__(self) -> LoopLag:
-        self._task = asyncio.create_task(self._run())
-        await asyncio.sleep(0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
 
 
 def masked(payload: bytes, opcode: int = 0x2) -> bytes:
@@ -72,18 +46,6 @@ def masked(payload: bytes, opcode: int = 0x2) -> bytes:
     body = (int.from_bytes(payload, "big") ^ int.from_bytes(
         (key * (size // 4 + 1))[:size], "big")).to_bytes(size, "big") if size else b""
     return header + key + body
-
-
-async def silent_socket(client, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:  # noqa: ANN001
-    """A websocket handshake, then a client that writes raw frames and reads nothing."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.port, limit=1024)
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write((f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
-    await writer.drain()
-    assert b"101" in await reader.readline()
-    return reader, writer
 
 
 @pytest.fixture
@@ -119,11 +81,11 @@ FRAME_LIMIT = (4 << 20) - 1  # the largest frame under the default max_frame_byt
 ])
 async def test_a_malformed_frame_is_refused_in_milliseconds(client, user, frame):
     ws = await raw_peer(client, user)
-    async with LoopLag() as lag:
+    async with LagMonitor() as lag:
         await ws.send_bytes(frame)
         assert await close_code_of(ws) == 1003
     # Before the bounded reader, the 4 MiB frames held the loop for minutes.
-    assert lag.worst < 0.05, f"the loop was held {lag.worst * 1000:.0f} ms"
+    assert lag.worst < 0.05, lag.report()
 
 
 # -- 2. bursts: bounded buffers, one reply in flight, yield, rate limit -----------------
@@ -198,12 +160,12 @@ async def test_a_burst_of_updates_lets_the_loop_serve_others_between_messages(cl
     for i in range(800):
         workouts[f"w{i}"] = Map({"name": "squat", "sets": i})
     ws = await raw_peer(client, user)
-    async with LoopLag(tick=0.001) as lag:
+    async with LagMonitor(tick=0.001) as lag:
         for update in updates:  # all at once: the server reads them in a few chunks
             ws._writer.transport.write(masked(create_update_message(update)))  # noqa: SLF001
         watcher = await synced(client, user["access_token"])
         await eventually(lambda: len(watcher.workouts()) == 800)
-    assert lag.worst < 0.02, f"the loop was held {lag.worst * 1000:.0f} ms"
+    assert lag.worst < 0.02, lag.report()
     await watcher.disconnect()
     await ws.close()
 
