@@ -135,8 +135,8 @@ class Room:
         self._observing = False  # subscribed on the first change: a subscription is ~1.4 kB
         self._awareness: Awareness | None = None  # made on first use: most rooms never need it
         self._awareness_owner: dict[int, Connection] = {}  # who speaks for each client id
-        # Client updates not (all) integrated yet, by sender, and their bytes.
-        self._pending: list[tuple[Any, bytes]] = []
+        # Client updates not (all) integrated yet, and their bytes.
+        self._pending: list[bytes] = []
         self._pending_bytes = 0
 
     # -- documents --------------------------------------------------------------------
@@ -238,7 +238,7 @@ class Room:
             self._recheck_pending(state)
         if not lacks(update, state, diff):
             return
-        self._pending.append((origin, update))
+        self._pending.append(update)
         self._pending_bytes += len(update)
         if self._pending_bytes <= self._limits.max_pending_bytes:
             return
@@ -252,10 +252,10 @@ class Room:
 
     def _recheck_pending(self, state: bytes) -> None:
         """Forget the waiting updates that are in the document now."""
-        still = [(o, u) for o, u in self._pending if lacks(u, state)]
+        still = [u for u in self._pending if lacks(u, state)]
         if len(still) != len(self._pending):
             self._pending = still
-            self._pending_bytes = sum(len(u) for _, u in still)
+            self._pending_bytes = sum(len(u) for u in still)
 
     def merge(self, updates: list[bytes]) -> bytes:
         """This room's updates of one batch, as the one row the writer stores for them."""
