@@ -120,8 +120,13 @@ def check_count(data: bytes, entry_bytes: int) -> None:
     ``entry_bytes`` bytes each) fits in it. yrs reserves room for the clients an update
     or state vector claims before it reads one: 2^27 claimed in four bytes held the loop
     for about 170 ms."""
-    reader = Reader(data)
-    if reader.var_uint() * entry_bytes > reader.left:
+    if data and data[0] < 0x80:  # a one-byte count, by far the most common: no Reader
+        count, left = data[0], len(data) - 1
+    else:
+        reader = Reader(data)
+        count = reader.var_uint()
+        left = reader.left
+    if count * entry_bytes > left:
         raise ProtocolError("a count past the end of its bytes")
 
 
