@@ -533,3 +533,29 @@ async def test_a_stored_row_that_does_not_load_closes_the_room_not_the_sender(ro
     assert conn.closed_with == 1011
     assert rooms.broken == [room]
     assert room.last_ticket == 0  # nothing was queued for storage
+
+
+async def test_updates_of_one_turn_are_checked_together_and_only_the_waiting_one_counts(rooms):
+    room = await rooms.open()
+    conn = RecordingConnection(rooms.user_id)
+    room.add(conn)
+    source = Doc()
+    updates: list[bytes] = []
+    source.observe(lambda event: updates.append(event.update))
+    workouts = source.get("workouts", type=Map)
+    workouts["a"] = Map({"sets": 1})
+    workouts["b"] = Map({"sets": 2})
+    workouts["b"]["sets"] = 3  # builds on b
+    other = _edit(Doc(), "w1", sets=1)
+
+    room.apply_update(other, conn)  # whole
+    room.apply_update(updates[0], conn)  # whole
+    room.apply_update(updates[2], conn)  # waits for updates[1]
+    await asyncio.sleep(0)  # the end of the turn: the check runs
+    assert room._pending == [updates[2]]  # noqa: SLF001
+    assert conn.closed_with is None
+
+    room.apply_update(updates[1], conn)  # what it waited for
+    await asyncio.sleep(0)
+    assert room._pending == []  # noqa: SLF001
+    assert room.doc.get("workouts", type=Map).to_py()["b"] == {"sets": 3.0}

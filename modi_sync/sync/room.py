@@ -14,6 +14,7 @@ while the server builds its Doc, instead of waiting for the build and the re-enc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -138,6 +139,9 @@ class Room:
         # Client updates not (all) integrated yet, and their bytes.
         self._pending: list[bytes] = []
         self._pending_bytes = 0
+        # Client updates of this turn to ask that of, at its end: (update, diff, origin).
+        self._unchecked: list[tuple[bytes, bytes | None, Any]] = []
+        self.broken = False  # closed its connections and left memory (``_break``)
 
     # -- documents --------------------------------------------------------------------
 
@@ -161,8 +165,7 @@ class Room:
                     doc.apply_update(update)
         except Exception as exc:  # storage holds bytes that are not an update
             log.exception("the stored updates of %s/%s do not load", *self.key)
-            self.close_all(1011, "document unavailable")
-            self._on_broken(self)
+            self._break(1011, "document unavailable")
             raise DocumentUnavailable(str(exc)) from exc
         self._doc, self._loaded = doc, None
         return doc
@@ -197,7 +200,9 @@ class Room:
         """Apply, queue for storage; return the writer ticket, or None if nothing changed.
 
         Raises InvalidUpdate, DocumentTooLarge or QuotaExceeded and leaves the document
-        untouched; UpdatesDoNotIntegrate once the room has closed (``_count_pending``).
+        untouched. Whether all of the update is in the document is asked at the end of
+        the turn (``_check_turn``), or at once for an HTTP request (no ``origin``),
+        which then gets UpdatesDoNotIntegrate once the room has closed.
         """
         if update == EMPTY:  # e.g. the step 2 of a client with nothing new
             return None
@@ -223,31 +228,52 @@ class Room:
                 usage.stored(len(diff), new_document=new_document)
             self.last_ticket = ticket = self._writer.submit(self, diff, origin)
         if diff != update:  # what was sent may not all be in the document
-            self._count_pending(update, origin, diff)
+            if origin is None:  # an HTTP request: its answer says so
+                self._count_pending([(update, diff, origin)])
+            else:
+                if not self._unchecked:
+                    asyncio.get_running_loop().call_soon(self._check_turn)
+                self._unchecked.append((update, diff, origin))
         return ticket
 
-    def _count_pending(self, update: bytes, origin: Any, diff: bytes | None) -> None:
-        """Keep count of updates that wait for dependencies, within the room's budget.
+    def _check_turn(self) -> None:
+        batch, self._unchecked = self._unchecked, []
+        if not self.broken:
+            with contextlib.suppress(UpdatesDoNotIntegrate):  # the sender is closed already
+                self._count_pending(batch)
 
-        Past the budget the sender is closed (1008), and the room closes its other
-        connections and leaves memory: only a new Doc, loaded from storage, is rid of
-        what yrs holds aside. The clients reconnect and resend what they have.
+    def _count_pending(self, batch: list[tuple[bytes, bytes | None, Any]]) -> None:
+        """Count the updates of ``batch`` that wait for dependencies (pending.py),
+        within the room's budget.
+
+        The updates of a turn are asked about together first (one state vector, one
+        merge): a busy room pays once per turn, not once per update. Past the budget
+        the sender is closed (1008), and the room closes its other connections and
+        leaves memory: only a new Doc, loaded from storage, is rid of what yrs holds
+        aside. The clients reconnect and resend what they have.
         """
         state = self.doc.get_state()
-        if self._pending and diff:
+        if self._pending and any(diff for _, diff, _ in batch):
             self._recheck_pending(state)
-        if not lacks(update, state, diff):
-            return
-        self._pending.append(update)
-        self._pending_bytes += len(update)
-        if self._pending_bytes <= self._limits.max_pending_bytes:
-            return
+        if len(batch) > 1:
+            updates = [u for u, _, _ in batch]
+            diffs = [d for _, d, _ in batch if d]
+            if not lacks(merge_updates(*updates), state,
+                         merge_updates(*diffs) if diffs else None):
+                return
+        for update, diff, origin in batch:
+            if lacks(update, state, diff):
+                self._pending.append(update)
+                self._pending_bytes += len(update)
+                if self._pending_bytes > self._limits.max_pending_bytes:
+                    self._too_much_pending(origin)
+
+    def _too_much_pending(self, origin: Any) -> None:
         log.warning("%s/%s: %d bytes of updates wait for dependencies; reloading the room",
                     *self.key, self._pending_bytes)
         if isinstance(origin, Connection):
             origin.close(1008, "updates do not integrate")
-        self.close_all(1011, "document reloaded")
-        self._on_broken(self)
+        self._break(1011, "document reloaded")
         raise UpdatesDoNotIntegrate(f"more than {self._limits.max_pending_bytes} bytes wait")
 
     def _recheck_pending(self, state: bytes) -> None:
@@ -319,7 +345,11 @@ class Room:
 
         Clients reconnect, resend what they have, and nothing they hold is lost.
         """
-        self.close_all(1011, "storage unavailable")
+        self._break(1011, "storage unavailable")
+
+    def _break(self, code: int, reason: str) -> None:
+        self.broken = True
+        self.close_all(code, reason)
         self._on_broken(self)
 
     def close_all(self, code: int, reason: str) -> None:
