@@ -23,8 +23,8 @@ from uuid import UUID
 from storage.doc_events import NO_INSTANCE, publish_updates
 from storage.update_log import DocumentInfo, UpdateLog
 
+from .contract import DOC_NAME
 from .history import compact_document, restore_update
-from .sync.handler import DOC_NAME
 
 OK, FAILED, USAGE, NOT_FOUND = 0, 1, 2, 3
 

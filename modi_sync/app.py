@@ -33,6 +33,7 @@ from storage.users import UserStore
 from .api import auth, docs, health, openapi
 from .api.middleware import add_standard_headers, cors_middleware, error_middleware
 from .config import Settings
+from .contract import DOC_NAME
 from .device_tokens import DeviceTokens
 from .history import compact_document
 from .keys import (
@@ -53,7 +54,7 @@ from .keys import (
 )
 from .revocations import SessionStates
 from .sync.bus import Gaps, UpdatePublisher
-from .sync.handler import DOC_NAME, sync_endpoint
+from .sync.handler import sync_endpoint
 from .sync.keepalive import KeepAlive
 from .sync.listener import RedisListener
 from .sync.registry import AutoCompaction, Quota, RoomRegistry

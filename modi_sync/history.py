@@ -20,10 +20,8 @@ from pycrdt import Array, Doc, Map, Text
 
 from storage.update_log import Compaction, UpdateLog
 
+from .contract import DOCUMENT_ROOTS
 from .sync.protocol import decode_state_vector
-
-# Contract section 5: the roots the server reads (and restores).
-MAGNI_ROOTS = ("workouts", "weights", "food_logs", "favorites")
 
 
 class CompactionRefused(Exception):
@@ -62,15 +60,14 @@ async def compact_document(
 
 
 def restore_update(current: list[bytes], past: list[bytes]) -> bytes | None:
-    """The update that brings the §5 roots of ``current`` back to their content in ``past``.
-
-    None when they already match.
+    """The update that brings the document schema's roots (``DOCUMENT_ROOTS``) of
+    ``current`` back to their content in ``past``; None when they already match.
     """
     now, then = _doc_from(current), _doc_from(past)
     captured: list[bytes] = []
     subscription = now.observe(lambda event: captured.append(event.update))
     with now.transaction():
-        for name in MAGNI_ROOTS:
+        for name in DOCUMENT_ROOTS:
             _restore_map(now.get(name, type=Map), then.get(name, type=Map))
     now.unobserve(subscription)
     return captured[0] if captured else None

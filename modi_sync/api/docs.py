@@ -18,9 +18,8 @@ from pycrdt import Map
 from storage.doc_events import publish_deleted
 
 from ..access import authenticated_user
-from ..history import MAGNI_ROOTS
+from ..contract import DOC_NAME, DOCUMENT_ROOTS
 from ..keys import REDIS, REGISTRY, SETTINGS, UPDATE_LOG, WRITER
-from ..sync.handler import DOC_NAME
 from ..sync.quota import QuotaExceeded
 from ..sync.registry import DocumentNotFound
 from ..sync.room import (
@@ -89,8 +88,8 @@ async def _stored(request: web.Request, ticket: int) -> None:
 
 
 def document_json(room: Room) -> dict[str, Any]:
-    """The §5 roots as JSON; other roots are left out."""
-    return {name: room.doc.get(name, type=Map).to_py() or {} for name in MAGNI_ROOTS}
+    """The document schema's roots as JSON; other roots are left out."""
+    return {name: room.doc.get(name, type=Map).to_py() or {} for name in DOCUMENT_ROOTS}
 
 
 @routes.get("/api/v1/docs")

@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from .. import __version__
+from ..contract import DOC_NAME
 from .errors import CODES
 
 routes = web.RouteTableDef()
@@ -59,7 +60,7 @@ def _op(summary: str, ok: str, ok_body: dict[str, Any] | None, *errors: int,
 
 _PASSWORD = {"type": "string", "minLength": 8, "maxLength": 256}
 _DOC_NAME = {"name": "name", "in": "path", "required": True,
-             "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"}}
+             "schema": {"type": "string", "pattern": f"^{DOC_NAME}$"}}
 _ENTRIES = {"type": "object", "additionalProperties": {"type": "object"}}
 _EMAIL = {"type": "string", "format": "email", "maxLength": 320}
 
@@ -96,7 +97,7 @@ SPEC: dict[str, Any] = {
         }},
         "/api/v1/docs/{name}": {
             "parameters": [_DOC_NAME],
-            "get": _op("the document's §5 roots as JSON", "200", _data(_ref("Document")),
+            "get": _op("the document schema's roots as JSON", "200", _data(_ref("Document")),
                        404, auth=True),
             "delete": _op("erase the document and its whole history", "204", None, 404,
                           auth=True),

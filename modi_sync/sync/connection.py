@@ -35,8 +35,6 @@ from storage.rate_limits import Limit
 
 log = logging.getLogger(__name__)
 
-CLOSE_SESSION_ENDED = 4401
-CLOSE_TRY_AGAIN_LATER = 1013  # RFC 6455: a temporary condition; clients reconnect later
 
 _FIN_BINARY = 0x82
 _PING = b"\x89\x00"  # a final ping frame without payload

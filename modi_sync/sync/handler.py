@@ -23,8 +23,9 @@ from pycrdt import YMessageType, YSyncMessageType
 from storage.rate_limits import Limit
 
 from ..access import authenticate
+from ..contract import CloseCode
 from ..keys import REGISTRY, SETTINGS, WRITER
-from .connection import CLOSE_TRY_AGAIN_LATER, Connection
+from .connection import Connection
 from .protocol import MESSAGE_QUERY_AWARENESS, ProtocolError, parse_message
 from .quota import QuotaExceeded
 from .registry import TooManyConnections
@@ -41,8 +42,6 @@ from .writer import GroupCommitWriter, WriteFailed
 
 log = logging.getLogger(__name__)
 
-DOC_NAME = r"[A-Za-z0-9._-]{1,64}"
-
 # After a frame over the size limit: how long the socket keeps reading (and dropping)
 # what the peer still sends, so that the close frame reaches it (see SyncWebSocket).
 OVERSIZE_LINGER_SECONDS = 2.0
@@ -52,13 +51,13 @@ YIELD_AFTER = 0.001
 
 # What closes a connection, and how: (close code, reason).
 _CLOSES: dict[type[Exception], tuple[int, str]] = {
-    ProtocolError: (WSCloseCode.UNSUPPORTED_DATA, "invalid message"),
-    InvalidUpdate: (WSCloseCode.UNSUPPORTED_DATA, "invalid message"),
-    DocumentTooLarge: (WSCloseCode.MESSAGE_TOO_BIG, "document size limit reached"),
-    QuotaExceeded: (WSCloseCode.MESSAGE_TOO_BIG, "storage quota reached"),
-    AwarenessTooLarge: (WSCloseCode.MESSAGE_TOO_BIG, "awareness state too large"),
-    TooManyAwarenessClients: (WSCloseCode.POLICY_VIOLATION, "too many awareness clients"),
-    UpdatesDoNotIntegrate: (WSCloseCode.POLICY_VIOLATION, "updates do not integrate"),
+    ProtocolError: (CloseCode.INVALID_MESSAGE, "invalid message"),
+    InvalidUpdate: (CloseCode.INVALID_MESSAGE, "invalid message"),
+    DocumentTooLarge: (CloseCode.TOO_BIG, "document size limit reached"),
+    QuotaExceeded: (CloseCode.TOO_BIG, "storage quota reached"),
+    AwarenessTooLarge: (CloseCode.TOO_BIG, "awareness state too large"),
+    TooManyAwarenessClients: (CloseCode.POLICY, "too many awareness clients"),
+    UpdatesDoNotIntegrate: (CloseCode.POLICY, "updates do not integrate"),
 }
 _CLOSING = tuple(_CLOSES)
 
@@ -79,7 +78,7 @@ class SyncWebSocket(web.WebSocketResponse):
 
     async def close(self, *, code: int = WSCloseCode.OK, message: bytes = b"",
                     drain: bool = True) -> bool:
-        if code == WSCloseCode.MESSAGE_TOO_BIG:
+        if code == CloseCode.TOO_BIG:
             self.oversized = True
         return await super().close(code=code, message=message, drain=drain)
 
@@ -119,12 +118,12 @@ async def sync_endpoint(request: web.Request) -> web.StreamResponse:
     try:
         room = await registry.join((claims.user_id, name), conn)
     except TooManyConnections:
-        conn.close(WSCloseCode.POLICY_VIOLATION, "too many connections")
+        conn.close(CloseCode.POLICY, "too many connections")
         await conn.finish()
         return ws
     except Exception:
         log.exception("loading document %s failed", name)
-        conn.close(WSCloseCode.INTERNAL_ERROR, "document unavailable")
+        conn.close(CloseCode.INTERNAL_ERROR, "document unavailable")
         await conn.finish()
         return ws
 
@@ -148,7 +147,7 @@ async def _receive_loop(request: web.Request, conn: Connection, room: Room) -> N
             return
         if not conn.budget.take():
             log.info("closing a connection that sent too many messages")
-            conn.close(CLOSE_TRY_AGAIN_LATER, "too many messages")
+            conn.close(CloseCode.TRY_AGAIN_LATER, "too many messages")
             return
         if msg.type is WSMsgType.PING:
             await conn.ws.pong(msg.data)
@@ -157,7 +156,7 @@ async def _receive_loop(request: web.Request, conn: Connection, room: Room) -> N
             continue
         if msg.type is not WSMsgType.BINARY:
             if msg.type is WSMsgType.TEXT:
-                conn.close(WSCloseCode.UNSUPPORTED_DATA, "binary frames only")
+                conn.close(CloseCode.INVALID_MESSAGE, "binary frames only")
             return  # ERROR (e.g. a frame over the size limit): aiohttp closed it already
         started = time.perf_counter()
         try:
@@ -173,7 +172,7 @@ async def _receive_loop(request: web.Request, conn: Connection, room: Room) -> N
             # Logged here: once the peer has gone the handler is cancelled, and an
             # exception left to propagate would be replaced and never seen.
             log.exception("handling a sync message failed")
-            conn.close(WSCloseCode.INTERNAL_ERROR, "internal error")
+            conn.close(CloseCode.INTERNAL_ERROR, "internal error")
             return
         # A burst of buffered messages (aiohttp parses a whole read at once) would be
         # handled without a pause: the others get a turn once a millisecond of it is

@@ -26,7 +26,7 @@ from uuid import UUID
 
 from storage.doc_events import DELETED, UPDATE, DocEvent
 
-from .connection import CLOSE_SESSION_ENDED
+from ..contract import CloseCode
 from .loader import DocumentLoader
 from .names import DocumentNames
 from .quota import Usage
@@ -40,8 +40,6 @@ if TYPE_CHECKING:
     from .writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
-
-CLOSE_DOCUMENT_DELETED = 4404
 
 
 class TooManyConnections(Exception):
@@ -262,7 +260,7 @@ class RoomRegistry:
         if usage is not None:  # without its room here, its bytes are unknown: kept
             usage.removed(room.stored_bytes if room else 0, document=True)
         if room is not None:
-            room.close_all(CLOSE_DOCUMENT_DELETED, "document deleted")
+            room.close_all(CloseCode.DOCUMENT_DELETED, "document deleted")
             self._discard(room)
 
     def handle_doc_events(self, events: list[DocEvent]) -> None:
@@ -308,7 +306,7 @@ class RoomRegistry:
             return
         room.catch_up(stored)
 
-    def close_user(self, user_id: UUID, code: int = CLOSE_SESSION_ENDED) -> int:
+    def close_user(self, user_id: UUID, code: int = CloseCode.SESSION_ENDED) -> int:
         """Close every sync connection of ``user_id`` on this instance; return how many."""
         closed = 0
         for room in self.rooms.values():
@@ -373,7 +371,7 @@ class RoomRegistry:
             handle.cancel()
         self._idle.clear()
         for room in list(self.rooms.values()):
-            room.close_all(1001, "server shutting down")
+            room.close_all(CloseCode.GOING_AWAY, "server shutting down")
             self._compact_if_due(room, leaving=True)
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=compaction_budget)

@@ -31,6 +31,7 @@ from pycrdt import (
     merge_updates,
 )
 
+from ..contract import CloseCode
 from .connection import Connection, frame
 from .pending import lacks
 from .protocol import (
@@ -165,7 +166,7 @@ class Room:
                     doc.apply_update(update)
         except Exception as exc:  # storage holds bytes that are not an update
             log.exception("the stored updates of %s/%s do not load", *self.key)
-            self._break(1011, "document unavailable")
+            self._break(CloseCode.INTERNAL_ERROR, "document unavailable")
             raise DocumentUnavailable(str(exc)) from exc
         self._doc, self._loaded = doc, None
         return doc
@@ -272,8 +273,8 @@ class Room:
         log.warning("%s/%s: %d bytes of updates wait for dependencies; reloading the room",
                     *self.key, self._pending_bytes)
         if isinstance(origin, Connection):
-            origin.close(1008, "updates do not integrate")
-        self._break(1011, "document reloaded")
+            origin.close(CloseCode.POLICY, "updates do not integrate")
+        self._break(CloseCode.INTERNAL_ERROR, "document reloaded")
         raise UpdatesDoNotIntegrate(f"more than {self._limits.max_pending_bytes} bytes wait")
 
     def _recheck_pending(self, state: bytes) -> None:
@@ -345,7 +346,7 @@ class Room:
 
         Clients reconnect, resend what they have, and nothing they hold is lost.
         """
-        self._break(1011, "storage unavailable")
+        self._break(CloseCode.INTERNAL_ERROR, "storage unavailable")
 
     def _break(self, code: int, reason: str) -> None:
         self.broken = True
