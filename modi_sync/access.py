@@ -9,8 +9,7 @@ from aiohttp import web
 
 from storage.rate_limits import Limit, Verdict
 
-from .api.errors import ApiError
-from .keys import (
+from .app_keys import (
     ACCESS_TOKENS,
     LOGIN_FAILURES,
     RATE_LIMITER,
@@ -18,6 +17,7 @@ from .keys import (
     SESSION_STATES,
     SETTINGS,
 )
+from .errors import RateLimited, Unauthenticated
 from .tokens import AccessClaims, InvalidToken
 
 
@@ -36,14 +36,14 @@ async def authenticate(request: web.Request, *, allow_query_token: bool = False)
     elif allow_query_token:
         token = request.query.get("token")
     if not token:
-        raise ApiError.unauthorized("missing access token")
+        raise Unauthenticated("missing access token")
     try:
         claims = request.app[ACCESS_TOKENS].verify(token)
     except InvalidToken:
-        raise ApiError.unauthorized("invalid or expired access token") from None
+        raise Unauthenticated("invalid or expired access token") from None
     state = await request.app[SESSION_STATES].state(claims.user_id, claims.session)
     if state.revoked or state.generation != claims.generation:
-        raise ApiError.unauthorized("invalid or expired access token")
+        raise Unauthenticated("invalid or expired access token")
     return claims
 
 
@@ -59,7 +59,7 @@ async def enforce_rate_limit(request: web.Request, scope: str, identity: str, sp
     verdict = await request.app[RATE_LIMITER].hit(scope, identity, _limit(spec))
     request[RATE_VERDICT] = verdict  # the headers are added to whatever response follows
     if not verdict.allowed:
-        raise _too_many(verdict.retry_after)
+        raise RateLimited(verdict.retry_after)
 
 
 async def begin_password_check(request: web.Request, subject: str) -> None:
@@ -70,12 +70,7 @@ async def begin_password_check(request: web.Request, subject: str) -> None:
     """
     wait = await request.app[LOGIN_FAILURES].begin(subject)
     if wait:
-        raise _too_many(wait)
-
-
-def _too_many(retry_after: int) -> ApiError:
-    return ApiError(429, "too many requests, slow down", {"retry_after": retry_after},
-                    headers={"Retry-After": str(retry_after)})
+        raise RateLimited(wait)
 
 
 def rate_limit_headers(verdict: Verdict) -> dict[str, str]:

@@ -13,8 +13,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
 from .access import client_ip
+from .app_keys import REQUEST_ID
 from .config import Settings
-from .keys import REQUEST_ID
 
 ACCESS_LOG = logging.getLogger("modi_sync.access")
 

@@ -1,25 +1,32 @@
-"""The ``modi-sync`` console script (contract section 1)."""
+"""The ``modi-sync`` console script (docs/api.md, "Processes and configuration")."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
+from uuid import UUID
 
 from aiohttp import web
 
-from . import admin
+from . import history_commands
 from .access_log import AccessLog, access_logger
-from .admin import NOT_FOUND, USAGE, UsageError, parse_doc_ref, parse_timestamp
-from .app import create_app, open_storage
+from .accounts import Accounts, check_password, checked_email
+from .app import create_app
 from .collector import cycle_collection
 from .config import ConfigError, Settings, load_settings
+from .documents import Documents
+from .errors import Conflict, Invalid, NotFound
+from .history_commands import NOT_FOUND, USAGE, UsageError, parse_doc_ref, parse_timestamp
 from .listening import bound_sockets
 from .logs import configure_logging
+from .runtime import Storage, open_storage
+from .sync.engine import SyncEngine
 from .tokens import SecretError, load_or_create_secret
 
 log = logging.getLogger("modi_sync")
@@ -72,6 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(
+            server=args.command == "serve",  # a command starts without the server's own
             host=getattr(args, "host", None),
             port=getattr(args, "port", None),
             data_dir=getattr(args, "data_dir", None),
@@ -132,50 +140,59 @@ def serve(settings: Settings) -> int:
 
 
 async def _migrate(settings: Settings) -> int:
-    from storage.database import migrate
-
-    async with open_storage(settings) as (pool, _redis):
-        applied = await migrate(pool)
+    async with open_storage(settings) as storage:  # migrates
+        applied = storage.migrations_applied
     log.info("database schema is current (%s)", ", ".join(applied) or "nothing new to apply")
     return 0
 
 
-async def _history_command(settings: Settings, args: argparse.Namespace) -> int:
-    from storage.database import migrate
-    from storage.update_log import UpdateLog
+@contextlib.asynccontextmanager
+async def _documents(storage: Storage) -> AsyncIterator[Documents]:
+    """The documents service, on a sync engine of this process's own: what it applies
+    is stored and published to the running servers like any client's update."""
+    engine = SyncEngine(storage.settings, storage.update_log, storage.redis)
+    await engine.start()
+    try:
+        yield Documents(storage.update_log, engine, storage.redis)
+    finally:
+        await engine.stop()
 
+
+async def _history_command(settings: Settings, args: argparse.Namespace) -> int:
     doc_ref = getattr(args, "doc", None)
     target = parse_doc_ref(doc_ref) if doc_ref else None
     at = parse_timestamp(args.at) if args.command == "restore" else None
     if args.command == "compact" and args.min_updates < 1:
         raise UsageError("--min-updates must be at least 1")
-    async with open_storage(settings) as (pool, redis):
-        await migrate(pool)
-        log = UpdateLog(pool)
+    async with open_storage(settings) as storage, _documents(storage) as documents:
         if args.command == "history":
-            code = await admin.history(log, *target)
+            assert target is not None
+            code = await history_commands.history(documents, *target)
         elif args.command == "restore":
-            code = await admin.restore(log, redis, *target, at)
+            assert target is not None and at is not None
+            code = await history_commands.restore(documents, *target, at)
         else:
-            code = await _compact(settings, log, target, args)
+            code = await _compact(settings, documents, target, args)
     if code == NOT_FOUND:
         print(f"modi-sync: no document {doc_ref}", file=sys.stderr)
     return code
 
 
-async def _compact(settings: Settings, log, target, args: argparse.Namespace) -> int:  # noqa: ANN001
+async def _compact(settings: Settings, documents: Documents, target: tuple[UUID, str] | None,
+                   args: argparse.Namespace) -> int:
     if target is None:
-        targets = await log.documents_with(args.min_updates)
+        targets = await documents.with_updates(args.min_updates)
     else:
-        info = await log.info(*target)
-        if info is None:
+        try:
+            info = await documents.info(*target)
+        except NotFound:
             return NOT_FOUND
         targets = [info] if info.updates >= args.min_updates else []
     # An operator's compaction always keeps a snapshot (when snapshots are on at all),
     # and purges the ones past their retention.
     keep = settings.snapshot_every is not None
-    return await admin.compact(
-        log, targets,
+    return await history_commands.compact(
+        documents, targets,
         snapshot_every=timedelta(0) if keep else None,
         retention=timedelta(days=settings.snapshot_retention_days) if keep else None,
         dry_run=args.dry_run,
@@ -193,28 +210,20 @@ def _read_password() -> str:
 
 
 def _create_user(settings: Settings, email: str, *, admin: bool) -> int:
-    from storage.database import migrate
-    from storage.users import EmailTaken, UserStore
-
-    from .api.errors import ApiError
-    from .api.validation import email_field, password_field
-    from .passwords import hash_password
-
     try:
         password = _read_password()
-        body = {"email": email, "password": password}
-        email, password = email_field(body), password_field(body)
-    except (ValueError, ApiError) as exc:
+        email = checked_email(email)
+        check_password(password)
+    except (ValueError, Invalid) as exc:
         print(f"modi-sync: {exc}", file=sys.stderr)
         return 2
 
     async def create() -> int:
-        async with open_storage(settings) as (pool, _redis):
-            await migrate(pool)
+        async with open_storage(settings) as storage:
+            accounts = Accounts(storage.users, storage.refresh_tokens, storage.redis)
             try:
-                user = await UserStore(pool).create(
-                    email, await hash_password(password), "admin" if admin else "user")
-            except EmailTaken:
+                user = await accounts.create(email, password, "admin" if admin else "user")
+            except Conflict:
                 print(f"modi-sync: an account with the email {email} exists", file=sys.stderr)
                 return 1
         print(f"created {user.role} {user.email} ({user.id})")

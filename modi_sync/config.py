@@ -158,11 +158,13 @@ def _convert(name: str, raw: Any) -> Any:
 
 
 def load_settings(
-    environ: Mapping[str, str] | None = None, **overrides: Any
+    environ: Mapping[str, str] | None = None, *, server: bool = True, **overrides: Any
 ) -> Settings:
     """Build settings from the environment, then apply explicit overrides (CLI flags).
 
-    Overrides whose value is ``None`` are ignored, so unset flags fall through.
+    Overrides whose value is ``None`` are ignored, so unset flags fall through. With
+    ``server`` false (a command, the worker), what only `serve` uses is not checked:
+    a setting the process never reads does not stop it.
     """
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
@@ -174,12 +176,35 @@ def load_settings(
             values[name] = _convert(name, value)
     settings = replace(Settings(), **values)
     _validate(settings)
+    if server:
+        _validate_server(settings)
     return settings
 
 
 def _validate(settings: Settings) -> None:
     if settings.log_format not in ("json", "text"):
         raise ConfigError("MODI_LOG_FORMAT must be 'json' or 'text'")
+    if settings.redis_pool_max < 4:
+        raise ConfigError("MODI_REDIS_POOL_MAX must be at least 4 (two serve subscriptions)")
+    if settings.db_pool_max < 4:
+        raise ConfigError("MODI_DB_POOL_MAX must be at least 4 (the writer and the loader "
+                          "keep one each)")
+    # What a command's sync engine (a restore) and every store read, as well as `serve`.
+    _positive(settings, "max_document_bytes", "commit_batch_max", "access_token_ttl",
+              "refresh_token_ttl", "auto_compact_updates", "auto_compact_bytes",
+              "bus_recheck_seconds", "max_pending_bytes", "max_documents_per_user",
+              "max_user_bytes", "max_awareness_clients", "max_awareness_bytes")
+    if settings.gc_full_seconds < 0:
+        raise ConfigError("MODI_GC_FULL_SECONDS must be 0 (off) or more")
+
+
+def _positive(settings: Settings, *names: str) -> None:
+    for name in names:
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{name} must be positive")
+
+
+def _validate_server(settings: Settings) -> None:
     if settings.access_log not in ("auto", "on", "off"):
         raise ConfigError("MODI_ACCESS_LOG must be 'auto', 'on' or 'off'")
     _validate_secrets(settings)
@@ -193,22 +218,9 @@ def _validate(settings: Settings) -> None:
             ipaddress.ip_network(network, strict=False)
         except ValueError:
             raise ConfigError(f"MODI_TRUSTED_PROXIES: {network!r} is not an address") from None
-    if settings.redis_pool_max < 4:
-        raise ConfigError("MODI_REDIS_POOL_MAX must be at least 4 (two serve subscriptions)")
-    if settings.db_pool_max < 4:
-        raise ConfigError("MODI_DB_POOL_MAX must be at least 4 (the writer and the loader "
-                          "keep one each)")
-    for name in ("port", "max_body_bytes", "max_frame_bytes", "max_document_bytes",
-                 "max_connections_per_user", "max_send_queue_bytes", "commit_batch_max",
-                 "db_pool_max", "redis_pool_max", "access_token_ttl", "refresh_token_ttl",
-                 "auto_compact_updates", "auto_compact_bytes", "keepalive_seconds",
-                 "bus_recheck_seconds", "max_awareness_clients", "max_awareness_bytes",
-                 "max_pending_bytes", "max_documents_per_user", "max_user_bytes",
-                 "login_free_failures", "login_backoff_max"):
-        if getattr(settings, name) <= 0:
-            raise ConfigError(f"{name} must be positive")
-    if settings.gc_full_seconds < 0:
-        raise ConfigError("MODI_GC_FULL_SECONDS must be 0 (off) or more")
+    _positive(settings, "port", "max_body_bytes", "max_frame_bytes",
+              "max_connections_per_user", "max_send_queue_bytes", "keepalive_seconds",
+              "login_free_failures", "login_backoff_max")
 
 
 def _validate_secrets(settings: Settings) -> None:

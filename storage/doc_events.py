@@ -2,11 +2,12 @@
 
 One message carries every change one instance published at once (a group commit's
 updates go out as one message, not one per update): the sending instance's id (16
-bytes) and the message's number in its sequence (8 bytes; 0 for a command, which has
-none), then records of one byte of kind, the owner's user id (16 bytes), the length
-of the document's name (1 byte) and of the update (4 bytes), the name, and for an
-update the Yjs update itself. Documents travel by (user, name), not by row id: a
-receiver may hold a room for a document that had no row when it was loaded. Updates
+bytes) and the message's number in its sequence (8 bytes; 0 for one outside it: a
+deletion, published by whoever erased the document), then records of one byte of
+kind, the owner's user id (16 bytes), the length of the document's name (1 byte) and
+of the update (4 bytes), the name, and for an update the Yjs update itself. Documents
+travel by (user, name), not by row id: a receiver may hold a room for a document that
+had no row when it was loaded. Updates
 are published only after they are stored, so a receiver never has to store them. A
 receiver skips its own messages by their first 16 bytes, without decoding them, and
 knows it missed some of another instance's when their numbers skip (a message that
@@ -37,8 +38,6 @@ _HEADER = struct.Struct(">16sQ")  # sender, its message number
 _RECORD = struct.Struct(">c16sBI")  # kind, user id, name length, update length
 _MESSAGE_BYTES = 1 << 20  # a batch larger than this is split over several messages
 
-NO_INSTANCE = uuid.UUID(int=0)  # for commands run outside a server (restore)
-
 DocKey = tuple[uuid.UUID, str]  # (owner's user id, document name)
 
 
@@ -51,8 +50,8 @@ class DocEvent:
 
 @dataclass(frozen=True, slots=True)
 class DocMessage:
-    sender: uuid.UUID  # the publishing instance (NO_INSTANCE for a command)
-    number: int  # its place in the sender's sequence, from 1 (0: a command's)
+    sender: uuid.UUID  # the publishing instance
+    number: int  # its place in the sender's sequence, from 1 (0: outside it)
     events: list[DocEvent]
 
 
@@ -96,17 +95,6 @@ def decode(data: bytes) -> list[DocEvent]:
                                bytes(view[at:at + length])))
         at += length
     return events
-
-
-async def publish_updates(
-    redis: Redis, instance: uuid.UUID, updates: Iterable[tuple[DocKey, bytes]]
-) -> None:
-    """For commands (restore): servers publish through a DocChannel."""
-    messages = encode(instance, ((UPDATE, key, u) for key, u in updates))
-    async with redis.pipeline(transaction=False) as pipe:
-        for message in messages:
-            pipe.publish(CHANNEL, message)
-        await pipe.execute()
 
 
 async def publish_deleted(redis: Redis, instance: uuid.UUID, key: DocKey) -> None:

@@ -93,6 +93,9 @@ FROM documents d LEFT JOIN doc_updates u ON u.doc_id = d.id
 _LIST = _INFO_SELECT + """
 WHERE d.user_id = $1 GROUP BY d.id ORDER BY d.name LIMIT $2 OFFSET $3
 """
+_AFTER = _INFO_SELECT + """
+WHERE d.user_id = $1 AND d.name > $2 GROUP BY d.id ORDER BY d.name LIMIT $3
+"""
 _COUNT = "SELECT count(*) FROM documents WHERE user_id = $1"
 _INFO_ONE = _INFO_SELECT + "WHERE d.user_id = $1 AND d.name = $2 GROUP BY d.id"
 _INFO_ALL = _INFO_SELECT + "GROUP BY d.id HAVING count(u.seq) >= $1 ORDER BY d.id"
@@ -276,6 +279,10 @@ class UpdateLog:
             rows = await conn.fetch(_LIST, user_id, limit, offset)
             total = await conn.fetchval(_COUNT, user_id)
         return [_info(r) for r in rows], total
+
+    async def documents_after(self, user_id: UUID, after: str, limit: int) -> list[DocumentInfo]:
+        """At most ``limit`` of the user's documents, by name, the first after ``after``."""
+        return [_info(r) for r in await self._pool.fetch(_AFTER, user_id, after, limit)]
 
     async def info(self, user_id: UUID, name: str) -> DocumentInfo | None:
         row = await self._pool.fetchrow(_INFO_ONE, user_id, name)

@@ -12,7 +12,7 @@ import asyncpg
 from pycrdt import Doc, Map, Text
 
 from modi_sync.history import compact_document
-from modi_sync.keys import REGISTRY
+from modi_sync.app_keys import REGISTRY
 from storage.update_log import UpdateLog
 
 from .conftest import JWT_SECRET, register, ws_url

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from pycrdt import Map, Text
 
-from modi_sync.keys import REGISTRY
+from modi_sync.app_keys import REGISTRY
 from modi_sync.sync.connection import frame
 
 from .conftest import register, ws_url

@@ -24,7 +24,7 @@ from pycrdt import (
     write_var_uint,
 )
 
-from modi_sync.keys import REGISTRY
+from modi_sync.app_keys import REGISTRY
 from modi_sync.sync.protocol import sync_step1_message
 
 from .conftest import register, synced

@@ -15,7 +15,7 @@ import pytest
 from pycrdt import Doc, Map
 from redis.asyncio import Redis
 
-from modi_sync.keys import PUBLISHER
+from modi_sync.app_keys import PUBLISHER
 from modi_sync.sync.bus import Gaps, UpdatePublisher
 from storage.doc_events import (
     ACK,

@@ -8,7 +8,7 @@ import uuid
 
 import orjson
 
-from modi_sync.keys import REDIS
+from modi_sync.app_keys import REDIS
 from storage.login_failures import LoginFailures, subject
 
 from .conftest import register

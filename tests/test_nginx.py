@@ -24,7 +24,7 @@ import pytest
 from aiohttp import web
 from pycrdt import Map
 
-from modi_sync.keys import REGISTRY
+from modi_sync.app_keys import REGISTRY
 
 from .conftest import free_port
 from .nginx import NGINX, NginxProcess

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from modi_sync.keys import REFRESH_TOKENS
+from modi_sync.app_keys import REFRESH_TOKENS
 from modi_sync.revocations import SessionStates
 from storage.refresh_tokens import RefreshTokens, SessionState
 

@@ -24,7 +24,7 @@ from pycrdt import (
     create_update_message,
 )
 
-from modi_sync.keys import REGISTRY
+from modi_sync.app_keys import REGISTRY
 from modi_sync.sync.protocol import parse_message
 
 from .conftest import JWT_SECRET, register, synced, ws_url

@@ -13,7 +13,7 @@ import pytest
 from pycrdt import Map
 
 from modi_sync import tokens
-from modi_sync.keys import REDIS, REFRESH_TOKENS
+from modi_sync.app_keys import REDIS, REFRESH_TOKENS
 
 from .conftest import JWT_SECRET, register, ws_url
 from .frozen_clock import one_instant  # noqa: F401 - a fixture

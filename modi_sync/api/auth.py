@@ -9,8 +9,7 @@ from aiohttp import web
 
 from storage.login_failures import subject
 from storage.refresh_tokens import new_family
-from storage.session_events import publish_session_ended
-from storage.users import EmailTaken, User
+from storage.users import User
 
 from ..access import (
     address_bucket,
@@ -19,14 +18,12 @@ from ..access import (
     client_ip,
     enforce_rate_limit,
 )
-from ..keys import (
+from ..app_keys import (
     ACCESS_TOKENS,
+    ACCOUNTS,
     DEVICE_TOKENS,
     LOGIN_FAILURES,
-    REDIS,
     REFRESH_TOKENS,
-    REGISTRY,
-    SESSION_STATES,
     SETTINGS,
     USERS,
 )
@@ -90,14 +87,6 @@ async def _limit_by_address(request: web.Request, scope: str, spec: str) -> None
     await enforce_rate_limit(request, scope, address_bucket(client_ip(request)), spec)
 
 
-async def _end_sessions(request: web.Request, user_id: UUID) -> None:
-    """Refuse the ended sessions' tokens and close the user's sync sockets, here at once
-    and on every other instance."""
-    request.app[SESSION_STATES].forget(user_id)
-    request.app[REGISTRY].close_user(user_id)
-    await publish_session_ended(request.app[REDIS], user_id)
-
-
 def _login_subject(app: web.Application, email: str, user: User | None,
                    device_token: str | None) -> str:
     """Whose wrong passwords this attempt counts with.
@@ -119,10 +108,7 @@ async def register(request: web.Request) -> web.Response:
     body = await json_body(request)
     email = email_field(body)
     password = password_field(body)
-    try:
-        user = await request.app[USERS].create(email, await hash_password(password))
-    except EmailTaken:
-        raise ApiError.conflict("an account with this email exists") from None
+    user = await request.app[ACCOUNTS].create(email, password)
     return token_response(await _new_session(request.app, user), status=201)
 
 
@@ -152,7 +138,7 @@ async def refresh(request: web.Request) -> web.Response:
     if result.status == "reused":
         # A stolen token was used by one party and now by another: the script has
         # revoked the family, and its access tokens and sockets end too.
-        await _end_sessions(request, result.user_id)
+        await request.app[ACCOUNTS].end_sessions(result.user_id)
     user = await request.app[USERS].by_id(result.user_id) if result.status == "ok" else None
     if user is None or result.generation is None:
         # Unknown, expired, revoked, reused, or its user deleted.
@@ -170,7 +156,7 @@ async def logout(request: web.Request) -> web.Response:
         raise ApiError.unauthorized("invalid refresh token")
     user_id, family = found
     await tokens.revoke_family(family)
-    await _end_sessions(request, user_id)
+    await request.app[ACCOUNTS].end_sessions(user_id)
     return web.Response(status=204)
 
 
@@ -199,7 +185,7 @@ async def change_password(request: web.Request) -> web.Response:
     user = await _check_password(request, claims.user_id, current)
     await request.app[USERS].set_password_hash(user.id, await hash_password(new))
     generation = await request.app[REFRESH_TOKENS].revoke_user(user.id)
-    await _end_sessions(request, user.id)
+    await request.app[ACCOUNTS].end_sessions(user.id)
     if generation is None:  # the account was deleted meanwhile
         raise ApiError.unauthorized("wrong password")
     # Every earlier token is refused now; this device continues with a fresh pair.
@@ -211,7 +197,5 @@ async def delete_account(request: web.Request) -> web.Response:
     claims = await authenticated_user(request)
     password = password_field(await json_body(request))
     user = await _check_password(request, claims.user_id, password)
-    await request.app[REFRESH_TOKENS].forget_user(user.id)
-    await _end_sessions(request, user.id)
-    await request.app[USERS].delete(user.id)
+    await request.app[ACCOUNTS].delete(user.id)
     return web.Response(status=204)

@@ -7,6 +7,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from ..errors import (
+    Conflict,
+    Invalid,
+    ModiError,
+    NotFound,
+    RateLimited,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+)
+
 CODES = {
     400: "VALIDATION_ERROR",
     401: "UNAUTHORIZED",
@@ -46,6 +57,29 @@ class ApiError(Exception):
     @classmethod
     def conflict(cls, message: str) -> ApiError:
         return cls(409, message)
+
+
+# Each domain error's status: the one place where they meet HTTP.
+_STATUS: dict[type[ModiError], int] = {
+    Unauthenticated: 401,
+    RateLimited: 429,
+    Invalid: 400,
+    NotFound: 404,
+    Conflict: 409,
+    TooLarge: 413,
+    Unavailable: 503,
+}
+
+
+def from_domain(error: ModiError) -> ApiError:
+    """The envelope of a domain error (modi_sync/errors.py)."""
+    status = next(s for kind, s in _STATUS.items() if isinstance(error, kind))
+    if isinstance(error, Invalid):
+        return ApiError.validation(error.field, error.reason)
+    if isinstance(error, RateLimited):
+        return ApiError(429, str(error), {"retry_after": error.retry_after},
+                        headers={"Retry-After": str(error.retry_after)})
+    return ApiError(status, str(error))
 
 
 def error_response(error: ApiError) -> web.Response:

@@ -6,7 +6,7 @@ import asyncio
 
 from aiohttp import web
 
-from ..keys import POOL, REDIS
+from ..app_keys import POOL, REDIS
 from .errors import ApiError, json_response
 
 routes = web.RouteTableDef()

@@ -12,8 +12,9 @@ from typing import Any
 from aiohttp import web, web_response
 
 from ..access import rate_limit_headers
-from ..keys import RATE_VERDICT, REQUEST_ID, SETTINGS
-from .errors import ApiError, error_response
+from ..app_keys import RATE_VERDICT, REQUEST_ID, SETTINGS
+from ..errors import ModiError
+from .errors import ApiError, error_response, from_domain
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return await handler(request)
     except ApiError as exc:
         return error_response(exc)
+    except ModiError as exc:
+        return error_response(from_domain(exc))
     except web.HTTPException as exc:  # aiohttp's own: 404, 405, 413 ...
         if exc.status < 400:
             raise

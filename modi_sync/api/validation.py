@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
 from aiohttp import web
 
+from ..accounts import PASSWORD_LENGTHS, checked_email
 from .errors import ApiError
-
-_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,255}\.[^@\s]{1,63}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
@@ -44,14 +41,9 @@ def optional_string_field(body: dict[str, Any], field: str, *, max_len: int = 25
 
 
 def email_field(body: dict[str, Any]) -> str:
-    email = string_field(body, "email", max_len=320)
-    if _CONTROL.search(email):  # ESC and friends would be stored and shown as they are
-        raise ApiError.validation("email", "must not contain control characters")
-    email = email.strip()
-    if not _EMAIL.fullmatch(email):
-        raise ApiError.validation("email", "not an email address")
-    return email
+    return checked_email(string_field(body, "email", max_len=320))
 
 
 def password_field(body: dict[str, Any], field: str = "password") -> str:
-    return string_field(body, field, min_len=8, max_len=256)
+    low, high = PASSWORD_LENGTHS
+    return string_field(body, field, min_len=low, max_len=high)

@@ -115,7 +115,7 @@ class UpdatePublisher:
         self._wakeup.set()
 
     def heard(self, message: DocMessage) -> None:
-        """A message of another instance (or of a command): someone listens."""
+        """A message of another instance: someone listens."""
         self._heard += 1
         self.others = True
         for event in message.events:
@@ -200,7 +200,7 @@ class Gaps:
     def missed(self, message: DocMessage) -> bool:
         number = message.number
         if not number:
-            return False  # a command's: not numbered
+            return False  # outside the sequence (a deletion): not numbered
         known = message.sender in self._last
         last = self._last.get(message.sender)
         self._last[message.sender] = number

@@ -23,8 +23,8 @@ from pycrdt import YMessageType, YSyncMessageType
 from storage.rate_limits import Limit
 
 from ..access import authenticate
+from ..app_keys import REGISTRY, SETTINGS, WRITER
 from ..contract import CloseCode
-from ..keys import REGISTRY, SETTINGS, WRITER
 from .connection import Connection
 from .protocol import MESSAGE_QUERY_AWARENESS, ProtocolError, parse_message
 from .quota import QuotaExceeded

@@ -1,5 +1,7 @@
-"""Operator commands on document history: compact, history, restore.
+"""The operator's commands on document history: compact, history, restore.
 
+They work through the documents service, like every server-side way into a document:
+a restore is one update applied and stored like a client's, and reaches every instance.
 Each returns an exit code a script can rely on:
 
 | code | meaning |
@@ -20,11 +22,11 @@ from datetime import UTC, datetime, timedelta
 from typing import TextIO
 from uuid import UUID
 
-from storage.doc_events import NO_INSTANCE, publish_updates
-from storage.update_log import DocumentInfo, UpdateLog
+from storage.update_log import DocumentInfo
 
 from .contract import DOC_NAME
-from .history import compact_document, restore_update
+from .documents import Documents
+from .errors import NotFound
 
 OK, FAILED, USAGE, NOT_FOUND = 0, 1, 2, 3
 
@@ -82,7 +84,7 @@ class Progress:
 
 
 async def compact(
-    log: UpdateLog,
+    documents: Documents,
     targets: list[DocumentInfo],
     *,
     snapshot_every: timedelta | None,
@@ -96,8 +98,8 @@ async def compact(
     progress = Progress(len(targets), err)
     for info in targets:
         try:
-            result = await compact_document(log, info.doc_id, snapshot_every=snapshot_every,
-                                            dry_run=dry_run)
+            result = await documents.compact(info, snapshot_every=snapshot_every,
+                                             dry_run=dry_run)
         except Exception as exc:  # reported, counted, and the next document goes on
             totals.failed += 1
             err.write(f"\n{info.user_id}/{info.name}: not compacted: {exc}\n")
@@ -110,7 +112,7 @@ async def compact(
         progress.step()
     purged = 0
     if retention is not None and not dry_run:
-        purged = await log.purge_snapshots(datetime.now(UTC) - retention)
+        purged = await documents.purge_snapshots(datetime.now(UTC) - retention)
     elapsed = time.monotonic() - started
     verb = "would compact" if dry_run else "compacted"
     out.write(
@@ -121,13 +123,15 @@ async def compact(
     return FAILED if totals.failed else OK
 
 
-async def history(log: UpdateLog, user_id: UUID, name: str, out: TextIO = sys.stdout) -> int:
-    info = await log.info(user_id, name)
-    if info is None:
+async def history(documents: Documents, user_id: UUID, name: str,
+                  out: TextIO = sys.stdout) -> int:
+    try:
+        info = await documents.info(user_id, name)
+    except NotFound:
         return NOT_FOUND
     out.write(f"{user_id}/{name}: {info.updates} stored updates, {info.size_bytes} bytes, "
               f"last change {info.updated_at.isoformat()}\n")
-    snapshots = await log.snapshots(info.doc_id)
+    snapshots = await documents.snapshots(info)
     if not snapshots:
         out.write("no snapshots (they are kept by compaction)\n")
     for snap in snapshots:
@@ -136,21 +140,15 @@ async def history(log: UpdateLog, user_id: UUID, name: str, out: TextIO = sys.st
     return OK
 
 
-async def restore(
-    log: UpdateLog, redis, user_id: UUID, name: str, at: datetime,  # noqa: ANN001 - Redis
-    out: TextIO = sys.stdout,
-) -> int:
-    stored = await log.load(user_id, name, create=False)
-    if stored is None:
+async def restore(documents: Documents, user_id: UUID, name: str, at: datetime,
+                  out: TextIO = sys.stdout) -> int:
+    try:
+        size = await documents.restore(user_id, name, at)
+    except NotFound:
         return NOT_FOUND
-    past = await log.updates_as_of(stored.doc_id, at)
-    update = restore_update(stored.updates, past)
-    if update is None:
+    if size is None:
         out.write(f"{user_id}/{name} already holds its content of {at.isoformat()}\n")
-        return OK
-    await log.append_many([stored.doc_id], [update])
-    # Servers holding the document in memory apply it and send it to their clients.
-    await publish_updates(redis, NO_INSTANCE, [((user_id, name), update)])
-    out.write(f"restored {user_id}/{name} to {at.isoformat()} with one update "
-              f"of {len(update)} bytes\n")
+    else:
+        out.write(f"restored {user_id}/{name} to {at.isoformat()} with one update "
+                  f"of {size} bytes\n")
     return OK

@@ -1,0 +1,171 @@
+"""The documents service: the one server-side way into a user's documents.
+
+In the spirit of Hocuspocus's ``openDirectConnection``: the REST routes, the history
+commands and whatever comes later (export, summaries, the OCR worker) read and write a
+document only through here, and here only through its room. An update applied here is
+validated, stored by the group-commit writer, fanned out and published to the other
+instances exactly like one from a websocket, so it is stored before anyone sees it and
+reaches every instance. Every answer waits until what it shows is stored.
+
+Errors are the domain's (modi_sync/errors.py): the caller maps them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from pycrdt import Map
+from redis.asyncio import Redis
+
+from storage.doc_events import publish_deleted
+from storage.update_log import Compaction, DocumentInfo, Snapshot, UpdateLog
+
+from .contract import DOCUMENT_ROOTS
+from .errors import Invalid, NotFound, TooLarge, Unavailable
+from .history import compact_document, restore_update
+from .sync.engine import SyncEngine
+from .sync.quota import QuotaExceeded
+from .sync.registry import DocumentNotFound
+from .sync.room import (
+    DocumentTooLarge,
+    DocumentUnavailable,
+    InvalidUpdate,
+    Room,
+    UpdatesDoNotIntegrate,
+)
+from .sync.writer import WriteFailed
+
+EMPTY_STATE = b"\x00"  # the state vector of an empty document: "send me everything"
+_LISTED_AT_ONCE = 500  # documents read per query by ``each``
+
+
+class Documents:
+    def __init__(self, update_log: UpdateLog, engine: SyncEngine, redis: Redis) -> None:
+        self._update_log = update_log
+        self._engine = engine
+        self._registry = engine.registry
+        self._redis = redis
+
+    # -- one document ---------------------------------------------------------------------
+
+    async def json(self, user_id: UUID, name: str) -> dict[str, Any]:
+        """The document schema's roots as JSON; other roots are left out."""
+        room = await self._room(user_id, name)
+        content = {root: room.doc.get(root, type=Map).to_py() or {} for root in DOCUMENT_ROOTS}
+        await self._stored(room.last_ticket)
+        return content
+
+    async def update_since(self, user_id: UUID, name: str,
+                           state_vector: bytes = EMPTY_STATE) -> bytes:
+        """The Yjs v1 update a replica at ``state_vector`` lacks (by default: all of it)."""
+        room = await self._room(user_id, name)
+        try:
+            update, ticket = room.update_since(state_vector)
+        except InvalidUpdate:
+            raise Invalid("state_vector", "not a Yjs state vector") from None
+        await self._stored(ticket)
+        return update
+
+    async def apply(self, user_id: UUID, name: str, update: bytes, *,
+                    field: str = "update") -> bytes:
+        """Apply a Yjs v1 update, as a websocket update is applied; once it is stored,
+        the document's state vector. ``field`` names the update in an Invalid error."""
+        room = await self._room(user_id, name, create=True)
+        try:
+            ticket = room.apply_update(update, origin=None)
+        except InvalidUpdate:
+            raise Invalid(field, "not a valid Yjs v1 update") from None
+        except DocumentTooLarge:
+            raise TooLarge("the document has reached its size limit") from None
+        except QuotaExceeded as exc:
+            raise TooLarge(f"storage quota reached: {exc}") from None
+        except UpdatesDoNotIntegrate:
+            raise Invalid(field, "builds on content the document does not have, past "
+                                 "the limit") from None
+        if ticket is not None:
+            await self._stored(ticket)
+        return room.doc.get_state()
+
+    async def delete(self, user_id: UUID, name: str) -> None:
+        """Erase the document and its whole history; its sockets close (4404) everywhere."""
+        key = (user_id, name)
+        if await self._update_log.delete_document(*key) is None:
+            raise NotFound("no such document")
+        self._registry.drop_document(key)
+        await publish_deleted(self._redis, self._engine.instance, key)
+
+    async def restore(self, user_id: UUID, name: str, at: datetime) -> int | None:
+        """Bring the document's content back to what it was at ``at``, as one new update
+        applied like any other; its size, or None if there was nothing to change."""
+        info = await self.info(user_id, name)
+        room = await self._room(user_id, name)
+        past = await self._update_log.updates_as_of(info.doc_id, at)
+        update = await asyncio.to_thread(restore_update, [room.doc.get_update()], past)
+        if update is None:
+            return None
+        await self.apply(user_id, name, update)
+        return len(update)
+
+    # -- listing, history -------------------------------------------------------------------
+
+    async def info(self, user_id: UUID, name: str) -> DocumentInfo:
+        info = await self._update_log.info(user_id, name)
+        if info is None:
+            raise NotFound("no such document")
+        return info
+
+    async def page(self, user_id: UUID, limit: int, offset: int) -> tuple[list[DocumentInfo], int]:
+        """One page of the user's documents, by name, and how many there are."""
+        return await self._update_log.list_documents(user_id, limit, offset)
+
+    async def each(self, user_id: UUID) -> AsyncIterator[DocumentInfo]:
+        """Every document of the user, by name, however many: read a page at a time."""
+        after = ""
+        while True:
+            infos = await self._update_log.documents_after(user_id, after, _LISTED_AT_ONCE)
+            for info in infos:
+                yield info
+            if len(infos) < _LISTED_AT_ONCE:
+                return
+            after = infos[-1].name
+
+    async def with_updates(self, min_updates: int) -> list[DocumentInfo]:
+        """Every document, of every user, with at least ``min_updates`` stored rows."""
+        return await self._update_log.documents_with(min_updates)
+
+    async def compact(self, info: DocumentInfo, *, snapshot_every: timedelta | None,
+                      dry_run: bool = False) -> Compaction:
+        return await compact_document(self._update_log, info.doc_id,
+                                      snapshot_every=snapshot_every, dry_run=dry_run)
+
+    async def snapshots(self, info: DocumentInfo) -> list[Snapshot]:
+        return await self._update_log.snapshots(info.doc_id)
+
+    async def purge_snapshots(self, older_than: datetime) -> int:
+        return await self._update_log.purge_snapshots(older_than)
+
+    # -- rooms ------------------------------------------------------------------------------
+
+    async def _room(self, user_id: UUID, name: str, *, create: bool = False) -> Room:
+        registry = self._registry
+        try:
+            room = await registry.get((user_id, name), create=create)
+        except DocumentNotFound:
+            raise NotFound("no such document") from None
+        registry.touch(room)
+        try:
+            room.build()  # here, so that a document whose storage is broken is Unavailable
+        except DocumentUnavailable:
+            raise Unavailable("document unavailable, try again") from None
+        return room
+
+    async def _stored(self, ticket: int) -> None:
+        """Answer only with what is stored: wait for the writer to reach ``ticket``."""
+        try:
+            await self._engine.writer.wait_committed(ticket)
+        except WriteFailed:
+            raise Unavailable("storage unavailable, try again") from None
