@@ -50,12 +50,12 @@ def merge(updates: list[bytes]) -> bytes:
 
 
 async def compact_document(
-    log: UpdateLog, doc_id: int, *, snapshot_every: timedelta | None, dry_run: bool = False
+    update_log: UpdateLog, doc_id: int, *, snapshot_every: timedelta | None, dry_run: bool = False
 ) -> Compaction:
     async def merge_in_thread(updates: list[bytes]) -> bytes:
         return await asyncio.to_thread(merge, updates)
 
-    return await log.compact(doc_id, merge_in_thread, snapshot_every=snapshot_every,
+    return await update_log.compact(doc_id, merge_in_thread, snapshot_every=snapshot_every,
                              dry_run=dry_run)
 
 

@@ -1,4 +1,4 @@
-"""Compaction, automatic compaction, history and restore, against the real update log."""
+"""Compaction, automatic compaction, history and restore, against the real update update_log."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from pycrdt import Doc, Map, Text
 
-from modi_sync.history import compact_document
 from modi_sync.app_keys import REGISTRY
+from modi_sync.history import compact_document
 from storage.update_log import UpdateLog
 
 from .conftest import JWT_SECRET, register, ws_url
@@ -111,7 +111,7 @@ async def _workouts(db, user_id, name) -> dict:  # noqa: ANN001
 async def test_compaction_under_a_concurrent_writer_loses_nothing(client, db, services):
     pair, user_id, conn, _ = await _client_with_edits(client, "busy", 50)
     pool = await asyncpg.create_pool(services.database_url, min_size=1, max_size=2)
-    log = UpdateLog(pool)
+    update_log = UpdateLog(pool)
     doc_id = await db.fetchval("SELECT id FROM documents WHERE user_id = $1", user_id)
 
     async def writer() -> None:
@@ -121,7 +121,7 @@ async def test_compaction_under_a_concurrent_writer_loses_nothing(client, db, se
 
     async def compactor() -> None:
         for _ in range(5):
-            await compact_document(log, doc_id, snapshot_every=None)
+            await compact_document(update_log, doc_id, snapshot_every=None)
 
     try:
         await asyncio.gather(writer(), compactor())
@@ -131,7 +131,7 @@ async def test_compaction_under_a_concurrent_writer_loses_nothing(client, db, se
             return await _stored_keys(db, user_id) == expected
 
         await eventually(all_stored)
-        await compact_document(log, doc_id, snapshot_every=None)
+        await compact_document(update_log, doc_id, snapshot_every=None)
     finally:
         await pool.close()
     assert len(await _rows(db, user_id, "busy")) == 1
@@ -202,11 +202,11 @@ async def test_a_room_written_to_leaves_memory_as_one_row_and_one_only_read_as_i
     await eventually(lambda: _rows_are(db, user_id, "written", 1, 5))
 
     # A document this instance only read keeps its rows: nothing new to merge.
-    log = UpdateLog(pool)
-    stored = await log.load(user_id, "read")
+    update_log = UpdateLog(pool)
+    stored = await update_log.load(user_id, "read")
     assert stored is not None
     updates = [_doc_with(f"w{i}") for i in range(3)]
-    await log.append_many([stored.doc_id] * 3, updates)
+    await update_log.append_many([stored.doc_id] * 3, updates)
     reader = YClient(client.session, ws_url(client, "read", pair["access_token"]))
     await reader.connect()
     await reader.wait_synced()

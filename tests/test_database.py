@@ -67,9 +67,9 @@ async def _is_sleeping(db: asyncpg.Connection, pid: int) -> bool:
 
 
 async def test_a_dedicated_update_log_cannot_be_dedicated_again(pool):
-    log = UpdateLog(pool).dedicated()
+    update_log = UpdateLog(pool).dedicated()
     try:
         with pytest.raises(TypeError):
-            log.dedicated()
+            update_log.dedicated()
     finally:
-        await log.close()
+        await update_log.close()

@@ -24,12 +24,12 @@ async def user_id(pool: asyncpg.Pool):  # noqa: ANN201
 
 
 async def test_one_batch_answers_each_document_on_its_own(pool, user_id):
-    log = UpdateLog(pool)
-    full = await log.load(user_id, "full")
-    await log.append_many([full.doc_id] * 3, [b"one", b"two", b"three"])
-    empty = await log.load(user_id, "empty")
+    update_log = UpdateLog(pool)
+    full = await update_log.load(user_id, "full")
+    await update_log.append_many([full.doc_id] * 3, [b"one", b"two", b"three"])
+    empty = await update_log.load(user_id, "empty")
 
-    got = await log.load_many([
+    got = await update_log.load_many([
         (user_id, "full"), (user_id, "missing"), (user_id, "empty"), (uuid.uuid4(), "full"),
         (user_id, "full"),
     ])
@@ -42,32 +42,32 @@ async def test_one_batch_answers_each_document_on_its_own(pool, user_id):
 
 
 async def test_the_names_of_many_users_documents_in_one_query(pool, user_id):
-    log = UpdateLog(pool)
-    await log.create_documents([(user_id, n) for n in ("a", "b", "c")])
+    update_log = UpdateLog(pool)
+    await update_log.create_documents([(user_id, n) for n in ("a", "b", "c")])
     other = uuid.uuid4()  # no such user: no documents
-    names = await log.names_many([user_id, other], 3)
+    names = await update_log.names_many([user_id, other], 3)
     assert sorted(names[user_id]) == ["a", "b", "c"] and names[other] == []
     # More than asked for is no list at all: a list cut short would hide documents.
-    assert await log.names_many([user_id, other], 2) == {user_id: None, other: []}
+    assert await update_log.names_many([user_id, other], 2) == {user_id: None, other: []}
 
 
 async def test_reading_a_document_makes_no_row(pool, user_id):
-    log = UpdateLog(pool)
-    assert await log.load_many([(user_id, "read-only")]) == [None]
-    assert await log.load(user_id, "read-only", create=False) is None
+    update_log = UpdateLog(pool)
+    assert await update_log.load_many([(user_id, "read-only")]) == [None]
+    assert await update_log.load(user_id, "read-only", create=False) is None
     assert await pool.fetchval(
         "SELECT count(*) FROM documents WHERE user_id = $1", user_id) == 0
 
 
 async def test_concurrent_batches_creating_the_same_documents_agree(pool, user_id):
     """Opposite orders: without a fixed insert order, PostgreSQL finds a deadlock."""
-    log = UpdateLog(pool)
+    update_log = UpdateLog(pool)
     for round_ in range(8):
         keys = [(user_id, f"d{round_}-{i}") for i in range(40)]
         first, second = await asyncio.gather(
-            log.create_documents(keys), log.create_documents(list(reversed(keys))))
+            update_log.create_documents(keys), update_log.create_documents(list(reversed(keys))))
         assert first == list(reversed(second))
-        assert [d.doc_id for d in await log.load_many(keys)] == first
+        assert [d.doc_id for d in await update_log.load_many(keys)] == first
     assert await pool.fetchval(
         "SELECT count(*) FROM documents WHERE user_id = $1", user_id) == 8 * 40
 
@@ -95,10 +95,10 @@ async def test_the_loader_batches_concurrent_loads(pool, user_id):
             queries.append(len(wanted))
             return await super().load_many(wanted)
 
-    log = Counting(pool)
-    ids = await log.create_documents([(user_id, f"b{i}") for i in range(20)])
+    update_log = Counting(pool)
+    ids = await update_log.create_documents([(user_id, f"b{i}") for i in range(20)])
     answers = Answers()
-    loader = DocumentLoader(log, answers.done, max_batch=16)
+    loader = DocumentLoader(update_log, answers.done, max_batch=16)
     queries.clear()
     for i in range(40):
         loader.load((user_id, f"b{i}"))

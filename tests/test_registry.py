@@ -24,7 +24,7 @@ from .yclient import eventually
 
 
 class CountingLog(UpdateLog):
-    """The real update log; counts the documents each load query asked for."""
+    """The real update update_log; counts the documents each load query asked for."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         super().__init__(pool)
@@ -45,15 +45,16 @@ class CountingLog(UpdateLog):
 
 
 @pytest.fixture
-async def log(pool: asyncpg.Pool) -> CountingLog:
+async def update_log(pool: asyncpg.Pool) -> CountingLog:
     return CountingLog(pool)
 
 
 @pytest.fixture
-async def registry(log: CountingLog) -> AsyncIterator[RoomRegistry]:
-    writer = GroupCommitWriter(log)
+async def registry(update_log: CountingLog) -> AsyncIterator[RoomRegistry]:
+    writer = GroupCommitWriter(update_log)
     await writer.start()
-    registry = RoomRegistry(log, writer, idle_seconds=30, limits=RoomLimits(max_bytes=1 << 20),
+    registry = RoomRegistry(update_log, writer, idle_seconds=30,
+                            limits=RoomLimits(max_bytes=1 << 20),
                             max_connections_per_user=8)
     try:
         yield registry
@@ -68,31 +69,31 @@ async def user_id(pool: asyncpg.Pool) -> UUID:
     return user.id
 
 
-async def test_concurrent_callers_share_one_load_and_one_room(registry, log, user_id):
+async def test_concurrent_callers_share_one_load_and_one_room(registry, update_log, user_id):
     key = (user_id, "shared")
     rooms = await asyncio.gather(*(registry.get(key) for _ in range(5)))
     assert all(room is rooms[0] for room in rooms)
-    assert log.queries == [1]
+    assert update_log.queries == [1]
     assert await registry.get(key) is rooms[0]  # in memory now: no query
-    assert log.queries == [1]
+    assert update_log.queries == [1]
 
 
 async def test_a_reader_of_a_missing_document_is_told_so_while_a_writer_gets_the_room(
-    registry, log, user_id,
+    registry, update_log, user_id,
 ):
     key = (user_id, "never-written")
     reader, writer = await asyncio.gather(
         registry.get(key, create=False), registry.get(key), return_exceptions=True)
     assert isinstance(reader, DocumentNotFound)
     assert writer is registry.rooms[key]
-    assert log.queries == [1]
+    assert update_log.queries == [1]
     alone = (user_id, "read-only")
     with pytest.raises(DocumentNotFound):
         await registry.get(alone, create=False)
     assert alone not in registry.rooms  # reading makes no room
 
 
-async def test_a_caller_that_gives_up_leaves_the_load_to_the_others(registry, log, user_id):
+async def test_a_caller_that_gives_up_leaves_the_load_to_the_others(registry, update_log, user_id):
     key = (user_id, "impatient")
     impatient = asyncio.ensure_future(registry.get(key))
     patient = asyncio.ensure_future(registry.get(key))
@@ -101,18 +102,18 @@ async def test_a_caller_that_gives_up_leaves_the_load_to_the_others(registry, lo
     room = await patient
     assert impatient.cancelled()
     assert registry.rooms[key] is room
-    assert log.queries == [1]
+    assert update_log.queries == [1]
 
 
-async def test_a_failed_load_fails_every_caller_and_pins_nothing(registry, log, user_id):
+async def test_a_failed_load_fails_every_caller_and_pins_nothing(registry, update_log, user_id):
     key = (user_id, "flaky")
-    log.fail_next = True
+    update_log.fail_next = True
     results = await asyncio.gather(registry.get(key), registry.get(key), return_exceptions=True)
     assert all(isinstance(r, ConnectionError) for r in results)
     assert key not in registry.rooms
     room = await registry.get(key)  # the next caller loads again
     assert registry.rooms[key] is room
-    assert log.queries == [1, 1]
+    assert update_log.queries == [1, 1]
 
 
 # -- the names of a user's documents --------------------------------------------------
@@ -126,9 +127,9 @@ def _update(key: str) -> bytes:
 
 async def _store(pool: asyncpg.Pool, user_id: UUID, name: str) -> None:
     """As another instance would: a row and an update, with nothing said on the bus."""
-    log = UpdateLog(pool)
-    stored = await log.load(user_id, name)
-    await log.append_many([stored.doc_id], [_update(name)])
+    update_log = UpdateLog(pool)
+    stored = await update_log.load(user_id, name)
+    await update_log.append_many([stored.doc_id], [_update(name)])
 
 
 def _settled(coro: Coroutine[Any, Any, Room]) -> Room:
@@ -143,20 +144,21 @@ def _workouts(room: Room) -> set[str]:
 
 
 async def test_a_name_not_among_the_user_documents_opens_without_a_query(
-        registry, log, user_id, pool):
+        registry, update_log, user_id, pool):
     await _store(pool, user_id, "kept")
     assert _workouts(await registry.get((user_id, "kept"))) == {"kept"}
-    assert (log.queries, log.listed) == ([1], [1])  # the user's names came with the load
+    # The user's names came with the load.
+    assert (update_log.queries, update_log.listed) == ([1], [1])
 
     fresh = _settled(registry.get((user_id, "fresh")))
     assert registry.rooms[(user_id, "fresh")] is fresh and not fresh.exists
     with pytest.raises(DocumentNotFound):  # a reader is told at once as well
         _settled(registry.get((user_id, "typo"), create=False))
-    assert (log.queries, log.listed) == ([1], [1])
+    assert (update_log.queries, update_log.listed) == ([1], [1])
 
 
 async def test_a_document_heard_of_is_loaded_even_while_the_names_are_being_read(
-        registry, log, user_id, pool):
+        registry, update_log, user_id, pool):
     first = asyncio.ensure_future(registry.get((user_id, "first")))
     await asyncio.sleep(0)  # its load, and the reading of the user's names, are under way
     registry.handle_doc_events([DocEvent(UPDATE, (user_id, "early"), _update("early"))])
@@ -167,21 +169,22 @@ async def test_a_document_heard_of_is_loaded_even_while_the_names_are_being_read
 
     assert _workouts(await registry.get((user_id, "early"))) == {"early"}
     assert _workouts(await registry.get((user_id, "late"))) == {"late"}
-    assert log.queries == [1, 1, 1]
+    assert update_log.queries == [1, 1, 1]
 
 
-async def test_after_a_catch_up_the_names_are_read_again(registry, log, user_id, pool):
+async def test_after_a_catch_up_the_names_are_read_again(registry, update_log, user_id, pool):
     await registry.get((user_id, "first"))
     await _store(pool, user_id, "unheard")  # a bus message about it was lost
     registry.catch_up()
     assert _workouts(await registry.get((user_id, "unheard"))) == {"unheard"}
-    assert log.listed == [1, 1]
+    assert update_log.listed == [1, 1]
 
 
-async def test_a_room_written_here_is_loaded_after_it_leaves_memory(log, user_id):
-    writer = GroupCommitWriter(log)
+async def test_a_room_written_here_is_loaded_after_it_leaves_memory(update_log, user_id):
+    writer = GroupCommitWriter(update_log)
     await writer.start()
-    registry = RoomRegistry(log, writer, idle_seconds=0.05, limits=RoomLimits(max_bytes=1 << 20),
+    registry = RoomRegistry(update_log, writer, idle_seconds=0.05,
+                            limits=RoomLimits(max_bytes=1 << 20),
                             max_connections_per_user=8)
     try:
         present = RecordingConnection(user_id)  # keeps the user's names in memory meanwhile
@@ -191,11 +194,11 @@ async def test_a_room_written_here_is_loaded_after_it_leaves_memory(log, user_id
         await eventually(lambda: (user_id, "new") not in registry.rooms)
 
         assert _workouts(await registry.get((user_id, "new"))) == {"new"}
-        assert log.listed == [1]  # the same list: the name was added as the room left
+        assert update_log.listed == [1]  # the same list: the name was added as the room left
         registry.leave(anchor, present)
         await eventually(lambda: not registry.rooms)  # the user's last room left
         await registry.get((user_id, "again"))
-        assert log.listed == [1, 1]  # so their names were forgotten, and read again
+        assert update_log.listed == [1, 1]  # so their names were forgotten, and read again
     finally:
         await registry.close()
         await writer.stop()

@@ -109,7 +109,7 @@ async def user_id(pool) -> UUID:  # noqa: ANN001
 
 class RoomFactory:
     def __init__(self, pool: asyncpg.Pool, writer: GroupCommitWriter, user_id: UUID) -> None:
-        self.log = UpdateLog(pool)
+        self.update_log = UpdateLog(pool)
         self.pool = pool
         self.writer = writer
         self.user_id = user_id
@@ -117,13 +117,13 @@ class RoomFactory:
 
     async def open(self, name: str | None = None, *, max_bytes: int = 1 << 20) -> Room:
         name = name or f"doc-{uuid.uuid4().hex[:8]}"
-        stored = await self.log.load(self.user_id, name)
+        stored = await self.update_log.load(self.user_id, name)
         return Room((self.user_id, name), stored.doc_id, stored.updates, self.writer,
                     limits=RoomLimits(max_bytes=max_bytes), on_broken=self.broken.append)
 
     async def loaded(self, updates: list[bytes]) -> Room:
         """A room of a real (empty) document, loaded as if ``updates`` were its stored rows."""
-        stored = await self.log.load(self.user_id, f"doc-{uuid.uuid4().hex[:8]}")
+        stored = await self.update_log.load(self.user_id, f"doc-{uuid.uuid4().hex[:8]}")
         return Room((self.user_id, "loaded"), stored.doc_id, updates, self.writer,
                     limits=RoomLimits(max_bytes=1 << 20), on_broken=self.broken.append)
 

@@ -73,16 +73,16 @@ class Target:
 
 
 @pytest.fixture
-async def log(pool) -> CountingLog:  # noqa: ANN001
+async def update_log(pool) -> CountingLog:  # noqa: ANN001
     return CountingLog(pool)
 
 
 @pytest.fixture
-async def make_writer(log) -> AsyncIterator:  # noqa: ANN001
+async def make_writer(update_log) -> AsyncIterator:  # noqa: ANN001
     writers: list[GroupCommitWriter] = []
 
     async def make(**kwargs: Any) -> GroupCommitWriter:
-        writer = GroupCommitWriter(log, **kwargs)
+        writer = GroupCommitWriter(update_log, **kwargs)
         await writer.start()
         writers.append(writer)
         return writer
@@ -144,7 +144,7 @@ async def insert_is_waiting(db: asyncpg.Connection) -> bool:
 
 
 async def test_updates_arriving_during_a_commit_share_the_next_round_trip_and_row(
-    pool, log, make_writer, services, db
+    pool, update_log, make_writer, services, db
 ):
     writer = await make_writer()
     doc_id = await _new_doc(pool)
@@ -169,7 +169,7 @@ async def test_updates_arriving_during_a_commit_share_the_next_round_trip_and_ro
         await locker.close()
 
     # 100 updates, two round trips; the second stores one row per document.
-    assert log.batches == [1, 2]
+    assert update_log.batches == [1, 2]
     mine = [f"u{i}".encode() for i in range(100) if i % 10 != 0 or i == 0]
     assert await _rows(db, doc_id) == [b"u0", b"+".join(mine[1:])]
     theirs = b"+".join(f"x{i}".encode() for i in range(10, 100, 10))
@@ -186,7 +186,7 @@ async def test_updates_arriving_during_a_commit_share_the_next_round_trip_and_ro
 
 
 async def test_a_burst_of_concurrent_submits_takes_fewer_round_trips_than_updates(
-    pool, log, make_writer, db
+    pool, update_log, make_writer, db
 ):
     """80 senders on 4 documents, each sending 5 updates one after the other."""
     writer = await make_writer()
@@ -203,8 +203,8 @@ async def test_a_burst_of_concurrent_submits_takes_fewer_round_trips_than_update
 
     await asyncio.gather(*(sender(s) for s in range(80)))
 
-    assert len(log.batches) < 400 // 4, log.batches
-    assert sum(log.batches) < 400  # a document's updates of one batch share a row
+    assert len(update_log.batches) < 400 // 4, update_log.batches
+    assert sum(update_log.batches) < 400  # a document's updates of one batch share a row
     assert [t for t, _ in order] == list(range(order[0][0], order[0][0] + 400))
     # Within each document the rows follow the submission order, and so does fan-out,
     # each row with a rising sequence number.
@@ -216,7 +216,7 @@ async def test_a_burst_of_concurrent_submits_takes_fewer_round_trips_than_update
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
 
-async def test_batches_are_capped_at_max_batch(pool, log, make_writer, services):
+async def test_batches_are_capped_at_max_batch(pool, update_log, make_writer, services):
     writer = await make_writer(max_batch=8)
     target = Target(await _new_doc(pool))
     locker = await asyncpg.connect(services.database_url)
@@ -267,8 +267,8 @@ async def test_wait_committed_for_a_stored_ticket_returns_at_once(pool, make_wri
     await asyncio.wait_for(writer.wait_committed(ticket), 1)
 
 
-async def test_stop_stores_everything_still_queued(pool, log, db):
-    writer = GroupCommitWriter(log)
+async def test_stop_stores_everything_still_queued(pool, update_log, db):
+    writer = GroupCommitWriter(update_log)
     await writer.start()
     target = Target(await _new_doc(pool))
     for i in range(50):
@@ -278,8 +278,8 @@ async def test_stop_stores_everything_still_queued(pool, log, db):
     assert target.updates() == [b"%d" % i for i in range(50)]
 
 
-async def test_a_failed_batch_fails_its_waiters_and_the_writer_goes_on(pool, log, make_writer,
-                                                                      services, db):
+async def test_a_failed_batch_fails_its_waiters_and_the_writer_goes_on(
+        pool, update_log, make_writer, services, db):
     writer = await make_writer()
     good = Target(await _new_doc(pool))
     bad = Target(2**63)  # PostgreSQL cannot take this id: the whole batch fails
@@ -306,7 +306,7 @@ async def test_a_failed_batch_fails_its_waiters_and_the_writer_goes_on(pool, log
 
 
 async def test_an_update_of_a_deleted_document_is_dropped_and_the_rest_stored(
-    pool, log, make_writer, services, db
+    pool, update_log, make_writer, services, db
 ):
     writer = await make_writer()
     alive, deleted = Target(await _new_doc(pool)), Target(await _new_doc(pool))
@@ -330,7 +330,8 @@ async def test_an_update_of_a_deleted_document_is_dropped_and_the_rest_stored(
     assert alive.failures == 0
 
 
-async def test_a_documents_first_update_makes_its_row_in_the_same_batch(pool, log, make_writer, db):
+async def test_a_documents_first_update_makes_its_row_in_the_same_batch(
+        pool, update_log, make_writer, db):
     users = [await UserStore(pool).create(f"w-{uuid.uuid4().hex[:10]}@example.com", "x")
              for _ in range(2)]
     new = [Target(None, (u.id, "fresh")) for u in users]
@@ -338,14 +339,14 @@ async def test_a_documents_first_update_makes_its_row_in_the_same_batch(pool, lo
     tickets = [writer.submit(t, f"first of {i}".encode(), None) for i, t in enumerate(new)]
     await writer.wait_committed(max(tickets))
 
-    assert log.created == [2]  # one statement for both documents
+    assert update_log.created == [2]  # one statement for both documents
     for i, (target, user) in enumerate(zip(new, users, strict=True)):
         assert target.doc_id == await db.fetchval(
             "SELECT id FROM documents WHERE user_id = $1 AND name = 'fresh'", user.id)
         assert await _rows(db, target.doc_id) == [f"first of {i}".encode()]
     # Known from now on: the next update of these documents makes no row.
     await writer.wait_committed(writer.submit(new[0], b"second", None))
-    assert log.created == [2]
+    assert update_log.created == [2]
 
 
 async def test_a_failing_fan_out_resets_its_room_and_the_writer_goes_on(
@@ -364,7 +365,7 @@ async def test_a_failing_fan_out_resets_its_room_and_the_writer_goes_on(
 
 
 async def test_a_new_document_of_a_deleted_user_fails_alone_not_the_batch(
-    pool, log, make_writer, services, db
+    pool, update_log, make_writer, services, db
 ):
     """Issue 19: the foreign key of a deleted user's new document failed the whole group
     commit, and an unrelated user's socket closed with 1011."""

@@ -67,7 +67,7 @@ class DocumentLoader:
         *,
         max_batch: int = 128,
     ) -> None:
-        self._log = update_log
+        self._update_log = update_log
         self._done = done
         self._listed = listed or _ignore
         self._max_batch = max_batch
@@ -97,7 +97,7 @@ class DocumentLoader:
         names: dict[UUID, list[str] | None] = {}
         totals: dict[UUID, StoredTotals] = {}
         try:
-            results = await self._log.load_many(batch)
+            results = await self._update_log.load_many(batch)
             if users:
                 names, totals = await self._names(users)
         except Exception as exc:
@@ -122,8 +122,8 @@ class DocumentLoader:
         self, users: list[UUID]
     ) -> tuple[dict[UUID, list[str] | None], dict[UUID, StoredTotals]]:
         try:
-            return (await self._log.names_many(users, MAX_LISTED_NAMES),
-                    await self._log.totals_many(users))
+            return (await self._update_log.names_many(users, MAX_LISTED_NAMES),
+                    await self._update_log.totals_many(users))
         except Exception as exc:  # the loads still stand; these users go without a list
             log.warning("reading the document names of %d users failed: %s", len(users), exc)
             return {}, {}

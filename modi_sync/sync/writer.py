@@ -49,12 +49,12 @@ Queued = tuple[CommitTarget, bytes, Any]  # (target, update, origin)
 class GroupCommitWriter:
     def __init__(
         self,
-        log_store: UpdateLog,
+        update_log: UpdateLog,
         *,
         max_batch: int = 2048,
         publish: Callable[[list[tuple[DocKey, bytes]]], None] | None = None,
     ) -> None:
-        self._log = log_store
+        self._update_log = update_log
         self._publish = publish
         self._max_batch = max_batch
         self._queue: deque[Queued] = deque()
@@ -113,7 +113,7 @@ class GroupCommitWriter:
         last_ticket = self._committed + len(batch)
         try:
             rows = await self._make_documents(self._merged(batch))
-            seqs = await self._log.append_many(
+            seqs = await self._update_log.append_many(
                 [target.doc_id for target, _, _ in rows], [update for _, update, _ in rows]
             )
         except Exception:
@@ -173,7 +173,7 @@ class GroupCommitWriter:
         new = [t for t, _, _ in rows if t.doc_id is None]  # one entry per target
         if not new:
             return rows
-        ids = await self._log.create_documents([t.key for t in new])
+        ids = await self._update_log.create_documents([t.key for t in new])
         for target, doc_id in zip(new, ids, strict=True):
             target.doc_id = doc_id
         if all(ids):
