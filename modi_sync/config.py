@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from pathlib import Path
@@ -134,27 +134,45 @@ ENVIRONMENT: dict[str, str] = {
     "MODI_GC_FULL_SECONDS": "gc_full_seconds",
 }
 
-_TYPES = {f.name: f.type for f in fields(Settings)}
+def _number(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(raw: str) -> Any:
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ValueError("must be a number") from None
+    return convert
+
+
+def _boolean(raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("must be true or false (1/0, yes/no, on/off)")
+
+
+# How the text of a variable becomes each type a field may have. A field of a type not
+# listed here stops the import (``_CONVERTERS_OF``), so none quietly stays a string.
+_CONVERTERS: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "str | None": lambda raw: raw or None,
+    "int": _number(int),
+    "float": _number(float),
+    "bool": _boolean,
+    "Path": Path,
+    "tuple[str, ...]": lambda raw: tuple(p.strip() for p in raw.split(",") if p.strip()),
+}
+_CONVERTERS_OF = {f.name: _CONVERTERS[str(f.type)] for f in fields(Settings)}
 
 
 def _convert(name: str, raw: Any) -> Any:
-    kind = _TYPES[name]
     if not isinstance(raw, str):
-        return raw
+        return raw  # a flag's value, already of its type
     try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
+        return _CONVERTERS_OF[name](raw)
     except ValueError as exc:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from exc
-    if kind == "Path":
-        return Path(raw)
-    if kind == "tuple[str, ...]":
-        return tuple(part.strip() for part in raw.split(",") if part.strip())
-    if kind == "str | None":
-        return raw or None
-    return raw
+        raise ConfigError(f"{name} {exc}, got {raw!r}") from None
 
 
 def load_settings(

@@ -51,3 +51,30 @@ def test_secrets_of_32_bytes_and_more_are_accepted():
     assert settings.jwt_secret == "x" * 32
     assert settings.jwt_previous_secrets == ("y" * 40, "z" * 32)
     assert load_settings({"JWT_SECRET": ""}).jwt_secret is None  # unset: generated
+
+
+@pytest.mark.parametrize(("raw", "value"), [("1", True), ("yes", True), ("On", True),
+                                            ("0", False), ("no", False), ("off", False)])
+def test_a_boolean_setting_is_a_boolean(raw, value):
+    from modi_sync.config import _CONVERTERS
+
+    assert _CONVERTERS["bool"](raw) is value
+    with pytest.raises(ValueError, match="true or false"):
+        _CONVERTERS["bool"]("maybe")
+
+
+def test_every_setting_reads_back_from_the_text_of_its_default():
+    """Each field's type has its own converter: the environment's text becomes that type."""
+    from dataclasses import fields
+
+    from modi_sync.config import ENVIRONMENT, Settings
+
+    defaults = Settings()
+    for var, name in ENVIRONMENT.items():
+        default = getattr(defaults, name)
+        if default is None or default == ():
+            continue
+        text = ",".join(default) if isinstance(default, tuple) else str(default)
+        value = getattr(load_settings({var: text}, server=False), name)
+        assert value == default and type(value) is type(default), name
+    assert {f.name for f in fields(Settings)} == set(ENVIRONMENT.values())
