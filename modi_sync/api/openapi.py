@@ -12,7 +12,7 @@ import orjson
 from aiohttp import web
 
 from .. import __version__
-from ..contract import DOC_NAME
+from ..contract import DOC_NAME, DOCUMENT_ROOTS
 from .errors import CODES
 
 routes = web.RouteTableDef()
@@ -162,9 +162,10 @@ SPEC: dict[str, Any] = {
             }),
             "Document": {
                 "type": "object",
-                "required": ["workouts", "weights", "food_logs", "favorites"],
-                "properties": {"workouts": _ENTRIES, "weights": _ENTRIES,
-                               "food_logs": _ENTRIES, "favorites": {"type": "object"}},
+                "required": list(DOCUMENT_ROOTS),
+                # Every root is a map of entries, but favorites: food id -> true.
+                "properties": {root: {"type": "object"} if root == "favorites" else _ENTRIES
+                               for root in DOCUMENT_ROOTS},
             },
             "DocumentList": {
                 "type": "object", "required": ["data", "pagination"],
