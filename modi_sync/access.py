@@ -116,12 +116,15 @@ def _limit(spec: str) -> Limit:
     return Limit.parse(spec)
 
 
+_Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
 @lru_cache(maxsize=16)
-def _networks(specs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+def _networks(specs: tuple[str, ...]) -> _Networks:
     return tuple(ipaddress.ip_network(s, strict=False) for s in specs)
 
 
-def _is_trusted(address: str, networks: tuple) -> bool:  # noqa: ANN001
+def _is_trusted(address: str, networks: _Networks) -> bool:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:

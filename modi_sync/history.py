@@ -28,8 +28,12 @@ class CompactionRefused(Exception):
     """Merging would lose content (an update whose dependencies were never stored)."""
 
 
-def _doc_from(updates: list[bytes]) -> Doc:
-    doc = Doc()
+# Only the schema's roots are read from these documents, and they are maps.
+_History = Doc[Map[Any]]
+
+
+def _doc_from(updates: list[bytes]) -> _History:
+    doc: _History = Doc()
     for update in updates:
         doc.apply_update(update)
     return doc
@@ -73,8 +77,9 @@ def restore_update(current: list[bytes], past: list[bytes]) -> bytes | None:
     return captured[0] if captured else None
 
 
-def _restore_map(target: Map, wanted: Map) -> None:
-    for key in [k for k in target if k not in wanted]:
+def _restore_map(target: Map[Any], wanted: Map[Any]) -> None:
+    # pycrdt declares Map.__iter__ to return an Iterable, not the Iterator it returns.
+    for key in [k for k in target if k not in wanted]:  # type: ignore[attr-defined]
         del target[key]
     for key, value in wanted.items():
         current = target.get(key)
@@ -86,9 +91,13 @@ def _restore_map(target: Map, wanted: Map) -> None:
         elif isinstance(value, Text | Array):
             if current is None or type(current) is not type(value) or \
                     current.to_py() != value.to_py():
-                target[key] = type(value)(value.to_py())
+                target[key] = _copy(value)
         elif not _same(current, value):
             target[key] = value
+
+
+def _copy(value: Text | Array[Any]) -> Text | Array[Any]:
+    return Text(value.to_py()) if isinstance(value, Text) else Array(value.to_py())
 
 
 def _same(current: Any, value: Any) -> bool:

@@ -96,7 +96,8 @@ class AccessTokens:
         # The algorithm list is pinned: a token naming any other alg, "none" included,
         # is refused before its signature is looked at.
         try:
-            key = self._keys.get(jwt.get_unverified_header(token).get("kid"))
+            kid = jwt.get_unverified_header(token).get("kid")
+            key = self._keys.get(kid) if isinstance(kid, str) else None
             if key is None:
                 raise InvalidToken("unknown key id")
             claims = jwt.decode(

@@ -57,7 +57,8 @@ class DedicatedConnection:
         yield await self._connection()
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        return await (await self._connection()).fetch(query, *args)
+        result: list[asyncpg.Record] = await (await self._connection()).fetch(query, *args)
+        return result
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
         return await (await self._connection()).fetchrow(query, *args)
@@ -66,7 +67,8 @@ class DedicatedConnection:
         return await (await self._connection()).fetchval(query, *args)
 
     async def execute(self, query: str, *args: Any) -> str:
-        return await (await self._connection()).execute(query, *args)
+        result: str = await (await self._connection()).execute(query, *args)
+        return result
 
     async def close(self) -> None:
         conn, self._conn = self._conn, None

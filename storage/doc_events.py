@@ -28,6 +28,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import AbstractConnection
 
 CHANNEL = b"modi:docs"
 UPDATE = b"U"
@@ -112,7 +113,9 @@ class DocChannel:
 
     def __init__(self, redis: Redis, instance: uuid.UUID) -> None:
         self._instance = instance
-        self._conn = redis.connection_pool.make_connection()
+        # redis-py leaves make_connection unannotated; its pool makes AbstractConnections.
+        self._conn: AbstractConnection = (
+            redis.connection_pool.make_connection())  # type: ignore[no-untyped-call]
         self._sent = 0  # the number of the last message sent, or that failed to go out
 
     async def publish(self, records: Iterable[tuple[bytes, DocKey, bytes]]) -> int:

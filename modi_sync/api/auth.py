@@ -41,7 +41,7 @@ routes = web.RouteTableDef()
 
 
 async def token_pair(app: web.Application, user: User, generation: int,
-                     family: str | None = None) -> dict:
+                     family: str | None = None) -> dict[str, Any]:
     """A pair of one session (a new one unless ``family``), under ``generation``.
 
     The generation is the one the caller checked (the refreshed token's, or the one
@@ -61,14 +61,14 @@ async def token_pair(app: web.Application, user: User, generation: int,
     }
 
 
-async def _new_session(app: web.Application, user: User) -> dict:
+async def _new_session(app: web.Application, user: User) -> dict[str, Any]:
     generation = await app[REFRESH_TOKENS].generation(user.id)
     if generation is None:  # deleted while this request ran
         raise ApiError.unauthorized("wrong email or password")
     return await token_pair(app, user, generation)
 
 
-def token_response(pair: dict, status: int = 200) -> web.Response:
+def token_response(pair: dict[str, Any], status: int = 200) -> web.Response:
     response = json_response(pair, status=status)
     response.headers["Cache-Control"] = "no-store"  # no cache or proxy keeps the tokens
     return response
@@ -135,6 +135,8 @@ async def refresh(request: web.Request) -> web.Response:
     await _limit_by_address(request, "refresh", request.app[SETTINGS].rate_limit_refresh)
     token = string_field(await json_body(request), "refresh_token", max_len=512)
     result = await request.app[REFRESH_TOKENS].use(token)
+    if result.user_id is None:  # unknown or expired
+        raise ApiError.unauthorized("invalid refresh token")
     if result.status == "reused":
         # A stolen token was used by one party and now by another: the script has
         # revoked the family, and its access tokens and sockets end too.

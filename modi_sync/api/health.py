@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 from aiohttp import web
 
@@ -27,7 +28,7 @@ async def ready(request: web.Request) -> web.Response:
     return json_response({"postgres": "ok", "redis": "ok"})
 
 
-async def _check(probe) -> bool:  # noqa: ANN001 - any awaitable
+async def _check(probe: Awaitable[object]) -> bool:
     try:
         await asyncio.wait_for(probe, timeout=2.0)
     except Exception:

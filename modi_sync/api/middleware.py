@@ -7,9 +7,9 @@ import re
 import time
 import uuid
 from functools import lru_cache
-from typing import Any
 
 from aiohttp import web, web_response
+from aiohttp.typedefs import Handler
 
 from ..access import rate_limit_headers
 from ..app_keys import RATE_VERDICT, REQUEST_ID, SETTINGS
@@ -26,7 +26,7 @@ _CORS_EXPOSE = ("X-Request-ID, X-Timestamp, X-Rate-Limit-Limit, X-Rate-Limit-Rem
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """One error path: everything that goes wrong leaves in the contract's envelope."""
     supplied = request.headers.get("X-Request-ID", "")
     request[REQUEST_ID] = supplied if _SANE_REQUEST_ID.fullmatch(supplied) else str(uuid.uuid4())
@@ -52,19 +52,20 @@ def _allow_header(exc: web.HTTPException) -> dict[str, str]:
 
 
 @web.middleware
-async def cors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """CORS for the origins in MODI_CORS_ORIGINS only; others get no CORS headers."""
     origin = request.headers.get("Origin")
-    allowed = origin is not None and origin in request.app[SETTINGS].cors_origins
+    if origin is not None and origin not in request.app[SETTINGS].cors_origins:
+        origin = None  # not one of ours: no CORS headers
     preflight = request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
-    if allowed and preflight:
+    if origin is not None and preflight:
         response: web.StreamResponse = web.Response(status=204)
         response.headers["Access-Control-Allow-Methods"] = _CORS_METHODS
         response.headers["Access-Control-Allow-Headers"] = _CORS_HEADERS
         response.headers["Access-Control-Max-Age"] = "600"
     else:
         response = await handler(request)
-    if allowed and not response.prepared:
+    if origin is not None and not response.prepared:
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Expose-Headers"] = _CORS_EXPOSE
         response.headers["Vary"] = "Origin"
@@ -80,7 +81,7 @@ def _rfc3339(second: int) -> str:
 SERVER_NAME = "modi-sync"  # aiohttp's own names its version and Python's
 # A request aiohttp cannot parse is answered by aiohttp itself, before any hook of ours
 # runs; that answer takes its Server header from this module global (no setting exists).
-web_response.SERVER_SOFTWARE = SERVER_NAME
+web_response.SERVER_SOFTWARE = SERVER_NAME  # type: ignore[attr-defined]  # aiohttp: not exported
 
 
 async def add_standard_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -94,7 +94,7 @@ class Connection:
         self.budget = MessageBudget(message_limit)
         self._transport = request.transport
         self._max_queue_bytes = max_queue_bytes
-        self._closing: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[bool] | None = None
         self._out: list[bytes] | None = None  # frames waiting for the end of this turn
         self._queued = 0  # their bytes
 

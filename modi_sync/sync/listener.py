@@ -12,13 +12,28 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol, cast
 
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
+
+
+class _Connection(Protocol):
+    """What is used of a subscription's connection (redis-py leaves these untyped)."""
+
+    def register_connect_callback(self, callback: Callable[[Any], Awaitable[None]]) -> None:
+        ...
+
+    def deregister_connect_callback(self, callback: Callable[[Any], Awaitable[None]]) -> None:
+        ...
+
+
+def _connection(pubsub: PubSub) -> _Connection | None:
+    # redis-py sets PubSub.connection to None without a type: mypy takes it for None.
+    return cast("_Connection | None", pubsub.connection)
 
 
 class RedisListener:
@@ -48,8 +63,9 @@ class RedisListener:
     def _watch(self, pubsub: PubSub) -> None:
         # redis-py reconnects a dropped subscription by itself (its retries) and
         # subscribes again, silently; what was published meanwhile is lost all the same.
-        if self._resubscribed is not None and pubsub.connection is not None:
-            pubsub.connection.register_connect_callback(self._reconnected)
+        connection = _connection(pubsub)
+        if self._resubscribed is not None and connection is not None:
+            connection.register_connect_callback(self._reconnected)
 
     async def _reconnected(self, connection: Any) -> None:  # a method: redis-py keeps it weakly
         assert self._resubscribed is not None
@@ -57,8 +73,9 @@ class RedisListener:
         self._resubscribed()
 
     async def _close(self, pubsub: PubSub) -> None:
-        if pubsub.connection is not None:  # it goes back to the pool: no callback of ours
-            pubsub.connection.deregister_connect_callback(self._reconnected)
+        connection = _connection(pubsub)
+        if connection is not None:  # it goes back to the pool: no callback of ours
+            connection.deregister_connect_callback(self._reconnected)
         await pubsub.aclose()
 
     async def stop(self) -> None:

@@ -25,6 +25,7 @@ MAX_VAR_UINT = 2**53 - 1
 MAX_VAR_UINT_BYTES = 8  # 8 x 7 bits hold 2^53
 
 _SYNC_TYPES = frozenset(int(t) for t in YSyncMessageType)
+_NULL_STATE = memoryview(b"null")  # compared as a view: the state is not copied
 
 
 class ProtocolError(ValueError):
@@ -151,7 +152,7 @@ def parse_awareness(payload: bytes, most: int) -> list[AwarenessEntry]:
         client_id, clock = reader.var_uint(), reader.var_uint()
         state = reader.var_view()
         # y-protocols sends "null" for a client that left (pycrdt also reads "" so).
-        size = 0 if state == b"null" else len(state)
+        size = 0 if state == _NULL_STATE else len(state)
         entries.append(AwarenessEntry(client_id, clock, size))
     return entries
 

@@ -132,7 +132,7 @@ class Room:
         self._on_broken = on_broken
         self._on_grown = on_grown
         self._loaded: list[bytes] | None = updates  # until the Doc is built from them
-        self._doc: Doc | None = None
+        self._doc: Doc[Any] | None = None  # roots of every kind: clients make them
         self._diff: bytes | None = None
         self._observing = False  # subscribed on the first change: a subscription is ~1.4 kB
         self._awareness: Awareness | None = None  # made on first use: most rooms never need it
@@ -147,11 +147,11 @@ class Room:
     # -- documents --------------------------------------------------------------------
 
     @property
-    def doc(self) -> Doc:
+    def doc(self) -> Doc[Any]:
         """The document, built from the stored updates on first use."""
         return self._doc if self._doc is not None else self.build()
 
-    def build(self) -> Doc:
+    def build(self) -> Doc[Any]:
         """Build the Doc now, if it is not built; raise DocumentUnavailable if it cannot be."""
         if self._doc is not None:
             return self._doc
@@ -159,7 +159,7 @@ class Room:
         # document): what is queued for the connections goes out first.
         for conn in self.connections:
             conn.flush()
-        doc = Doc()
+        doc: Doc[Any] = Doc()
         try:
             with doc.transaction():  # one transaction: faster than merging them first
                 for update in self._loaded or ():
@@ -185,7 +185,7 @@ class Room:
     def _capture_diff(self, event: TransactionEvent) -> None:
         self._diff = event.update
 
-    def _apply(self, doc: Doc, update: bytes) -> bytes | None:
+    def _apply(self, doc: Doc[Any], update: bytes) -> bytes | None:
         """Apply ``update``; return what it changed (None or EMPTY: nothing)."""
         if not self._observing:
             doc.observe(self._capture_diff)

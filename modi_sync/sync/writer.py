@@ -46,6 +46,11 @@ class CommitTarget(Protocol):
 Queued = tuple[CommitTarget, bytes, Any]  # (target, update, origin)
 
 
+def _row_id(target: CommitTarget) -> int:
+    assert target.doc_id is not None  # _make_documents keeps only the targets with a row
+    return target.doc_id
+
+
 class GroupCommitWriter:
     def __init__(
         self,
@@ -114,7 +119,7 @@ class GroupCommitWriter:
         try:
             rows = await self._make_documents(self._merged(batch))
             seqs = await self._update_log.append_many(
-                [target.doc_id for target, _, _ in rows], [update for _, update, _ in rows]
+                [_row_id(target) for target, _, _ in rows], [update for _, update, _ in rows]
             )
         except Exception:
             log.exception("storing %d updates failed; their rooms are reset", len(batch))
