@@ -5,10 +5,10 @@ object again each time it moves to an older generation. A sync server breaks tha
 expectation. Every open websocket keeps about 75 tracked objects alive for as long as it
 stays open (aiohttp's request, protocol, parser, reader, writer, two tasks and their
 coroutines; the connection and its room), and the sync path makes no cyclic garbage at
-all: opening and closing 5,000 sockets with the collector off left none to find. With
-the stock policy each of those objects was scanned at least twice on its way to the
-oldest generation, and a middle-generation pass over ~400,000 of them stopped the event
-loop for 150-300 ms at a time (docs/performance.md, W3).
+all. With the stock policy each of those objects was scanned at least twice on its way
+to the oldest generation, and a middle-generation pass over all of them stopped the
+event loop for hundreds of milliseconds at a time (docs/performance.md, "The garbage
+collector").
 
 Here young collections run as before and find the short-lived cycles (an exception and
 its traceback, say). What survives one is frozen (``gc.freeze``): out of the collector's
@@ -31,8 +31,8 @@ from aiohttp import web
 log = logging.getLogger(__name__)
 
 # Net new tracked objects between young collections (CPython's default is 700). Larger
-# passes are rarer, and in-flight request objects are scanned fewer times; 20,000 keeps
-# a pass at a few milliseconds.
+# passes are rarer, and in-flight request objects are scanned fewer times, while a pass
+# stays at a few milliseconds.
 YOUNG_THRESHOLD = 20_000
 
 

@@ -4,8 +4,8 @@ With ``TCP_DEFER_ACCEPT`` (Linux; nginx's ``listen ... deferred``) the kernel ha
 connection to the server only once the client's first bytes (its HTTP request) have
 arrived, so the server wakes once per connection for the accept and the request
 together, instead of once for each, and a client's connect() does not have to wake
-it. Measured in interleaved W3 runs (docs/performance.md): 1,990 -> 2,297 opens/s at
-2,000 sockets, 3,014 -> 3,457 at 5,000. Where the option does not exist it is skipped.
+it (what that bought: docs/performance.md, "Figures behind the code"). Where the option
+does not exist it is skipped.
 
 The sockets are only bound here: aiohttp listens on them once the application has
 started, so a connection attempt during start-up is refused, as with aiohttp's own.

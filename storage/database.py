@@ -29,8 +29,9 @@ async def _no_reset(conn: asyncpg.Connection) -> None:
 class DedicatedConnection:
     """One pool connection kept by a caller that runs one statement at a time.
 
-    With asyncpg an acquire and a release cost about 80 µs of CPU (the release runs in
-    a shielded task), more than the statement itself: the group-commit writer and the
+    With asyncpg an acquire and a release cost more CPU than a one-row statement (the
+    release runs in a shielded task; docs/performance.md, "Figures behind the code"):
+    the group-commit writer and the
     document loader each keep one connection rather than pay that on every batch. It
     offers the pool's query methods; one that broke is given back and replaced on the
     next use. ``close`` gives it back for good: the pool waits for it when it closes.

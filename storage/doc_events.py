@@ -106,9 +106,9 @@ async def publish_deleted(redis: Redis, instance: uuid.UUID, key: DocKey) -> Non
 class DocChannel:
     """The channel as one instance publishes on it, over a Redis connection of its own.
 
-    Through redis-py's pool and pipeline a PUBLISH cost about 130-160 us of CPU here,
-    against 66 us for the command itself on a held connection; the server's publisher
-    is its only user, one command at a time.
+    Through redis-py's pool and pipeline a PUBLISH cost twice the CPU of the command on
+    a held connection (docs/performance.md, "Figures behind the code"); the server's
+    publisher is its only user, one command at a time.
     """
 
     def __init__(self, redis: Redis, instance: uuid.UUID) -> None:

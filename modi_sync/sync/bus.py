@@ -7,8 +7,8 @@ storing and local fan-out go on, and other instances' clients get the updates fr
 storage on their next sync.
 
 Updates are published only while another instance listens: a server running alone
-would otherwise publish every batch to nobody, a third of the CPU of an edit at
-moderate load. Who listens is learnt so that no instance can miss an update of a room
+would otherwise publish every batch to nobody, a good part of the CPU of an edit
+(docs/performance.md, "Figures behind the code"). Who listens is learnt so that no instance can miss an update of a room
 it holds:
 
 - An instance that starts listening says hello on the channel, and every instance that

@@ -176,7 +176,7 @@ async def _receive_loop(request: web.Request, conn: Connection, room: Room) -> N
             return
         # A burst of buffered messages (aiohttp parses a whole read at once) would be
         # handled without a pause: the others get a turn once a millisecond of it is
-        # spent. A turn after every message cost W1 a third of its throughput.
+        # spent (a turn after every message cost W1 dearly: docs/performance.md).
         busy += time.perf_counter() - started
         if busy > YIELD_AFTER:
             busy = 0.0

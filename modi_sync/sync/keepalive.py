@@ -2,8 +2,8 @@
 
 A phone that loses its network (a tunnel, a flight) leaves its TCP connection open on
 the server until something is sent and times out. aiohttp's own heartbeat finds such
-peers with a timer per socket and a callback for every chunk received; with thousands
-of sockets that was about a tenth of the CPU of a websocket open (W3, docs/performance.md).
+peers with a timer per socket and a callback for every chunk received, a cost that
+showed in every websocket open (docs/performance.md, "Figures behind the code").
 Here one timer sweeps all connections every ``interval`` seconds: a connection heard from
 since the last sweep is fine; a silent one is sent a ping; one still silent at the sweep
 after its ping is dropped. A dead peer is dropped two to three intervals after it last

@@ -4,16 +4,15 @@ A burst of connections to documents not in memory (a server restart, a morning's
 first syncs) would otherwise cost a pool connection and two round trips each. A load
 asked for when no batch is under way starts one at once; loads asked for meanwhile
 queue up, and when a batch ends the next takes everything queued, up to
-``max_batch``. One batch runs at a time: that makes the batches largest (W3: 1,988
-opens/s with two at a time, 2,161 with one), and one connection serves the loader
-(see ``UpdateLog.dedicated``). A batch holds the next one back only for its query,
+``max_batch``. One batch runs at a time: that makes the batches largest (W3 opened
+faster with one at a time than with two: docs/performance.md, "Figures behind the
+code"), and one connection serves the loader (see ``UpdateLog.dedicated``). A batch holds the next one back only for its query,
 since each waiting connection builds its room from the results afterwards.
 
 Results are handed to a callback in the turn of the event loop that reads them, with
 no task or future per load in between: the registry gives each waiting caller a
-future of its own, so one that gives up cancels only its own wait. (That is two turns
-from the answer to a waiting socket instead of five; W3 did not move measurably, as
-its wait is the batch already in flight: docs/performance.md.)
+future of its own, so one that gives up cancels only its own wait, and the answer
+reaches a waiting socket in two turns of the loop, not five.
 
 Handing over a batch is cheap for new loads (a room is made, its Doc built later), but
 a catch-up re-applies each room's whole stored state (``registry.catch_up``): a batch of

@@ -119,8 +119,8 @@ def parse_message(frame: bytes) -> Message:
 def check_count(data: bytes, entry_bytes: int) -> None:
     """ProtocolError unless the count that starts ``data`` (of entries taking at least
     ``entry_bytes`` bytes each) fits in it. yrs reserves room for the clients an update
-    or state vector claims before it reads one: 2^27 claimed in four bytes held the loop
-    for about 170 ms."""
+    or state vector claims before it reads one, so four bytes could hold the loop
+    (docs/security.md, the threat-model table)."""
     if data and data[0] < 0x80:  # a one-byte count, by far the most common: no Reader
         count, left = data[0], len(data) - 1
     else:

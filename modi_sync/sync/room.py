@@ -134,7 +134,7 @@ class Room:
         self._loaded: list[bytes] | None = updates  # until the Doc is built from them
         self._doc: Doc[Any] | None = None  # roots of every kind: clients make them
         self._diff: bytes | None = None
-        self._observing = False  # subscribed on the first change: a subscription is ~1.4 kB
+        self._observing = False  # subscribed on the first change: subscriptions cost memory
         self._awareness: Awareness | None = None  # made on first use: most rooms never need it
         self._awareness_owner: dict[int, Connection] = {}  # who speaks for each client id
         # Client updates not (all) integrated yet, and their bytes.
