@@ -8,8 +8,8 @@ storage on their next sync.
 
 Updates are published only while another instance listens: a server running alone
 would otherwise publish every batch to nobody, a good part of the CPU of an edit
-(docs/performance.md, "Figures behind the code"). Who listens is learnt so that no instance can miss an update of a room
-it holds:
+(docs/performance.md, "Figures behind the code"). Who listens is learnt so that no
+instance can miss an update of a room it holds:
 
 - An instance that starts listening says hello on the channel, and every instance that
   hears it publishes from then on and answers; the new instance waits for those

@@ -6,8 +6,9 @@ asked for when no batch is under way starts one at once; loads asked for meanwhi
 queue up, and when a batch ends the next takes everything queued, up to
 ``max_batch``. One batch runs at a time: that makes the batches largest (W3 opened
 faster with one at a time than with two: docs/performance.md, "Figures behind the
-code"), and one connection serves the loader (see ``UpdateLog.dedicated``). A batch holds the next one back only for its query,
-since each waiting connection builds its room from the results afterwards.
+code"), and one connection serves the loader (see ``UpdateLog.dedicated``). A batch
+holds the next one back only for its query, since each waiting connection builds its
+room from the results afterwards.
 
 Results are handed to a callback in the turn of the event loop that reads them, with
 no task or future per load in between: the registry gives each waiting caller a
