@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-# Contract section 4: a document's name, scoped to its user.
+# A document's name, scoped to its user (docs/api.md, "Names and ownership").
 DOC_NAME = r"[A-Za-z0-9._-]{1,64}"
 
-# Contract section 5: the root types of a user's document that the server reads
-# (clients may add others). Each is a Y.Map.
+# The root types of a user's document that the server reads (docs/api.md, "The
+# document schema"); clients may add others. Each is a Y.Map.
 DOCUMENT_ROOTS = ("workouts", "weights", "food_logs", "favorites")
 
 

@@ -1,1 +1,2 @@
-"""The OCR worker (contract section 7). Not built yet: see the issue tracker."""
+"""The OCR worker: reads nutrition labels from photos. Not built yet (docs/api.md,
+"Not built yet")."""

@@ -71,7 +71,7 @@ def encode(
         if size >= _MESSAGE_BYTES:
             messages.append(b"".join(parts))
             parts, size = [header()], 0
-        raw_name = name.encode()  # at most 64 ASCII characters (contract section 4)
+        raw_name = name.encode()  # at most 64 ASCII characters (a document name)
         parts += (_RECORD.pack(kind, user_id.bytes, len(raw_name), len(update)), raw_name,
                   update)
         size += _RECORD.size + len(raw_name) + len(update)

@@ -1,4 +1,5 @@
-"""``/api/v1/auth``: accounts, token pairs, sessions (contract section 3)."""
+"""``/api/v1/auth``: accounts, token pairs, sessions (docs/api.md, "Authentication and
+accounts")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``/health`` and ``/ready`` (contract section 9)."""
+"""``/health`` and ``/ready`` (docs/api.md, "Operations")."""
 
 from __future__ import annotations
 
