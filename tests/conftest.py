@@ -19,13 +19,17 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from pytest_aiohttp import AiohttpClient
 
 from modi_sync.app import create_app
 from modi_sync.config import Settings
@@ -35,6 +39,11 @@ from storage.embedded import EmbeddedPostgres, EmbeddedRedis
 from .yclient import YClient
 
 JWT_SECRET = "test-secret-" + "x" * 60
+
+# The app under test, driven through pytest-aiohttp.
+Client = TestClient[web.Request, web.Application]
+# ``make_client(**changes)``: a client of the app, those settings changed.
+MakeClient = Callable[..., Awaitable[Client]]
 
 
 @dataclass(frozen=True)
@@ -118,17 +127,17 @@ def settings(services: ServiceUrls, tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-async def make_client(aiohttp_client, settings: Settings):  # noqa: ANN001 - pytest-aiohttp
+async def make_client(aiohttp_client: AiohttpClient, settings: Settings) -> MakeClient:
     """Start the app with ``settings`` (optionally changed) and return a test client."""
 
-    async def make(**changes):  # noqa: ANN003, ANN202
+    async def make(**changes: Any) -> Client:
         return await aiohttp_client(create_app(replace(settings, **changes)))
 
     return make
 
 
 @pytest.fixture
-async def client(make_client):  # noqa: ANN001, ANN201
+async def client(make_client: MakeClient) -> Client:
     return await make_client()
 
 
@@ -153,18 +162,19 @@ async def db(services: ServiceUrls) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-async def register(client, email: str | None = None, password: str = "correct horse") -> dict:  # noqa: ANN001
+async def register(client: Client, email: str | None = None,
+                   password: str = "correct horse") -> dict[str, Any]:
     email = email or f"user-{uuid.uuid4().hex[:10]}@example.com"
     resp = await client.post("/api/v1/auth/register", json={"email": email, "password": password})
     assert resp.status == 201, await resp.text()
     return (await resp.json())["data"]
 
 
-def ws_url(client, name: str, token: str) -> str:  # noqa: ANN001
+def ws_url(client: Client, name: str, token: str) -> str:
     return str(client.make_url(f"/sync/{name}")) + f"?token={token}"
 
 
-async def synced(client, token: str, name: str = "default") -> YClient:  # noqa: ANN001
+async def synced(client: Client, token: str, name: str = "default") -> YClient:
     """A y-websocket client of document ``name``, connected and synced."""
     conn = await YClient(client.session, ws_url(client, name, token)).connect()
     await conn.wait_synced()

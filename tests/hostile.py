@@ -16,6 +16,10 @@ import signal
 import threading
 import time
 from types import FrameType, TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .conftest import Client
 
 
 class LoopBlocked(Exception):
@@ -101,7 +105,8 @@ class LagMonitor:
         return held + (" (then interrupted: it would have gone on)" if self.interrupted else "")
 
 
-async def silent_socket(client, path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:  # noqa: ANN001
+async def silent_socket(client: Client,
+                        path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A websocket handshake, then a client that reads no more (and may write raw frames)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", client.port, limit=1024)
     key = base64.b64encode(os.urandom(16)).decode()

@@ -7,7 +7,9 @@ import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 
@@ -37,7 +39,8 @@ def stopped() -> Iterator[list[ServerProcess]]:
             server.kill()
 
 
-async def _sync_and_rest(server: ServerProcess, http, **headers: str) -> dict:  # noqa: ANN001
+async def _sync_and_rest(server: ServerProcess, http: aiohttp.ClientSession,
+                         **headers: str) -> dict[str, Any]:
     """A websocket with ``?token=`` and a REST call with it in the query and the header."""
     await asyncio.to_thread(server.start)
     user = await asyncio.to_thread(server.register)

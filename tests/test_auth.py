@@ -15,7 +15,7 @@ import jwt
 import orjson
 import pytest
 
-from .conftest import JWT_SECRET, register
+from .conftest import JWT_SECRET, Client, register
 
 REGISTER = "/api/v1/auth/register"
 LOGIN = "/api/v1/auth/login"
@@ -306,7 +306,7 @@ async def test_an_email_with_a_control_character_is_a_400_and_stores_nothing(
                              local + "%") == 0
 
 
-async def _nul_cases(client) -> list[tuple[str, str, dict, dict]]:  # noqa: ANN001
+async def _nul_cases(client: Client) -> list[tuple[str, str, dict, dict]]:
     """(method, route, headers, body) with NUL in one string field; every body field
     of every route that takes one."""
     pair = await register(client)

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -28,7 +29,7 @@ from pycrdt import Doc, Map, create_sync_message
 from modi_sync.app import create_app
 from modi_sync.config import Settings
 
-from .conftest import JWT_SECRET, register, ws_url
+from .conftest import JWT_SECRET, Client, register, ws_url
 from .yclient import YClient
 
 DOC = "owners-diary"  # the owner's document: neither its name nor its content may leak
@@ -56,7 +57,7 @@ class Caller:
 
 @dataclass(frozen=True)
 class World:
-    client: object  # aiohttp's TestClient
+    client: Client
     owner: Account
     callers: dict[str, Caller]
 
@@ -114,7 +115,7 @@ def _auth(caller: Caller) -> dict[str, str]:
 
 
 async def _http(world: World, caller: Caller, method: str, path: str,
-                headers: dict[str, str] | None = None, **kwargs: object) -> Answer:
+                headers: dict[str, str] | None = None, **kwargs: Any) -> Answer:
     resp = await world.client.request(method, path.format(name=DOC),
                                       headers={**_auth(caller), **(headers or {})}, **kwargs)
     return Answer(resp.status, await resp.read())
@@ -261,7 +262,7 @@ def test_every_route_is_in_the_table():
 # -- the test --------------------------------------------------------------------------
 
 
-async def _account(client, password: str) -> Account:  # noqa: ANN001
+async def _account(client: Client, password: str) -> Account:
     email = f"user-{uuid.uuid4().hex[:10]}@example.com"
     return Account(email, password, await register(client, email, password))
 
@@ -275,7 +276,7 @@ def _expired(token: str) -> str:
     return jwt.encode(claims, JWT_SECRET, algorithm="HS256", headers=header)
 
 
-async def _world(client) -> World:  # noqa: ANN001
+async def _world(client: Client) -> World:
     owner = await _account(client, "the owner's password")
     other = await _account(client, "another user's password")
     deleted = await _account(client, "a deleted user's password")

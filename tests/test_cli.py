@@ -7,10 +7,11 @@ import os
 import sys
 import uuid
 
-from .conftest import JWT_SECRET
+from .conftest import JWT_SECRET, ServiceUrls
 
 
-async def _cli(services, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:  # noqa: ANN001
+async def _cli(services: ServiceUrls, *args: str,
+               stdin: bytes = b"") -> tuple[int, str, str]:
     env = dict(os.environ, DATABASE_URL=services.database_url, REDIS_URL=services.redis_url,
                JWT_SECRET=JWT_SECRET)
     proc = await asyncio.create_subprocess_exec(

@@ -7,6 +7,7 @@ import os
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 from pycrdt import Doc, Map, Text
@@ -15,11 +16,11 @@ from modi_sync.app_keys import REGISTRY
 from modi_sync.history import compact_document
 from storage.update_log import UpdateLog
 
-from .conftest import JWT_SECRET, register, ws_url
+from .conftest import JWT_SECRET, Client, ServiceUrls, register, ws_url
 from .yclient import YClient, eventually
 
 
-async def _rows(db, user_id: uuid.UUID, name: str) -> list[bytes]:  # noqa: ANN001
+async def _rows(db: asyncpg.Connection, user_id: uuid.UUID, name: str) -> list[bytes]:
     return [r[0] for r in await db.fetch(
         "SELECT u.data FROM doc_updates u JOIN documents d ON d.id = u.doc_id"
         " WHERE d.user_id = $1 AND d.name = $2 ORDER BY u.seq", user_id, name)]
@@ -32,7 +33,7 @@ def _doc_of(updates: list[bytes]) -> Doc:
     return doc
 
 
-async def _cli(services, *args: str) -> tuple[int, str, str]:  # noqa: ANN001
+async def _cli(services: ServiceUrls, *args: str) -> tuple[int, str, str]:
     env = dict(os.environ, DATABASE_URL=services.database_url, REDIS_URL=services.redis_url,
                JWT_SECRET=JWT_SECRET)
     proc = await asyncio.create_subprocess_exec(
@@ -42,7 +43,9 @@ async def _cli(services, *args: str) -> tuple[int, str, str]:  # noqa: ANN001
     return proc.returncode, out.decode(), err.decode()
 
 
-async def _client_with_edits(client, name: str, count: int):  # noqa: ANN001, ANN202
+async def _client_with_edits(
+    client: Client, name: str, count: int
+) -> tuple[dict[str, Any], uuid.UUID, YClient, YClient]:
     """A client that made ``count`` edits, each its own row (see ``_add_edits``), and a
     second client of the same document that watches them arrive."""
     pair = await register(client)
@@ -96,15 +99,15 @@ async def test_deleted_content_leaves_no_byte_in_the_log(client, db, services):
     await conn.disconnect()
 
 
-async def _has(db, user_id, name, needle: bytes) -> bool:  # noqa: ANN001
+async def _has(db: asyncpg.Connection, user_id: uuid.UUID, name: str, needle: bytes) -> bool:
     return any(needle in row for row in await _rows(db, user_id, name))
 
 
-async def _count(db, user_id, name, n: int) -> bool:  # noqa: ANN001
+async def _count(db: asyncpg.Connection, user_id: uuid.UUID, name: str, n: int) -> bool:
     return len(await _rows(db, user_id, name)) == n
 
 
-async def _workouts(db, user_id, name) -> dict:  # noqa: ANN001
+async def _workouts(db: asyncpg.Connection, user_id: uuid.UUID, name: str) -> dict[str, Any]:
     return _doc_of(await _rows(db, user_id, name)).get("workouts", type=Map).to_py()
 
 
@@ -139,7 +142,7 @@ async def test_compaction_under_a_concurrent_writer_loses_nothing(client, db, se
     await conn.disconnect()
 
 
-async def _stored_keys(db, user_id) -> set[str]:  # noqa: ANN001
+async def _stored_keys(db: asyncpg.Connection, user_id: uuid.UUID) -> set[str]:
     doc = _doc_of(await _rows(db, user_id, "busy"))
     return set(doc.get("workouts", type=Map).keys())
 
@@ -223,13 +226,14 @@ def _doc_with(key: str) -> bytes:
     return doc.get_update()
 
 
-async def _rows_are(db, user_id, name, count: int | None, keys: int) -> bool:  # noqa: ANN001
+async def _rows_are(db: asyncpg.Connection, user_id: uuid.UUID, name: str, count: int | None,
+                    keys: int) -> bool:
     rows = await _rows(db, user_id, name)
     held = set(_doc_of(rows).get("workouts", type=Map).keys())
     return (count is None or len(rows) == count) and held == {f"w{i}" for i in range(keys)}
 
 
-async def _rows_below(db, user_id, name, n: int) -> bool:  # noqa: ANN001
+async def _rows_below(db: asyncpg.Connection, user_id: uuid.UUID, name: str, n: int) -> bool:
     rows = await _rows(db, user_id, name)
     keys = set(_doc_of(rows).get("workouts", type=Map).keys())
     return len(rows) < n and keys == {f"w{i}" for i in range(60)}

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 from uuid import UUID
 
+import asyncpg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pycrdt import Decoder, Doc, Map
 
-from .conftest import register, ws_url
+from .conftest import Client, MakeClient, register, ws_url
 from .yclient import YClient, eventually
 
 ROOTS = ("workouts", "weights", "food_logs", "favorites")
@@ -27,7 +29,7 @@ KEYS = ("id-1", "id-2", "id-3")
 DEVICES = 3
 
 
-def _value(root: str):  # noqa: ANN202 - a strategy
+def _value(root: str) -> st.SearchStrategy[bool | dict[str, Any]]:
     if root == "favorites":
         return st.just(True)
     if root == "workouts":
@@ -87,7 +89,7 @@ def _apply(device: YClient, step: tuple) -> None:
             workouts[key]["sets"] = sets
 
 
-async def _stored(db, user_id: str, name: str) -> Doc:  # noqa: ANN001
+async def _stored(db: asyncpg.Connection, user_id: str, name: str) -> Doc:
     rows = await db.fetch(
         "SELECT u.data FROM doc_updates u JOIN documents d ON d.id = u.doc_id"
         " WHERE d.user_id = $1 AND d.name = $2 ORDER BY u.seq", UUID(user_id), name)
@@ -98,12 +100,13 @@ async def _stored(db, user_id: str, name: str) -> Doc:  # noqa: ANN001
 
 
 @pytest.fixture
-async def account(client) -> dict:  # noqa: ANN001
+async def account(client: Client) -> dict[str, Any]:
     return await register(client)
 
 
 @pytest.fixture(params=[1, 2], ids=["one instance", "two instances"])
-async def servers(request, client, make_client) -> list:  # noqa: ANN001
+async def servers(request: pytest.FixtureRequest, client: Client,
+                  make_client: MakeClient) -> list[Client]:
     """The device i talks to servers[i % len(servers)]: with two, through the Redis bus."""
     return [client] + [await make_client() for _ in range(request.param - 1)]
 

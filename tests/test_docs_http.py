@@ -7,10 +7,13 @@ import base64
 import io
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
+import aiohttp
+import asyncpg
 from pycrdt import Doc, Map, Text, write_var_uint
 
-from .conftest import register, ws_url
+from .conftest import Client, register, ws_url
 from .hostile import LagMonitor
 from .yclient import YClient, eventually
 
@@ -44,7 +47,7 @@ async def _slowly(data: bytes, piece: int = 16 * 1024) -> AsyncIterator[bytes]:
         await asyncio.sleep(0.01)  # the point: the server must wait for the rest
 
 
-async def _stored_rows(db, pair: dict, name: str) -> list[bytes]:  # noqa: ANN001
+async def _stored_rows(db: asyncpg.Connection, pair: dict[str, Any], name: str) -> list[bytes]:
     rows = await db.fetch(
         "SELECT u.data FROM doc_updates u JOIN documents d ON d.id = u.doc_id"
         " WHERE d.user_id = $1 AND d.name = $2 ORDER BY u.seq",
@@ -63,7 +66,8 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-async def _post(client, pair: dict, name: str, body: bytes, ctype="application/octet-stream"):  # noqa: ANN001, ANN201
+async def _post(client: Client, pair: dict[str, Any], name: str, body: bytes,
+                ctype: str = "application/octet-stream") -> aiohttp.ClientResponse:
     return await client.post(f"/api/v1/docs/{name}/update", data=body,
                              headers={**_auth(pair), "Content-Type": ctype})
 
@@ -244,7 +248,7 @@ async def test_a_document_exists_once_something_is_stored_in_it(client, db):
     await reader.disconnect()
 
 
-async def _status(client, pair: dict, path: str, status: int) -> bool:  # noqa: ANN001
+async def _status(client: Client, pair: dict[str, Any], path: str, status: int) -> bool:
     return (await client.get(path, headers=_auth(pair))).status == status
 
 

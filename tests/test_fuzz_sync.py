@@ -26,8 +26,10 @@ import itertools
 import logging
 import time
 import uuid
+from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from hypothesis import HealthCheck, Phase, event, example, given, note, settings
 from hypothesis import strategies as st
@@ -45,7 +47,7 @@ from pycrdt import (
     write_var_uint,
 )
 
-from .conftest import register, ws_url
+from .conftest import Client, MakeClient, register, ws_url
 from .hostile import LagMonitor
 from .yclient import YClient, eventually
 
@@ -277,13 +279,13 @@ FRAMES = st.builds(
 
 
 @pytest.fixture
-async def app_client(make_client):  # noqa: ANN001, ANN201
+async def app_client(make_client: MakeClient) -> Client:
     # One account makes a document per example: the per-user quota is not what this tests.
     return await make_client(max_documents_per_user=100_000)
 
 
 @pytest.fixture
-async def fuzzer(app_client) -> dict:  # noqa: ANN001
+async def fuzzer(app_client: Client) -> dict[str, Any]:
     return await register(app_client)
 
 
@@ -319,7 +321,7 @@ def _outcome_ok(outcome: str) -> bool:
     return outcome == "answered" or outcome in {f"closed {code}" for code in CLOSE_CODES}
 
 
-async def _stored_rows_that_fail(db, user_id: str) -> list[str]:  # noqa: ANN001
+async def _stored_rows_that_fail(db: asyncpg.Connection, user_id: str) -> list[str]:
     """Every document of the user rebuilt from its rows, in order, as the server loads it."""
     rows = await db.fetch(
         "SELECT d.name, u.seq, u.data FROM doc_updates u JOIN documents d ON d.id = u.doc_id"
@@ -335,11 +337,13 @@ async def _stored_rows_that_fail(db, user_id: str) -> list[str]:  # noqa: ANN001
     return failures
 
 
-def _open_connections(app_client) -> int:  # noqa: ANN001
-    return len(app_client.server.runner.server.connections)
+def _open_connections(app_client: Client) -> int:
+    runner = app_client.server.runner
+    assert runner is not None and runner.server is not None  # the client has started it
+    return len(runner.server.connections)
 
 
-async def _fuzz(app_client, url: str, frames: list[bytes]) -> tuple[LagMonitor, str]:  # noqa: ANN001
+async def _fuzz(app_client: Client, url: str, frames: list[bytes]) -> tuple[LagMonitor, str]:
     """Send ``frames`` on a socket of their own: the loop's lag, and how the socket fared.
 
     Returns once the server has let go of the socket: its handler has ended, and has
@@ -357,7 +361,7 @@ async def _fuzz(app_client, url: str, frames: list[bytes]) -> tuple[LagMonitor, 
     return lag, outcome
 
 
-async def _fresh_client_syncs(app_client, url: str) -> None:  # noqa: ANN001
+async def _fresh_client_syncs(app_client: Client, url: str) -> None:
     fresh = YClient(app_client.session, url)
     await asyncio.wait_for(fresh.connect(), SETTLE)
     try:
@@ -366,7 +370,8 @@ async def _fresh_client_syncs(app_client, url: str) -> None:  # noqa: ANN001
         await asyncio.wait_for(fresh.disconnect(), SETTLE)
 
 
-async def check_frames(app_client, db, fuzzer: dict, caplog, frames: list[bytes]) -> None:  # noqa: ANN001
+async def check_frames(app_client: Client, db: asyncpg.Connection, fuzzer: dict[str, Any],
+                       caplog: pytest.LogCaptureFixture, frames: list[bytes]) -> None:
     """Send ``frames`` on a new document and check everything the module promises."""
     url = ws_url(app_client, f"fuzz-{uuid.uuid4().hex[:12]}", fuzzer["access_token"])
     logged = len(caplog.records)

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from .conftest import ServiceUrls
+from .conftest import Client, MakeClient, ServiceUrls
 from .yclient import eventually
 
 
@@ -107,7 +107,8 @@ async def relays(services: ServiceUrls) -> AsyncIterator[dict[str, Relay]]:
 
 
 @pytest.fixture
-async def relayed_client(make_client, services, relays):  # noqa: ANN001, ANN201
+async def relayed_client(make_client: MakeClient, services: ServiceUrls,
+                         relays: dict[str, Relay]) -> Client:
     _, user, database = _postgres_target(services.database_url)
     _, redis_db = _redis_target(services.redis_url)
     return await make_client(

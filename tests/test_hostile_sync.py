@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import AsyncIterator
+from typing import Any
 from uuid import UUID
 
 import aiohttp
+import asyncpg
 import pytest
 from pycrdt import (
     Awareness,
@@ -27,7 +29,7 @@ from pycrdt import (
 from modi_sync.app_keys import REGISTRY
 from modi_sync.sync.protocol import sync_step1_message
 
-from .conftest import register, synced
+from .conftest import Client, register, synced
 from .hostile import LagMonitor, silent_socket
 from .test_sync_websocket import close_code_of, raw_peer, stored_rows
 from .yclient import eventually, stays_false
@@ -49,7 +51,7 @@ def masked(payload: bytes, opcode: int = 0x2) -> bytes:
 
 
 @pytest.fixture
-async def user(client) -> dict:  # noqa: ANN001
+async def user(client: Client) -> dict[str, Any]:
     return await register(client)
 
 
@@ -301,7 +303,7 @@ async def test_the_bytes_quota_closes_1009(make_client, db):
     assert await stored_rows(db, pair["user"]["id"], "second") == []
 
 
-async def _rows(db, pair: dict, name: str) -> bool:  # noqa: ANN001
+async def _rows(db: asyncpg.Connection, pair: dict[str, Any], name: str) -> bool:
     return bool(await stored_rows(db, pair["user"]["id"], name))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from collections.abc import Mapping
 
 from aiohttp import web
 
@@ -106,7 +107,7 @@ async def test_cors_only_for_configured_origins(make_client):
     assert "Access-Control-Allow-Origin" not in preflight.headers
 
 
-def _assert_hardened(headers) -> None:  # noqa: ANN001
+def _assert_hardened(headers: Mapping[str, str]) -> None:
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert headers["Server"] == "modi-sync"  # no aiohttp, no Python, no versions
 

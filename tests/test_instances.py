@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
+import asyncpg
 import pytest
 from pycrdt import Doc, Map
 from redis.asyncio import Redis
@@ -32,7 +34,7 @@ from storage.doc_events import (
 )
 from storage.update_log import UpdateLog
 
-from .conftest import register, synced
+from .conftest import Client, ServiceUrls, register, synced
 from .yclient import eventually
 
 
@@ -114,7 +116,7 @@ async def test_a_document_made_on_another_instance_is_not_taken_for_a_new_one(ma
         await conn.disconnect()
 
 
-async def _exists(client, auth: dict, name: str) -> bool:  # noqa: ANN001
+async def _exists(client: Client, auth: dict[str, str], name: str) -> bool:
     return (await client.get(f"/api/v1/docs/{name}", headers=auth)).status == 200
 
 
@@ -155,7 +157,7 @@ async def test_a_password_change_on_one_instance_refuses_old_tokens_on_the_other
 
 
 @pytest.fixture
-async def redis(services) -> AsyncIterator[Redis]:  # noqa: ANN001
+async def redis(services: ServiceUrls) -> AsyncIterator[Redis]:
     client = Redis.from_url(services.redis_url)
     try:
         yield client
@@ -197,7 +199,7 @@ async def _publishes(redis: Redis) -> int:
     return (await redis.info("commandstats")).get("cmdstat_publish", {}).get("calls", 0)
 
 
-async def _is_stored(db, user: dict, keys: set[str]) -> bool:  # noqa: ANN001
+async def _is_stored(db: asyncpg.Connection, user: dict[str, Any], keys: set[str]) -> bool:
     doc = Doc()
     for row in await db.fetch(
             "SELECT u.data FROM doc_updates u JOIN documents d ON d.id = u.doc_id"
@@ -326,7 +328,8 @@ def _update(key: str) -> bytes:
     return doc.get_update()
 
 
-async def _store_unheard(pool, db, user: dict, key: str) -> None:  # noqa: ANN001
+async def _store_unheard(pool: asyncpg.Pool, db: asyncpg.Connection, user: dict[str, Any],
+                         key: str) -> None:
     """Store an update of the user's default document without telling any instance."""
     doc_id = await db.fetchval("SELECT id FROM documents WHERE user_id = $1 AND name = $2",
                                uuid.UUID(user["user"]["id"]), "default")

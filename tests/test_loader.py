@@ -5,19 +5,21 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator, Sequence
 
 import asyncpg
 import pytest
 
 from modi_sync.sync.loader import DocumentLoader
-from storage.update_log import UpdateLog
+from storage.doc_events import DocKey
+from storage.update_log import StoredDocument, UpdateLog
 from storage.users import UserStore
 
 from .yclient import eventually
 
 
 @pytest.fixture
-async def user_id(pool: asyncpg.Pool):  # noqa: ANN201
+async def user_id(pool: asyncpg.Pool) -> AsyncIterator[uuid.UUID]:
     user = await UserStore(pool).create(f"l-{uuid.uuid4().hex[:10]}@example.com", "x")
     yield user.id
     await pool.execute("DELETE FROM users WHERE id = $1", user.id)
@@ -91,7 +93,7 @@ async def test_the_loader_batches_concurrent_loads(pool, user_id):
     queries: list[int] = []
 
     class Counting(UpdateLog):
-        async def load_many(self, wanted):  # noqa: ANN001, ANN202
+        async def load_many(self, wanted: Sequence[DocKey]) -> list[StoredDocument | None]:
             queries.append(len(wanted))
             return await super().load_many(wanted)
 
@@ -128,7 +130,7 @@ async def test_a_failed_batch_fails_its_loads_and_the_next_batch_works(pool, use
 async def test_a_failing_callback_does_not_strand_the_other_loads(pool, user_id):
     seen: list[str] = []
 
-    def done(key, result):  # noqa: ANN001, ANN202
+    def done(key: DocKey, result: object) -> None:
         seen.append(key[1])
         if key[1] == "boom":
             raise RuntimeError("a caller's bug")
@@ -146,7 +148,7 @@ async def test_a_slow_handover_lets_the_event_loop_run_between_loads(pool, user_
     event loop until the last is done."""
     handed: list[str] = []
 
-    def done(key, result):  # noqa: ANN001, ANN202
+    def done(key: DocKey, result: object) -> None:
         time.sleep(0.003)  # stands for the CPU a catch-up's apply of a large room takes
         handed.append(key[1])
 

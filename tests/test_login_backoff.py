@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import aiohttp
 import orjson
 
 from modi_sync.app_keys import REDIS
 from storage.login_failures import LoginFailures, subject
 
-from .conftest import register
+from .conftest import Client, MakeClient, register
 from .yclient import eventually
 
 LOGIN = "/api/v1/auth/login"
@@ -23,7 +24,8 @@ def _address() -> str:
     return f"198.51.{n % 250}.{(n >> 8) % 250 + 1}"
 
 
-async def _login(client, email: str, password: str, device_token: str | None = None):  # noqa: ANN001, ANN202
+async def _login(client: Client, email: str, password: str,
+                 device_token: str | None = None) -> aiohttp.ClientResponse:
     """Each attempt from a fresh address: the per-address limit never sees two."""
     body = {"email": email, "password": password}
     if device_token is not None:
@@ -31,12 +33,12 @@ async def _login(client, email: str, password: str, device_token: str | None = N
     return await client.post(LOGIN, json=body, headers={"X-Forwarded-For": _address()})
 
 
-async def _backoff_client(make_client, free: int, longest: int = 900):  # noqa: ANN001, ANN202
+async def _backoff_client(make_client: MakeClient, free: int, longest: int = 900) -> Client:
     return await make_client(login_free_failures=free, login_backoff_max=longest,
                              trusted_proxies=("127.0.0.1",))
 
 
-async def _assert_backing_off(resp, at_most: int) -> bytes:  # noqa: ANN001
+async def _assert_backing_off(resp: aiohttp.ClientResponse, at_most: int) -> bytes:
     assert resp.status == 429
     body = await resp.read()
     error = orjson.loads(body)["error"]
@@ -151,7 +153,7 @@ async def test_routes_that_check_a_password_with_a_bearer_token_back_off_too(mak
     pair = await register(client)
     bearer = {"Authorization": f"Bearer {pair['access_token']}"}
 
-    async def change(current: str):  # noqa: ANN202
+    async def change(current: str) -> aiohttp.ClientResponse:
         return await client.post("/api/v1/auth/password", headers=bearer, json={
             "current_password": current, "new_password": "battery staple"})
 

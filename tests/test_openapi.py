@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import pytest
 import schemathesis
@@ -13,12 +14,14 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from schemathesis.specs.openapi.schemas import OpenApiSchema
 
-from .conftest import JWT_SECRET, ServerProcess
+from .conftest import JWT_SECRET, ServerProcess, ServiceUrls
 
 
 @pytest.fixture(scope="module")
-def live_server(services, tmp_path_factory):  # noqa: ANN001, ANN201
+def live_server(services: ServiceUrls,
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     env = dict(os.environ, DATABASE_URL=services.database_url, REDIS_URL=services.redis_url,
                JWT_SECRET=JWT_SECRET, MODI_RATE_LIMIT_AUTH="100000/60",
                MODI_RATE_LIMIT_USER="100000/60")
@@ -29,7 +32,7 @@ def live_server(services, tmp_path_factory):  # noqa: ANN001, ANN201
 
 
 @pytest.fixture(scope="module")
-def api_schema(live_server):  # noqa: ANN001, ANN201
+def api_schema(live_server: ServerProcess) -> OpenApiSchema:
     return schemathesis.openapi.from_url(live_server.http_url + "/api/v1/openapi.json")
 
 
@@ -37,7 +40,8 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 
 
-def test_every_route_answers_within_its_description(api_schema, live_server):  # noqa: ANN001
+def test_every_route_answers_within_its_description(api_schema: OpenApiSchema,
+                                                    live_server: ServerProcess) -> None:
     # schemathesis' pytest plugin does not load under pytest 9, so its strategies are
     # driven with hypothesis directly: same cases, same checks.
     operations = [result.ok() for result in api_schema.get_all_operations()]
@@ -49,13 +53,14 @@ def test_every_route_answers_within_its_description(api_schema, live_server):  #
         @given(case=operation.as_strategy())
         @settings(max_examples=30, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
-        def check(case) -> None:  # noqa: ANN001
+        def check(case: schemathesis.Case) -> None:
             case.call_and_validate(base_url=live_server.http_url, headers=auth, checks=CHECKS)
 
         check()
 
 
-def test_the_description_names_every_rest_route(api_schema, live_server):  # noqa: ANN001
+def test_the_description_names_every_rest_route(api_schema: OpenApiSchema,
+                                                live_server: ServerProcess) -> None:
     import json
     import urllib.request
 

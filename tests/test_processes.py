@@ -13,10 +13,11 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import asyncpg
 import psutil
 import pytest
@@ -83,7 +84,7 @@ async def start(server: ServerProcess) -> dict:
     return await asyncio.to_thread(server.register)
 
 
-async def connected(http, url: str) -> YClient:  # noqa: ANN001
+async def connected(http: aiohttp.ClientSession, url: str) -> YClient:
     y = await YClient(http, url).connect()
     await y.wait_synced()
     return y
@@ -194,7 +195,7 @@ async def _admin(dsn: str, sql: str) -> None:
 
 
 @pytest.fixture
-async def empty_database(services: ServiceUrls):  # noqa: ANN201
+async def empty_database(services: ServiceUrls) -> AsyncIterator[str]:
     name = f"modi_migrate_{uuid.uuid4().hex[:10]}"
     await _admin(services.database_url, f'CREATE DATABASE "{name}"')
     try:

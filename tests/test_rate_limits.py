@@ -6,9 +6,11 @@ from __future__ import annotations
 import time
 import uuid
 
+import aiohttp
+
 from modi_sync.access import address_bucket
 
-from .conftest import register
+from .conftest import Client, register
 from .yclient import eventually
 
 
@@ -18,7 +20,7 @@ def _address() -> str:
     return f"203.0.{n % 250}.{(n >> 8) % 250 + 1}"
 
 
-async def _login(client, ip: str):  # noqa: ANN001, ANN202
+async def _login(client: Client, ip: str) -> aiohttp.ClientResponse:
     """A failed login; each with an email of its own, so no account backoff joins in."""
     return await client.post(
         "/api/v1/auth/login",
@@ -66,7 +68,7 @@ async def test_authenticated_routes_are_limited_per_user(make_client):
     pair = await register(client)
     other = await register(client)
 
-    async def call(token: str):  # noqa: ANN202
+    async def call(token: str) -> aiohttp.ClientResponse:
         return await client.post(
             "/api/v1/auth/password", headers={"Authorization": f"Bearer {token}"},
             json={"current_password": "wrong password", "new_password": "battery staple"})
@@ -106,7 +108,7 @@ async def test_refresh_and_logout_have_a_limit_of_their_own(make_client):
                                trusted_proxies=("127.0.0.1",))
     ip = _address()
 
-    async def post(route: str, body: dict):  # noqa: ANN202
+    async def post(route: str, body: dict[str, str]) -> aiohttp.ClientResponse:
         return await client.post(f"/api/v1/auth/{route}", json=body,
                                  headers={"X-Forwarded-For": ip})
 

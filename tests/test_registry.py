@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -15,8 +15,8 @@ from pycrdt import Doc, Map
 from modi_sync.sync.registry import DocumentNotFound, RoomRegistry
 from modi_sync.sync.room import Room, RoomLimits
 from modi_sync.sync.writer import GroupCommitWriter
-from storage.doc_events import UPDATE, DocEvent
-from storage.update_log import UpdateLog
+from storage.doc_events import UPDATE, DocEvent, DocKey
+from storage.update_log import StoredDocument, UpdateLog
 from storage.users import UserStore
 
 from .test_room import RecordingConnection
@@ -32,14 +32,16 @@ class CountingLog(UpdateLog):
         self.listed: list[int] = []  # users whose names each query read
         self.fail_next = False
 
-    async def load_many(self, wanted):  # noqa: ANN001, ANN201
+    async def load_many(self, wanted: Sequence[DocKey]) -> list[StoredDocument | None]:
         self.queries.append(len(wanted))
         if self.fail_next:
             self.fail_next = False
             raise ConnectionError("database went away")
         return await super().load_many(wanted)
 
-    async def names_many(self, user_ids, most):  # noqa: ANN001, ANN201
+    async def names_many(
+        self, user_ids: Sequence[UUID], most: int
+    ) -> dict[UUID, list[str] | None]:
         self.listed.append(len(user_ids))
         return await super().names_many(user_ids, most)
 

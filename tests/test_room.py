@@ -92,7 +92,7 @@ class RecordingConnection(Connection):
 
 
 @pytest.fixture
-async def writer(pool) -> AsyncIterator[GroupCommitWriter]:  # noqa: ANN001
+async def writer(pool: asyncpg.Pool) -> AsyncIterator[GroupCommitWriter]:
     writer = GroupCommitWriter(UpdateLog(pool))
     await writer.start()
     try:
@@ -102,7 +102,7 @@ async def writer(pool) -> AsyncIterator[GroupCommitWriter]:  # noqa: ANN001
 
 
 @pytest.fixture
-async def user_id(pool) -> UUID:  # noqa: ANN001
+async def user_id(pool: asyncpg.Pool) -> UUID:
     user = await UserStore(pool).create(f"room-{uuid.uuid4().hex[:10]}@example.com", "x")
     return user.id
 
@@ -135,7 +135,7 @@ class RoomFactory:
 
 
 @pytest.fixture
-async def rooms(pool, writer, user_id) -> RoomFactory:  # noqa: ANN001
+async def rooms(pool: asyncpg.Pool, writer: GroupCommitWriter, user_id: UUID) -> RoomFactory:
     return RoomFactory(pool, writer, user_id)
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import asyncpg
 from pycrdt import Doc, Map
 
-from .conftest import JWT_SECRET
+from .conftest import JWT_SECRET, ServiceUrls
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "nightly-compact"
 
 
-def _run(services, lock: Path) -> subprocess.CompletedProcess:  # noqa: ANN001
+def _run(services: ServiceUrls, lock: Path) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, DATABASE_URL=services.database_url, REDIS_URL=services.redis_url,
                JWT_SECRET=JWT_SECRET, MODI_MAINTENANCE_LOCK=str(lock),
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
@@ -53,7 +53,7 @@ async def _row_count(dsn: str, doc_id: int) -> int:
         await conn.close()
 
 
-def test_nightly_compact_runs_and_logs_a_summary(services, tmp_path):  # noqa: ANN001
+def test_nightly_compact_runs_and_logs_a_summary(services: ServiceUrls, tmp_path: Path) -> None:
     assert _run(services, tmp_path / "lock").returncode == 0  # migrations in place
     doc_id = asyncio.run(_document_with_updates(services.database_url, 4))
     done = _run(services, tmp_path / "lock")
@@ -64,7 +64,7 @@ def test_nightly_compact_runs_and_logs_a_summary(services, tmp_path):  # noqa: A
     assert asyncio.run(_row_count(services.database_url, doc_id)) == 1
 
 
-def test_a_second_run_does_not_overlap_the_first(services, tmp_path):  # noqa: ANN001
+def test_a_second_run_does_not_overlap_the_first(services: ServiceUrls, tmp_path: Path) -> None:
     lock = tmp_path / "lock"
     with lock.open("w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)  # as a run in progress holds it
@@ -74,7 +74,7 @@ def test_a_second_run_does_not_overlap_the_first(services, tmp_path):  # noqa: A
     assert _run(services, lock).returncode == 0  # free again once the first run ends
 
 
-def test_a_failure_exits_non_zero(services, tmp_path):  # noqa: ANN001
+def test_a_failure_exits_non_zero(services: ServiceUrls, tmp_path: Path) -> None:
     broken = services.__class__("postgresql://nobody@127.0.0.1:1/none", services.redis_url)
     failed = _run(broken, tmp_path / "lock")
     assert failed.returncode != 0

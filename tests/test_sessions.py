@@ -7,7 +7,7 @@ from uuid import UUID
 
 import pytest
 
-from .conftest import register, synced
+from .conftest import Client, register, synced
 from .frozen_clock import one_instant  # noqa: F401 - a fixture
 from .yclient import eventually
 
@@ -56,7 +56,7 @@ def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def _refused(client, token: str) -> bool:  # noqa: ANN001
+async def _refused(client: Client, token: str) -> bool:
     return (await client.get("/api/v1/docs", headers=_bearer(token))).status == 401
 
 

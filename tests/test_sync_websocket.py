@@ -9,6 +9,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 from uuid import UUID
 
 import aiohttp
@@ -27,7 +28,7 @@ from pycrdt import (
 from modi_sync.app_keys import REGISTRY
 from modi_sync.sync.protocol import parse_message
 
-from .conftest import JWT_SECRET, register, synced, ws_url
+from .conftest import JWT_SECRET, Client, register, synced, ws_url
 from .yclient import YClient, eventually, stays_false
 
 ROOTS = ("workouts", "weights", "food_logs", "favorites")
@@ -75,7 +76,7 @@ async def insert_is_waiting(db: asyncpg.Connection) -> bool:
     ))
 
 
-async def connected(client, user: dict, name: str = "default") -> YClient:  # noqa: ANN001
+async def connected(client: Client, user: dict[str, Any], name: str = "default") -> YClient:
     return await synced(client, user["access_token"], name)
 
 
@@ -89,7 +90,8 @@ async def close_code_of(ws: aiohttp.ClientWebSocketResponse, timeout: float = 10
                 return ws.close_code
 
 
-async def raw_peer(client, user: dict, name: str = "default") -> aiohttp.ClientWebSocketResponse:  # noqa: ANN001
+async def raw_peer(client: Client, user: dict[str, Any],
+                   name: str = "default") -> aiohttp.ClientWebSocketResponse:
     """A bare socket in the room: returns once the server's step 1 shows it joined."""
     ws = await client.session.ws_connect(ws_url(client, name, user["access_token"]))
     msg = await asyncio.wait_for(ws.receive(), 10)
@@ -433,7 +435,8 @@ async def test_names_outside_the_pattern_are_not_found(client, name):
     assert (await resp.json())["error"]["code"] == "NOT_FOUND"
 
 
-async def _with_one_stored_update(client, db, user):  # noqa: ANN001, ANN202
+async def _with_one_stored_update(client: Client, db: asyncpg.Connection,
+                                  user: dict[str, Any]) -> tuple[YClient, list[bytes]]:
     a = await connected(client, user)
     a.workouts()["w1"] = Map({"name": "squat"})
     await eventually(lambda: _stored_equals(db, user, a.doc))

@@ -7,6 +7,8 @@ import base64
 import time
 import uuid
 
+import aiohttp
+import asyncpg
 import jwt
 import orjson
 import pytest
@@ -14,8 +16,9 @@ from pycrdt import Map
 
 from modi_sync import tokens
 from modi_sync.app_keys import REDIS, REFRESH_TOKENS
+from storage.refresh_tokens import RefreshResult
 
-from .conftest import JWT_SECRET, register, ws_url
+from .conftest import JWT_SECRET, Client, register, ws_url
 from .frozen_clock import one_instant  # noqa: F401 - a fixture
 from .yclient import YClient, eventually
 
@@ -24,14 +27,14 @@ def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def _accepted(client, token: str) -> bool:  # noqa: ANN001
+async def _accepted(client: Client, token: str) -> bool:
     """Does REST take the token? (401 or not)."""
     status = (await client.get("/api/v1/docs", headers=_bearer(token))).status
     assert status in (200, 401), status
     return status == 200
 
 
-async def _upgrade_status(client, token: str, name: str = "default") -> int:  # noqa: ANN001
+async def _upgrade_status(client: Client, token: str, name: str = "default") -> int:
     resp = await client.get(f"/sync/{name}?token={token}", headers=_upgrade_headers())
     resp.close()
     return resp.status
@@ -42,13 +45,13 @@ def _upgrade_headers() -> dict[str, str]:
             "Sec-WebSocket-Key": base64.b64encode(uuid.uuid4().bytes).decode()}
 
 
-async def _stored_rows(db, user_id: uuid.UUID) -> bool:  # noqa: ANN001
+async def _stored_rows(db: asyncpg.Connection, user_id: uuid.UUID) -> bool:
     return bool(await db.fetchval(
         "SELECT count(*) FROM doc_updates u JOIN documents d ON d.id = u.doc_id"
         " WHERE d.user_id = $1", user_id))
 
 
-async def _refresh(client, token: str):  # noqa: ANN001, ANN202
+async def _refresh(client: Client, token: str) -> aiohttp.ClientResponse:
     return await client.post("/api/v1/auth/refresh", json={"refresh_token": token})
 
 
@@ -288,7 +291,7 @@ async def test_a_refresh_racing_a_password_change_yields_dead_tokens(client):
     refresh_tokens = client.server.app[REFRESH_TOKENS]
     checked = refresh_tokens.use
 
-    async def use_then_password_changes(token: str):  # noqa: ANN202
+    async def use_then_password_changes(token: str) -> RefreshResult:
         result = await checked(token)
         resp = await client.post("/api/v1/auth/password", headers=_bearer(pair["access_token"]),
                                  json={"current_password": "correct horse",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -35,7 +35,7 @@ class CountingLog(UpdateLog):
         self.batches.append(len(updates))
         return await super().append_many(doc_ids, updates)
 
-    async def create_documents(self, keys):  # noqa: ANN001, ANN201
+    async def create_documents(self, keys: Sequence[tuple[uuid.UUID, str]]) -> list[int | None]:
         self.created.append(len(keys))
         return await super().create_documents(keys)
 
@@ -73,12 +73,14 @@ class Target:
 
 
 @pytest.fixture
-async def update_log(pool) -> CountingLog:  # noqa: ANN001
+async def update_log(pool: asyncpg.Pool) -> CountingLog:
     return CountingLog(pool)
 
 
 @pytest.fixture
-async def make_writer(update_log) -> AsyncIterator:  # noqa: ANN001
+async def make_writer(
+    update_log: CountingLog,
+) -> AsyncIterator[Callable[..., Awaitable[GroupCommitWriter]]]:
     writers: list[GroupCommitWriter] = []
 
     async def make(**kwargs: Any) -> GroupCommitWriter:
@@ -93,7 +95,7 @@ async def make_writer(update_log) -> AsyncIterator:  # noqa: ANN001
 
 
 @pytest.fixture(autouse=True)
-async def _erase_opaque_documents(pool):  # noqa: ANN001, ANN202
+async def _erase_opaque_documents(pool: asyncpg.Pool) -> AsyncIterator[None]:
     """The writer stores bytes as given; these tests give it bytes that are no Yjs update.
     Erase them afterwards, so that no later test (a compaction of every document, say)
     finds them."""
