@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from common import (  # noqa: E402
     BENCH,
     CLIENT_CORE,
     AnchorServer,
+    GroupMonitor,
     ModiServer,
     anchors_ready,
     have_taskset,
@@ -57,6 +59,9 @@ from common import (  # noqa: E402
     pinned,
     rss_kb,
 )
+
+Send = Callable[[str], None]  # a word to the load generator's stdin
+OnEvent = Callable[[dict, Send], None]  # called for each of its event lines
 
 ALL_SERVERS = ["modi-sync", "yws", "hocuspocus", "pycrdt-mem", "pycrdt-sqlite"]
 OPTIONAL_SERVERS = ["yws-leveldb", "hocuspocus-sqlite"]  # only with --servers: W2 cold
@@ -112,7 +117,7 @@ class LoadgenError(RuntimeError):
     pass
 
 
-def run_loadgen(cfg: dict, on_event=None, timeout: float = 300.0) -> dict:  # noqa: ANN001
+def run_loadgen(cfg: dict, on_event: OnEvent | None = None, timeout: float = 300.0) -> dict:
     """Run bench/loadgen.mjs on the client core; call ``on_event(event, send)`` for its
     event lines; return its result. Bounded by ``timeout``."""
     cfg = dict(cfg, hardLimitMs=int(timeout * 1000))
@@ -238,7 +243,7 @@ def _name(tag: str, rep: int) -> str:
     return f"b{_run_id}-{tag}-{rep}"
 
 
-def _measured(bench: Bench, cfg: dict, on_event, timeout: float) -> dict:  # noqa: ANN001
+def _measured(bench: Bench, cfg: dict, on_event: OnEvent, timeout: float) -> dict:
     """The load generator's result (or why it failed), with the server's new error lines."""
     errors_before = bench.errors()
     try:
@@ -266,7 +271,8 @@ def w1(bench: Bench, sizes: Sizes, rep: int, restart: bool) -> list[dict]:
         monitor = bench.server.monitor()
         stats: dict = {}
 
-        def on_event(msg: dict, send, monitor=monitor, stats=stats) -> None:  # noqa: ANN001
+        def on_event(msg: dict, send: Send, monitor: GroupMonitor = monitor,
+                     stats: dict = stats) -> None:
             if msg["event"] == "load-start":
                 monitor.start()
             elif msg["event"] == "load-end":
@@ -297,7 +303,7 @@ def w2(bench: Bench, sizes: Sizes, rep: int, warm_syncs: int) -> list[dict]:
         cfg = dict(bench.base_cfg(1), mode="w2", docName=_name(f"w2{tag}", rep),
                    warmReps=warm_syncs, **params)
 
-        def on_event(msg: dict, send) -> None:  # noqa: ANN001
+        def on_event(msg: dict, send: Send) -> None:
             if msg["event"] == "built":
                 if not bench.server.wait_stored():
                     log("  (the store was still being written after the wait)")
@@ -343,7 +349,8 @@ def w3(bench: Bench, sizes: Sizes, rep: int, concurrency: int) -> list[dict]:
         before = {"rss": rss_kb(server.proc.pid) or 0, "side": _side_pss(monitor)}
         stats: dict = {}
 
-        def on_event(msg: dict, send, monitor=monitor, stats=stats, before=before) -> None:  # noqa: ANN001
+        def on_event(msg: dict, send: Send, monitor: GroupMonitor = monitor, stats: dict = stats,
+                     before: dict[str, int] = before) -> None:
             if msg["event"] == "load-start":
                 monitor.start()
             elif msg["event"] == "opened":
@@ -369,7 +376,7 @@ def w3(bench: Bench, sizes: Sizes, rep: int, concurrency: int) -> list[dict]:
     return records
 
 
-def _side_pss(monitor) -> int:  # noqa: ANN001
+def _side_pss(monitor: GroupMonitor) -> int:
     from common import descendants, pss_kb
 
     return sum(pss_kb(p) or 0 for p in descendants([monitor.main_pid, *monitor.helper_roots]))
