@@ -1,4 +1,5 @@
-"""Register and login (contract section 3), and what the sync endpoint accepts as a token."""
+"""Register and login (docs/api.md, "Authentication and accounts"), and what the sync
+endpoint accepts as a token."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Property: whatever three devices do, online or off, they converge, and so does storage,
 whether they share one server instance or are spread over two.
 
-Hypothesis draws interleavings of map sets and deletes on the Magni roots (section 5),
+Hypothesis draws interleavings of map sets and deletes on the Magni roots (the document schema),
 nested edits, disconnects, reconnects and pauses of the event loop (which let messages
 in flight arrive at different moments). After each run every device reconnects; then
 the three documents must be equal, and so must the document rebuilt from the stored

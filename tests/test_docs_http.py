@@ -1,4 +1,5 @@
-"""Documents over HTTP (contract §4): list, JSON, updates in and out, deletion."""
+"""Documents over HTTP (docs/api.md, "HTTP routes"): list, JSON, updates in and out,
+deletion."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``/health`` and ``/ready`` (contract section 9).
+"""``/health`` and ``/ready`` (docs/api.md, "Operations").
 
 To take a service away without touching the session's servers, the app under test
 reaches PostgreSQL or Redis through a small TCP relay that the test can cut and restore.

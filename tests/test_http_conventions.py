@@ -1,4 +1,5 @@
-"""The §2 conventions: one error envelope, request ids, timestamps, CORS, body limits."""
+"""The HTTP conventions (docs/api.md): one error envelope, request ids, timestamps, CORS,
+body limits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``modi-sync serve`` and ``modi-sync migrate`` as real processes (contract section 1).
+"""``modi-sync serve`` and ``modi-sync migrate`` as real processes (docs/api.md,
+"Processes and configuration").
 
 ``serve`` runs on its own embedded PostgreSQL and Redis under a fresh data dir, the
 no-setup default; ``migrate`` runs against the test session's PostgreSQL.
