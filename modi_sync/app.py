@@ -8,7 +8,6 @@ stored.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import AsyncIterator
 
@@ -48,8 +47,6 @@ from .runtime import open_storage
 from .sync.engine import SyncEngine
 from .sync.handler import sync_endpoint
 from .tokens import AccessTokens, load_or_create_secret
-
-log = logging.getLogger(__name__)
 
 
 async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
