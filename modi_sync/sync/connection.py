@@ -110,11 +110,8 @@ class Connection:
         if self.closing or transport is None:
             return
         self._queued += len(data)
-        waiting = self._queued + transport.get_write_buffer_size()
-        if waiting > self._max_queue_bytes:
-            # It is not reading, so it would not read a close frame either: drop it.
+        if self._over_budget(self._queued):
             self._out, self._queued = None, 0
-            self.abort(f"it stopped reading ({waiting} bytes waiting)")
             return
         if self._out is None:
             self._out = [data]
@@ -142,12 +139,20 @@ class Connection:
         transport = self._transport
         if self.closing or transport is None:
             return
-        waiting = len(message) + transport.get_write_buffer_size()
-        if waiting > self._max_queue_bytes:
-            self.abort(f"it stopped reading ({waiting} bytes waiting)")
+        if self._over_budget(len(message)):
             return
         with contextlib.suppress(ConnectionError):  # it went away; the receive loop ends
             await self.ws.send_bytes(message)
+
+    def _over_budget(self, more: int) -> bool:
+        """Whether ``more`` bytes and what the transport holds pass the budget; if so the
+        peer is not reading, so it would not read a close frame either: it is dropped."""
+        assert self._transport is not None
+        waiting = more + self._transport.get_write_buffer_size()
+        if waiting <= self._max_queue_bytes:
+            return False
+        self.abort(f"it stopped reading ({waiting} bytes waiting)")
+        return True
 
     def ping(self) -> None:
         self.send_frame(_PING)

@@ -6,9 +6,10 @@ states it knows, answers step 1 with step 2, and treats step 2 and update messag
 updates (apply, store, then fan out).
 
 One client must not hold the event loop or the server's memory: each message is
-decoded with bounds (protocol.py) before a room sees it, the loop yields to others
-after each message, a connection may send only so many messages (``MessageBudget``),
-and it reads nothing more while its last reply to a step 1 waits for it to read.
+decoded with bounds (protocol.py) before a room sees it, the loop serves others once a
+connection's messages took a millisecond, a connection may send only so many messages
+(``MessageBudget``), and it reads nothing more while its last reply to a step 1 waits
+for it to read.
 """
 
 from __future__ import annotations
