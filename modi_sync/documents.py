@@ -31,6 +31,7 @@ from .sync.engine import SyncEngine
 from .sync.quota import QuotaExceeded
 from .sync.registry import DocumentNotFound
 from .sync.room import (
+    EMPTY_STATE,
     DocumentTooLarge,
     DocumentUnavailable,
     InvalidUpdate,
@@ -39,7 +40,6 @@ from .sync.room import (
 )
 from .sync.writer import WriteFailed
 
-EMPTY_STATE = b"\x00"  # the state vector of an empty document: "send me everything"
 _LISTED_AT_ONCE = 500  # documents read per query by ``each``
 
 

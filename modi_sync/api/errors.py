@@ -54,9 +54,6 @@ class ApiError(Exception):
     def unauthorized(cls, message: str = "authentication required") -> ApiError:
         return cls(401, message)
 
-    @classmethod
-    def conflict(cls, message: str) -> ApiError:
-        return cls(409, message)
 
 
 # Each domain error's status: the one place where they meet HTTP.

@@ -49,10 +49,6 @@ class AwarenessEntry:
     clock: int
     state_bytes: int  # 0: the client's state is removed
 
-    @property
-    def removes(self) -> bool:
-        return self.state_bytes == 0
-
 
 class Reader:
     """Reads lib0 var-uints and length-prefixed byte strings, with every bound checked."""
