@@ -7,27 +7,31 @@ from functools import lru_cache
 
 from aiohttp import web
 
-from storage.rate_limits import Limit, Verdict
+from storage.rate_limits import USER_SCOPE, Limit, Verdict
 
 from .app_keys import (
     ACCESS_TOKENS,
     LOGIN_FAILURES,
     RATE_LIMITER,
     RATE_VERDICT,
+    REQUEST_ID,
     SESSION_STATES,
     SETTINGS,
 )
-from .errors import RateLimited, Unauthenticated
+from .audit import Actor, stored_ip
+from .errors import Forbidden, RateLimited, Unauthenticated
 from .tokens import AccessClaims, InvalidToken
 
 
-async def authenticate(request: web.Request, *, allow_query_token: bool = False) -> AccessClaims:
+async def authenticate(request: web.Request, *, allow_query_token: bool = False,
+                       writes: bool = False) -> AccessClaims:
     """The verified claims of the caller's access token, or a 401.
 
     Browsers cannot set headers on a websocket upgrade, so the sync endpoint also
     takes the token as ``?token=``. A token of an ended session (logged out, caught
     reused), of an earlier generation (the password changed since), or of a deleted
-    user is refused as well.
+    user is refused as well. With ``writes``, a user who withdrew consent to
+    processing is refused too (403): what they store is processing.
     """
     token = None
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
@@ -44,15 +48,24 @@ async def authenticate(request: web.Request, *, allow_query_token: bool = False)
     state = await request.app[SESSION_STATES].state(claims.user_id, claims.session)
     if state.revoked or state.generation != claims.generation:
         raise Unauthenticated("invalid or expired access token")
+    if writes and state.restricted:
+        raise Forbidden("consent to the privacy policy is withdrawn: accept it again "
+                        "(PUT /api/v1/users/me/consents) to store data")
     return claims
 
 
-async def authenticated_user(request: web.Request) -> AccessClaims:
+async def authenticated_user(request: web.Request, *, writes: bool = False) -> AccessClaims:
     """For REST routes: authenticate, then count the call against the user's limit."""
-    claims = await authenticate(request)
-    await enforce_rate_limit(request, "user", str(claims.user_id),
+    claims = await authenticate(request, writes=writes)
+    await enforce_rate_limit(request, USER_SCOPE, str(claims.user_id),
                              request.app[SETTINGS].rate_limit_user)
     return claims
+
+
+def actor(request: web.Request) -> Actor:
+    """The request as the audit log records it."""
+    return Actor(request[REQUEST_ID],
+                 stored_ip(client_ip(request), request.app[SETTINGS].audit_ip))
 
 
 async def enforce_rate_limit(request: web.Request, scope: str, identity: str, spec: str) -> None:

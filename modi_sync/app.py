@@ -8,13 +8,11 @@ stored.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from storage.login_failures import LoginFailures
-from storage.rate_limits import RateLimiter
+from storage.session_events import SessionEvent
 
 from .accounts import Accounts
 from .api import auth, documents, health, openapi
@@ -34,12 +32,13 @@ from .app_keys import (
     REGISTRY,
     SESSION_STATES,
     SETTINGS,
+    STORAGE,
     UPDATE_LOG,
     USERS,
     WRITER,
 )
 from .config import Settings
-from .contract import DOC_NAME
+from .contract import DOC_NAME, CloseCode
 from .device_tokens import DeviceTokens
 from .documents import Documents
 from .revocations import SessionStates
@@ -55,38 +54,40 @@ async def _storage_ctx(app: web.Application) -> AsyncIterator[None]:
     secret = load_or_create_secret(settings.jwt_secret, settings.data_dir)
     previous = settings.jwt_previous_secrets
     async with open_storage(settings) as storage:
-        redis = storage.redis
-        app[POOL], app[REDIS] = storage.pool, redis
+        app[STORAGE] = storage
+        app[POOL], app[REDIS] = storage.pool, storage.redis
         app[USERS], app[UPDATE_LOG] = storage.users, storage.update_log
         app[REFRESH_TOKENS] = storage.refresh_tokens
         app[ACCESS_TOKENS] = AccessTokens(secret, settings.access_token_ttl, previous)
         app[DEVICE_TOKENS] = DeviceTokens(secret, previous)
         app[SESSION_STATES] = SessionStates(storage.refresh_tokens.session_state)
-        app[RATE_LIMITER] = RateLimiter(redis)
-        app[LOGIN_FAILURES] = LoginFailures(
-            redis, settings.login_free_failures, settings.login_backoff_max)
+        app[RATE_LIMITER], app[LOGIN_FAILURES] = storage.rate_limiter, storage.login_failures
         yield
 
 
 async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
     engine = SyncEngine(app[SETTINGS], app[UPDATE_LOG], app[REDIS],
-                        sessions_ended=lambda user_id: _sessions_ended(app, user_id),
+                        sessions_ended=lambda event: _session_event(app, event),
                         keepalive=True)
     await engine.start()
     app[ENGINE], app[WRITER] = engine, engine.writer
     app[REGISTRY], app[PUBLISHER] = engine.registry, engine.publisher
     app[DOCUMENTS] = Documents(app[UPDATE_LOG], engine, app[REDIS])
-    app[ACCOUNTS] = Accounts(app[USERS], app[REFRESH_TOKENS], app[REDIS],
-                             on_sessions_ended=lambda user_id: _sessions_ended(app, user_id))
+    app[ACCOUNTS] = Accounts(app[STORAGE],
+                             on_session_event=lambda event: _session_event(app, event))
     yield
     await engine.stop()
 
 
-def _sessions_ended(app: web.Application, user_id: uuid.UUID) -> None:
-    """A user's sessions ended, here or on another instance: refuse their tokens (read
-    their state again) and close the user's sockets (4401)."""
-    app[SESSION_STATES].forget(user_id)
-    app[REGISTRY].close_user(user_id)
+def _session_event(app: web.Application, event: SessionEvent) -> None:
+    """A user's sessions ended, or they withdrew consent, here or on another instance:
+    read their sessions' state again, and close the user's sockets (4401, 4403)."""
+    app[SESSION_STATES].forget(event.user_id)
+    if event.restricted:
+        app[REGISTRY].close_user(event.user_id, CloseCode.CONSENT_WITHDRAWN,
+                                 "consent withdrawn")
+    else:
+        app[REGISTRY].close_user(event.user_id)
 
 
 async def _close_sockets(app: web.Application) -> None:

@@ -17,6 +17,7 @@ from .config import Settings
 from .device_tokens import DeviceTokens
 from .documents import Documents
 from .revocations import SessionStates
+from .runtime import Storage
 from .sync.bus import UpdatePublisher
 from .sync.engine import SyncEngine
 from .sync.registry import RoomRegistry
@@ -24,6 +25,7 @@ from .sync.writer import GroupCommitWriter
 from .tokens import AccessTokens
 
 SETTINGS = web.AppKey("settings", Settings)
+STORAGE = web.AppKey("storage", Storage)
 POOL = web.AppKey("pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", Redis)
 ACCESS_TOKENS = web.AppKey("access_tokens", AccessTokens)

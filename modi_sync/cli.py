@@ -220,7 +220,7 @@ def _create_user(settings: Settings, email: str, *, admin: bool) -> int:
 
     async def create() -> int:
         async with open_storage(settings) as storage:
-            accounts = Accounts(storage.users, storage.refresh_tokens, storage.redis)
+            accounts = Accounts(storage)
             try:
                 user = await accounts.create(email, password, "admin" if admin else "user")
             except Conflict:

@@ -44,6 +44,7 @@ class Settings:
     rate_limit_auth: str = "30/60"
     rate_limit_refresh: str = "120/60"
     rate_limit_user: str = "300/60"
+    rate_limit_export: str = "5/3600"
     login_free_failures: int = 5
     login_backoff_max: int = 900
     trusted_proxies: tuple[str, ...] = ()
@@ -71,6 +72,10 @@ class Settings:
     db_pool_max: int = 10
     redis_pool_max: int = 32
     gc_full_seconds: float = 600.0
+
+    audit_ip: str = "truncated"  # or "full", "off"
+    audit_retention_days: int = 365
+    retention_interval_seconds: float = 3600.0  # 0: this instance never runs it
 
     @property
     def snapshot_every(self) -> timedelta | None:
@@ -106,6 +111,7 @@ ENVIRONMENT: dict[str, str] = {
     "MODI_RATE_LIMIT_AUTH": "rate_limit_auth",
     "MODI_RATE_LIMIT_REFRESH": "rate_limit_refresh",
     "MODI_RATE_LIMIT_USER": "rate_limit_user",
+    "MODI_RATE_LIMIT_EXPORT": "rate_limit_export",
     "MODI_LOGIN_FREE_FAILURES": "login_free_failures",
     "MODI_LOGIN_BACKOFF_MAX": "login_backoff_max",
     "MODI_TRUSTED_PROXIES": "trusted_proxies",
@@ -132,6 +138,9 @@ ENVIRONMENT: dict[str, str] = {
     "MODI_DB_POOL_MAX": "db_pool_max",
     "MODI_REDIS_POOL_MAX": "redis_pool_max",
     "MODI_GC_FULL_SECONDS": "gc_full_seconds",
+    "MODI_AUDIT_IP": "audit_ip",
+    "MODI_AUDIT_RETENTION_DAYS": "audit_retention_days",
+    "MODI_RETENTION_INTERVAL": "retention_interval_seconds",
 }
 
 def _number(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -211,9 +220,12 @@ def _validate(settings: Settings) -> None:
     _positive(settings, "max_document_bytes", "commit_batch_max", "access_token_ttl",
               "refresh_token_ttl", "auto_compact_updates", "auto_compact_bytes",
               "bus_recheck_seconds", "max_pending_bytes", "max_documents_per_user",
-              "max_user_bytes", "max_awareness_clients", "max_awareness_bytes")
+              "max_user_bytes", "max_awareness_clients", "max_awareness_bytes",
+              "audit_retention_days")
     if settings.gc_full_seconds < 0:
         raise ConfigError("MODI_GC_FULL_SECONDS must be 0 (off) or more")
+    if settings.audit_ip not in ("truncated", "full", "off"):
+        raise ConfigError("MODI_AUDIT_IP must be 'truncated', 'full' or 'off'")
 
 
 def _positive(settings: Settings, *names: str) -> None:
@@ -226,7 +238,8 @@ def _validate_server(settings: Settings) -> None:
     if settings.access_log not in ("auto", "on", "off"):
         raise ConfigError("MODI_ACCESS_LOG must be 'auto', 'on' or 'off'")
     _validate_secrets(settings)
-    for name in ("rate_limit_auth", "rate_limit_refresh", "rate_limit_user", "ws_message_limit"):
+    for name in ("rate_limit_auth", "rate_limit_refresh", "rate_limit_user", "rate_limit_export",
+                 "ws_message_limit"):
         try:
             Limit.parse(getattr(settings, name))
         except ValueError:
@@ -239,6 +252,8 @@ def _validate_server(settings: Settings) -> None:
     _positive(settings, "port", "max_body_bytes", "max_frame_bytes",
               "max_connections_per_user", "max_send_queue_bytes", "keepalive_seconds",
               "login_free_failures", "login_backoff_max")
+    if settings.retention_interval_seconds < 0:
+        raise ConfigError("MODI_RETENTION_INTERVAL must be 0 (off) or more")
 
 
 def _validate_secrets(settings: Settings) -> None:

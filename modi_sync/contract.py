@@ -26,4 +26,5 @@ class CloseCode(IntEnum):
     INTERNAL_ERROR = 1011  # storage failed, or the document was reloaded: reconnect
     TRY_AGAIN_LATER = 1013  # too many messages: reconnect with backoff
     SESSION_ENDED = 4401  # logout, password change, account deletion: sign in again
+    CONSENT_WITHDRAWN = 4403  # the user withdrew consent to processing: no more syncing
     DOCUMENT_DELETED = 4404  # the document was erased

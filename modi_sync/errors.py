@@ -33,6 +33,11 @@ class Invalid(ModiError):
         self.reason = reason
 
 
+class Forbidden(ModiError):
+    """Authenticated, but not allowed: an admin's action, or a write after the user
+    withdrew consent to processing."""
+
+
 class NotFound(ModiError):
     """No such thing, or not the caller's."""
 

@@ -18,8 +18,13 @@ from dataclasses import dataclass
 import asyncpg
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from storage.audit import AuditLog
+from storage.consents import ConsentStore
 from storage.database import create_pool, migrate
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis
+from storage.foods import FoodStore
+from storage.login_failures import LoginFailures
+from storage.rate_limits import RateLimiter
 from storage.refresh_tokens import RefreshTokens
 from storage.update_log import UpdateLog
 from storage.users import UserStore
@@ -74,6 +79,11 @@ class Storage:
     users: UserStore
     update_log: UpdateLog
     refresh_tokens: RefreshTokens
+    audit: AuditLog
+    consents: ConsentStore
+    foods: FoodStore
+    rate_limiter: RateLimiter
+    login_failures: LoginFailures
     migrations_applied: list[str]  # by this start, if any
 
 
@@ -93,6 +103,9 @@ async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
                     settings, pool, redis, UserStore(pool), UpdateLog(pool),
                     RefreshTokens(redis, settings.refresh_token_ttl,
                                   settings.access_token_ttl),
+                    AuditLog(pool), ConsentStore(pool), FoodStore(pool), RateLimiter(redis),
+                    LoginFailures(redis, settings.login_free_failures,
+                                  settings.login_backoff_max),
                     applied,
                 )
             finally:

@@ -60,3 +60,7 @@ class LoginFailures:
 
     async def succeeded(self, subject: str) -> None:
         await self._redis.delete(_PREFIX + subject)
+
+    async def forget(self, *subjects: str) -> None:
+        """Drop these subjects' counts (an erased account's)."""
+        await self._redis.delete(*(_PREFIX + s for s in subjects))

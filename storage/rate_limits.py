@@ -9,6 +9,11 @@ from redis.asyncio import Redis
 
 _PREFIX = "ratelimit:"
 
+# The limits counted per user (keyed by the user id): erasure deletes their counters.
+USER_SCOPE = "user"
+EXPORT_SCOPE = "export"
+PER_USER_SCOPES = (USER_SCOPE, EXPORT_SCOPE)
+
 # KEYS[1] counter. ARGV[1] window seconds. Returns {count, seconds left in the window}.
 # INCR and EXPIRE in one script: a crash between them can never leave a counter
 # without a TTL (which would lock the caller out for good).
@@ -50,7 +55,12 @@ class Verdict:
 
 class RateLimiter:
     def __init__(self, redis: Redis) -> None:
+        self._redis = redis
         self._hit = redis.register_script(_HIT_SCRIPT)
+
+    async def forget(self, identity: str, scopes: tuple[str, ...] = PER_USER_SCOPES) -> None:
+        """Drop ``identity``'s counters (an erased user's)."""
+        await self._redis.delete(*(f"{_PREFIX}{scope}:{identity}" for scope in scopes))
 
     async def hit(self, scope: str, identity: str, limit: Limit) -> Verdict:
         count, ttl = await self._hit(

@@ -12,8 +12,16 @@ that can be presented.
 - Presenting a used token revokes its family (``refresh_family_revoked:<family>``) in
   the same script; so does a logout.
 - ``revoke_user`` (password change) bumps the user's generation
-  (``refresh_generation:<user>``); ``forget_user`` (account deletion) replaces it with
-  a "deleted" marker. Tokens of any other generation are refused.
+  (``refresh_generation:<user>``). Tokens of any other generation are refused.
+- ``forget_user`` (account erasure) deletes every key that names the user: their
+  tokens (listed in ``refresh_user:<user>`` as they are issued), their generation and
+  their restriction. What refuses their tokens from then on is a tombstone keyed by a
+  hash of the user id, ``refresh_deleted:<sha256>``, which holds neither id nor email
+  and expires once the last token it refuses would have. No token is issued to a user
+  with a tombstone: issuing checks it in the same script.
+- ``restrict`` marks a user whose consent to processing is withdrawn
+  (``processing_restricted:<user>``): their tokens still work, for reading, exporting
+  and erasing, but not for writing (docs/gdpr.md).
 
 Access tokens carry their family and generation too, and ``session_state`` is what
 they are checked against: one MGET per check.
@@ -28,12 +36,13 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from redis.asyncio import Redis
-from redis.typing import EncodableT, FieldT
 
 _TOKEN = "refresh:"  # noqa: S105 - a key prefix, not a secret
 _FAMILY_REVOKED = "refresh_family_revoked:"
 _GENERATION = "refresh_generation:"
-_DELETED = b"deleted"
+_USER_TOKENS = "refresh_user:"
+_TOMBSTONE = "refresh_deleted:"
+_RESTRICTED = "processing_restricted:"
 
 # KEYS[1] token key. ARGV[1] family-revoked prefix, ARGV[2] generation prefix,
 # ARGV[3] how long a revoked family is remembered.
@@ -56,12 +65,37 @@ redis.call('HSET', KEYS[1], 'used', '1')
 return {'ok', t.user_id, t.family, t.generation}
 """
 
-# KEYS[1] generation key. Returns the new generation, or nil for a deleted account
-# (INCR of the marker would fail; a deleted account has nothing left to revoke).
+# KEYS[1] generation key, KEYS[2] tombstone. Returns the new generation, or nil for
+# an erased account (it has nothing left to revoke).
 _BUMP_SCRIPT = """
-local gen = redis.call('GET', KEYS[1])
-if gen == ARGV[1] then return nil end
+if redis.call('EXISTS', KEYS[2]) == 1 then return nil end
 return redis.call('INCR', KEYS[1])
+"""
+
+# KEYS[1] token key, KEYS[2] the user's token list, KEYS[3] tombstone. ARGV[1] user id,
+# ARGV[2] family, ARGV[3] generation, ARGV[4] TTL. Returns 0 for an erased account.
+# The list is a sorted set scored by expiry, trimmed of expired tokens as it grows, so
+# it holds no more than the tokens the rate limits let one issue in a TTL.
+_ISSUE_SCRIPT = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'user_id', ARGV[1], 'family', ARGV[2],
+           'generation', ARGV[3], 'used', '0')
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+local now = tonumber(redis.call('TIME')[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[4]), KEYS[1])
+redis.call('EXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+
+# KEYS[1] the user's token list, KEYS[2] generation, KEYS[3] tombstone, KEYS[4]
+# restriction. ARGV[1] how long the tombstone is kept. Returns the tokens deleted.
+_FORGET_SCRIPT = """
+redis.call('SET', KEYS[3], '1', 'EX', ARGV[1])
+local tokens = redis.call('ZRANGE', KEYS[1], 0, -1)
+for i = 1, #tokens do redis.call('DEL', tokens[i]) end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
+return #tokens
 """
 
 
@@ -73,12 +107,17 @@ class RefreshResult:
     generation: int | None = None  # recorded in the token; None if not a number
 
 
+class AccountErased(Exception):
+    """No token is issued to an erased account."""
+
+
 @dataclass(frozen=True, slots=True)
 class SessionState:
     """What an access token of (user, family) is checked against."""
 
-    generation: int | None  # the user's current; None once the account is deleted
+    generation: int | None  # the user's current; None once the account is erased
     revoked: bool  # the family (session) was logged out or caught reused
+    restricted: bool = False  # consent to processing withdrawn: no writes
 
 
 def _key(token: str) -> str:
@@ -94,8 +133,12 @@ def _generation(value: bytes | str | None) -> int | None:
         return 0
     try:
         return int(value)
-    except ValueError:  # the deleted marker
+    except ValueError:  # not ours: refuse rather than guess
         return None
+
+
+def _tombstone(user_id: UUID) -> str:
+    return _TOMBSTONE + hashlib.sha256(str(user_id).encode()).hexdigest()
 
 
 class RefreshTokens:
@@ -106,10 +149,14 @@ class RefreshTokens:
         self._marker_ttl = max(ttl_seconds, access_ttl_seconds)
         self._use = redis.register_script(_USE_SCRIPT)
         self._bump = redis.register_script(_BUMP_SCRIPT)
+        self._issue = redis.register_script(_ISSUE_SCRIPT)
+        self._forget = redis.register_script(_FORGET_SCRIPT)
 
     async def generation(self, user_id: UUID) -> int | None:
-        """The user's current token generation; None once the account is deleted."""
-        return _generation(await self._redis.get(_GENERATION + str(user_id)))
+        """The user's current token generation; None once the account is erased."""
+        generation, erased = await self._redis.mget(
+            [_GENERATION + str(user_id), _tombstone(user_id)])
+        return None if erased is not None else _generation(generation)
 
     async def issue(self, user_id: UUID, generation: int, family: str) -> str:
         """A new token of the session ``family``, issued under ``generation``.
@@ -118,17 +165,11 @@ class RefreshTokens:
         under a generation that has since been bumped is born revoked.
         """
         token = secrets.token_urlsafe(32)
-        record: dict[FieldT, EncodableT] = {
-            "user_id": str(user_id),
-            "family": family,
-            "generation": str(generation),
-            "used": "0",
-        }
-        key = _key(token)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=record)
-            pipe.expire(key, self.ttl_seconds)
-            await pipe.execute()
+        issued = await self._issue(
+            keys=[_key(token), _USER_TOKENS + str(user_id), _tombstone(user_id)],
+            args=[str(user_id), family, str(generation), self.ttl_seconds])
+        if not issued:
+            raise AccountErased(str(user_id))
         return token
 
     async def use(self, token: str) -> RefreshResult:
@@ -153,20 +194,34 @@ class RefreshTokens:
     async def revoke_user(self, user_id: UUID) -> int | None:
         """Bump the generation: every token of the user, refresh and access, is refused.
 
-        Returns the new generation (None if the account is deleted). No TTL: the
+        Returns the new generation (None if the account is erased). No TTL: the
         generation must outlive every token.
         """
-        value = await self._bump(keys=[_GENERATION + str(user_id)], args=[_DELETED])
+        value = await self._bump(keys=[_GENERATION + str(user_id), _tombstone(user_id)])
         return None if value is None else int(value)
 
-    async def forget_user(self, user_id: UUID) -> None:
-        """Account deletion: the "deleted" marker refuses every token of the user."""
-        await self._redis.set(_GENERATION + str(user_id), _DELETED, ex=self._marker_ttl)
+    async def forget_user(self, user_id: UUID) -> int:
+        """Account erasure: every key naming the user goes, and a tombstone refuses
+        their tokens. Returns how many refresh tokens were deleted."""
+        deleted: int = await self._forget(
+            keys=[_USER_TOKENS + str(user_id), _GENERATION + str(user_id),
+                  _tombstone(user_id), _RESTRICTED + str(user_id)],
+            args=[self._marker_ttl])
+        return deleted
+
+    async def restrict(self, user_id: UUID, restricted: bool) -> None:
+        """Mark (or unmark) the user as having withdrawn consent to processing."""
+        if restricted:
+            await self._redis.set(_RESTRICTED + str(user_id), b"1")
+        else:
+            await self._redis.delete(_RESTRICTED + str(user_id))
 
     async def session_state(self, user_id: UUID, family: str) -> SessionState:
-        generation, revoked = await self._redis.mget(
-            [_GENERATION + str(user_id), _FAMILY_REVOKED + family])
-        return SessionState(_generation(generation), revoked is not None)
+        generation, revoked, erased, restricted = await self._redis.mget(
+            [_GENERATION + str(user_id), _FAMILY_REVOKED + family, _tombstone(user_id),
+             _RESTRICTED + str(user_id)])
+        return SessionState(None if erased is not None else _generation(generation),
+                            revoked is not None, restricted is not None)
 
 
 def new_family() -> str:

@@ -8,11 +8,13 @@ from uuid import UUID
 
 from aiohttp import web
 
+from storage.consents import DOCUMENTS as CONSENT_DOCUMENTS
 from storage.login_failures import subject
-from storage.refresh_tokens import new_family
+from storage.refresh_tokens import AccountErased, new_family
 from storage.users import User
 
 from ..access import (
+    actor,
     address_bucket,
     authenticated_user,
     begin_password_check,
@@ -26,11 +28,13 @@ from ..app_keys import (
     LOGIN_FAILURES,
     REFRESH_TOKENS,
     SETTINGS,
+    STORAGE,
     USERS,
 )
 from ..passwords import hash_password, verify_password
 from .errors import ApiError, json_response
 from .validation import (
+    consent_version_field,
     email_field,
     json_body,
     optional_string_field,
@@ -51,11 +55,15 @@ async def token_pair(app: web.Application, user: User, generation: int,
     """
     family = family or new_family()
     access = app[ACCESS_TOKENS]
+    try:
+        refresh_token = await app[REFRESH_TOKENS].issue(user.id, generation, family)
+    except AccountErased:  # erased while this request ran
+        raise ApiError.unauthorized("invalid credentials") from None
     return {
         "user": user_json(user),
         "access_token": access.issue(user.id, user.email, user.role, session=family,
                                      generation=generation),
-        "refresh_token": await app[REFRESH_TOKENS].issue(user.id, generation, family),
+        "refresh_token": refresh_token,
         "token_type": "Bearer",
         "expires_in": access.ttl_seconds,
         "device_token": app[DEVICE_TOKENS].issue(user.id),
@@ -109,7 +117,10 @@ async def register(request: web.Request) -> web.Response:
     body = await json_body(request)
     email = email_field(body)
     password = password_field(body)
-    user = await request.app[ACCOUNTS].create(email, password)
+    accepted = [(document, version) for document in CONSENT_DOCUMENTS
+                if (version := consent_version_field(body, document)) is not None]
+    user = await request.app[ACCOUNTS].create(email, password, accepted=accepted,
+                                              actor=actor(request))
     return token_response(await _new_session(request.app, user), status=201)
 
 
@@ -125,10 +136,17 @@ async def login(request: web.Request) -> web.Response:
     await begin_password_check(request, counted)
     # Unknown email and wrong password take the same path and give the same answer.
     ok = await verify_password(user.password_hash if user else None, password)
+    audit = request.app[STORAGE].audit
     if user is None or not ok:
+        # The email only when it names no account: the user id says who, otherwise.
+        await audit.append(actor(request).entry(
+            "auth.login_failed", "session", user_id=user.id if user else None,
+            email=None if user else email))
         raise ApiError.unauthorized("wrong email or password")
     await request.app[LOGIN_FAILURES].succeeded(counted)
-    return token_response(await _new_session(request.app, user))
+    pair = await _new_session(request.app, user)
+    await audit.append(actor(request).entry("auth.login", "session", user_id=user.id))
+    return token_response(pair)
 
 
 @routes.post("/api/v1/auth/refresh")
@@ -160,10 +178,12 @@ async def logout(request: web.Request) -> web.Response:
     user_id, family = found
     await tokens.revoke_family(family)
     await request.app[ACCOUNTS].end_sessions(user_id)
+    await request.app[STORAGE].audit.append(
+        actor(request).entry("auth.logout", "session", user_id=user_id))
     return web.Response(status=204)
 
 
-async def _check_password(request: web.Request, user_id: UUID, password: str) -> User:
+async def check_password(request: web.Request, user_id: UUID, password: str) -> User:
     """The caller's account if ``password`` is its password; counted like a login.
 
     A stolen access token buys a few guesses, not one per rate-limit slot.
@@ -185,12 +205,14 @@ async def change_password(request: web.Request) -> web.Response:
     body = await json_body(request)
     current = password_field(body, "current_password")
     new = password_field(body, "new_password")
-    user = await _check_password(request, claims.user_id, current)
+    user = await check_password(request, claims.user_id, current)
     await request.app[USERS].set_password_hash(user.id, await hash_password(new))
     generation = await request.app[REFRESH_TOKENS].revoke_user(user.id)
     await request.app[ACCOUNTS].end_sessions(user.id)
     if generation is None:  # the account was deleted meanwhile
         raise ApiError.unauthorized("wrong password")
+    await request.app[STORAGE].audit.append(
+        actor(request).entry("auth.password_changed", "user", user_id=user.id))
     # Every earlier token is refused now; this device continues with a fresh pair.
     return token_response(await token_pair(request.app, user, generation))
 
@@ -199,6 +221,6 @@ async def change_password(request: web.Request) -> web.Response:
 async def delete_account(request: web.Request) -> web.Response:
     claims = await authenticated_user(request)
     password = password_field(await json_body(request))
-    user = await _check_password(request, claims.user_id, password)
-    await request.app[ACCOUNTS].delete(user.id)
+    user = await check_password(request, claims.user_id, password)
+    await request.app[ACCOUNTS].delete(user.id, actor(request))
     return web.Response(status=204)

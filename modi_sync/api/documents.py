@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 
 from aiohttp import web
 
-from ..access import authenticated_user
-from ..app_keys import DOCUMENTS, SETTINGS
+from ..access import actor, authenticated_user
+from ..app_keys import DOCUMENTS, SETTINGS, STORAGE
 from ..contract import DOC_NAME
 from .errors import ApiError, json_response
+from .validation import page_params, paginated_response
 
 routes = web.RouteTableDef()
 
@@ -35,35 +35,16 @@ def _from_b64url(field: str, text: str) -> bytes:
         raise ApiError.validation(field, "not base64url") from None
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError.validation(name, "must be an integer") from None
-    if not low <= value <= high:
-        raise ApiError.validation(name, f"must be {low}..{high}")
-    return value
-
-
 @routes.get("/api/v1/docs")
 async def list_documents(request: web.Request) -> web.Response:
     claims = await authenticated_user(request)
-    page = _int_param(request, "page", 1, 1, 1_000_000)
-    limit = _int_param(request, "limit", 20, 1, 100)
-    docs, total = await request.app[DOCUMENTS].page(claims.user_id, limit, (page - 1) * limit)
-    body = {
-        "data": [
-            {"name": d.name, "size_bytes": d.size_bytes, "updates": d.updates,
-             "updated_at": d.updated_at.isoformat()}
-            for d in docs
-        ],
-        "pagination": {"page": page, "limit": limit, "total": total,
-                       "total_pages": math.ceil(total / limit)},
-    }
-    return web.json_response(body)
+    page = page_params(request)
+    docs, total = await request.app[DOCUMENTS].page(claims.user_id, page.limit, page.offset)
+    return paginated_response([
+        {"name": d.name, "size_bytes": d.size_bytes, "updates": d.updates,
+         "updated_at": d.updated_at.isoformat()}
+        for d in docs
+    ], page, total)
 
 
 @routes.get(_DOC)
@@ -99,7 +80,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
 
 @routes.post(_DOC + "/update")
 async def post_update(request: web.Request) -> web.Response:
-    claims = await authenticated_user(request)  # before reading any body
+    claims = await authenticated_user(request, writes=True)  # before reading any body
     if request.content_type != "application/octet-stream":
         raise ApiError(415, "expected application/octet-stream")
     update = await _read_body(request, request.app[SETTINGS].max_frame_bytes)
@@ -111,7 +92,10 @@ async def post_update(request: web.Request) -> web.Response:
 @routes.delete(_DOC)
 async def delete_document(request: web.Request) -> web.Response:
     claims = await authenticated_user(request)
-    await request.app[DOCUMENTS].delete(claims.user_id, _name(request))
+    name = _name(request)
+    await request.app[DOCUMENTS].delete(claims.user_id, name)
+    await request.app[STORAGE].audit.append(actor(request).entry(
+        "document.deleted", "document", user_id=claims.user_id, resource_id=name))
     return web.Response(status=204)
 
 

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from ..errors import (
     Conflict,
+    Forbidden,
     Invalid,
     ModiError,
     NotFound,
@@ -61,6 +62,7 @@ _STATUS: dict[type[ModiError], int] = {
     Unauthenticated: 401,
     RateLimited: 429,
     Invalid: 400,
+    Forbidden: 403,
     NotFound: 404,
     Conflict: 409,
     TooLarge: 413,

@@ -13,13 +13,12 @@ import logging
 import uuid
 from collections.abc import Callable
 from functools import partial
-from uuid import UUID
 
 from pycrdt import Doc
 from redis.asyncio import Redis
 
 from storage.doc_events import DocChannel, DocMessage, doc_events, subscribe_doc_events
-from storage.session_events import ended_user_ids, subscribe_sessions_ended
+from storage.session_events import SessionEvent, session_events, subscribe_session_events
 from storage.update_log import Compaction, UpdateLog
 
 from ..config import Settings
@@ -41,12 +40,12 @@ class SyncEngine:
         update_log: UpdateLog,
         redis: Redis,
         *,
-        sessions_ended: Callable[[UUID], None] | None = None,
+        sessions_ended: Callable[[SessionEvent], None] | None = None,
         keepalive: bool = False,
     ) -> None:
-        """``sessions_ended``: called when another instance ended a user's sessions (the
-        server closes their sockets). ``keepalive``: sweep the connections for peers
-        that went away (the server's websockets)."""
+        """``sessions_ended``: called when another instance ended a user's sessions, or
+        the user withdrew consent (the server closes their sockets). ``keepalive``:
+        sweep the connections for peers that went away (the server's websockets)."""
         self.instance = uuid.uuid4()  # tells this process's bus messages from the others'
         self._redis = redis
         self.publisher = UpdatePublisher(DocChannel(redis, self.instance), self.instance,
@@ -79,7 +78,7 @@ class SyncEngine:
         ]
         if sessions_ended is not None:
             self._listeners.append(RedisListener(
-                redis, subscribe_sessions_ended, ended_user_ids, sessions_ended,
+                redis, subscribe_session_events, session_events, sessions_ended,
                 "sessions-ended"))
         self._keepalive = (KeepAlive(self.registry.connections, settings.keepalive_seconds)
                            if keepalive else None)

@@ -100,7 +100,8 @@ class SyncWebSocket(web.WebSocketResponse):
 
 
 async def sync_endpoint(request: web.Request) -> web.StreamResponse:
-    claims = await authenticate(request, allow_query_token=True)  # 401 before any upgrade
+    # 401 (403 after a withdrawn consent) before any upgrade.
+    claims = await authenticate(request, allow_query_token=True, writes=True)
     settings = request.app[SETTINGS]
     registry = request.app[REGISTRY]
     name = request.match_info["name"]

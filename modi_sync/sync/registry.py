@@ -306,13 +306,14 @@ class RoomRegistry:
             return
         room.catch_up(stored)
 
-    def close_user(self, user_id: UUID, code: int = CloseCode.SESSION_ENDED) -> int:
+    def close_user(self, user_id: UUID, code: int = CloseCode.SESSION_ENDED,
+                   reason: str = "session ended") -> int:
         """Close every sync connection of ``user_id`` on this instance; return how many."""
         closed = 0
         for room in self.rooms.values():
             if room.key[0] == user_id:
                 closed += len(room.connections)
-                room.close_all(code, "session ended")
+                room.close_all(code, reason)
         return closed
 
     # -- automatic compaction -----------------------------------------------------------
