@@ -18,7 +18,12 @@ from uuid import UUID
 from storage.consents import Consent
 from storage.erasure import Erased, erase_account
 from storage.login_failures import subject
-from storage.session_events import SessionEvent, publish_session_event
+from storage.session_events import (
+    RESTORED,
+    RESTRICTED,
+    SessionEvent,
+    publish_session_event,
+)
 from storage.users import EmailTaken, User
 
 from .audit import Actor
@@ -110,7 +115,7 @@ class Accounts:
 
     # -- consents -------------------------------------------------------------------------
 
-    async def consents(self, user_id: UUID, limit: int = 100, offset: int = 0) -> Consents:
+    async def consents(self, user_id: UUID, limit: int = 20, offset: int = 0) -> Consents:
         store = self._storage.consents
         history, total = await store.history(user_id, limit, offset)
         return Consents(await store.current(user_id), history, total)
@@ -129,8 +134,9 @@ class Accounts:
         # Set every time, not only on a change: a request that failed after the row
         # was stored is made good by its retry.
         await self._storage.refresh_tokens.restrict(user_id, consents.restricted)
-        if consents.restricted and made:
-            await self._announce(SessionEvent(user_id, restricted=True))
+        if made:
+            await self._announce(SessionEvent(user_id,
+                                              RESTRICTED if consents.restricted else RESTORED))
         return consents
 
     # -- sessions and erasure -------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from storage.session_events import SessionEvent
+from storage.session_events import RESTORED, RESTRICTED, SessionEvent
 
 from .accounts import Accounts
 from .api import auth, documents, export, health, openapi, users
@@ -80,13 +80,14 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def _session_event(app: web.Application, event: SessionEvent) -> None:
-    """A user's sessions ended, or they withdrew consent, here or on another instance:
-    read their sessions' state again, and close the user's sockets (4401, 4403)."""
+    """A user's sessions ended, or their consent changed, here or on another instance:
+    read their sessions' state again, and close the user's sockets (4401 for ended
+    sessions, 4403 for a withdrawn consent)."""
     app[SESSION_STATES].forget(event.user_id)
-    if event.restricted:
+    if event.kind == RESTRICTED:
         app[REGISTRY].close_user(event.user_id, CloseCode.CONSENT_WITHDRAWN,
                                  "consent withdrawn")
-    else:
+    elif event.kind != RESTORED:
         app[REGISTRY].close_user(event.user_id)
 
 

@@ -1,5 +1,6 @@
 """The Redis channel that tells every instance a user's sessions ended, or that the
-user withdrew consent to processing: either way, their sockets close."""
+user withdrew (or gave again) consent to processing: each instance reads the user's
+sessions' state again, and closes their sockets unless consent was given again."""
 
 from __future__ import annotations
 
@@ -11,17 +12,21 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 CHANNEL = "modi:sessions-ended"
-_RESTRICTED = " restricted"
+
+ENDED = "ended"  # logout, password change, erasure
+RESTRICTED = "restricted"  # consent withdrawn: the tokens live on, for reading
+RESTORED = "restored"  # consent given again
+_KINDS = (ENDED, RESTRICTED, RESTORED)
 
 
 @dataclass(frozen=True, slots=True)
 class SessionEvent:
     user_id: UUID
-    restricted: bool = False  # consent withdrawn (tokens live on), not sessions ended
+    kind: str = ENDED
 
 
 async def publish_session_event(redis: Redis, event: SessionEvent) -> None:
-    await redis.publish(CHANNEL, str(event.user_id) + (_RESTRICTED if event.restricted else ""))
+    await redis.publish(CHANNEL, f"{event.user_id} {event.kind}")
 
 
 async def subscribe_session_events(redis: Redis) -> PubSub:
@@ -37,6 +42,7 @@ async def session_events(pubsub: PubSub) -> AsyncIterator[SessionEvent]:
             continue
         user, _, kind = message["data"].decode().partition(" ")
         try:
-            yield SessionEvent(UUID(user), restricted=kind == _RESTRICTED.strip())
+            user_id = UUID(user)
         except ValueError:
             continue  # not ours; nothing to close
+        yield SessionEvent(user_id, kind if kind in _KINDS else ENDED)
