@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from uuid import UUID
 
 from storage.consents import Consent
@@ -153,8 +153,10 @@ class Accounts:
         such account (its Redis keys are scrubbed all the same: a retry finishes the
         job of an erasure that stopped midway)."""
         storage = self._storage
-        erased = await erase_account(storage.pool, user_id, actor.entry(
-            "account.deleted", "user", user_id=user_id, resource_id=str(user_id)))
+        # Logged like the entries it strips: without an address.
+        logged = replace(actor, ip=None).entry("account.deleted", "user", user_id=user_id,
+                                               resource_id=str(user_id))
+        erased = await erase_account(storage.pool, user_id, logged)
         await storage.refresh_tokens.forget_user(user_id)
         await storage.rate_limiter.forget(str(user_id))
         subjects = [subject("login", str(user_id)), subject("password", str(user_id))]
