@@ -74,6 +74,9 @@ def test_the_description_names_every_rest_route(api_schema: OpenApiSchema,
             ("GET", "/health"), ("GET", "/ready"), ("GET", "/api/v1/docs"),
             ("GET", "/api/v1/docs/{name}"), ("DELETE", "/api/v1/docs/{name}"),
             ("GET", "/api/v1/docs/{name}/update"), ("POST", "/api/v1/docs/{name}/update"),
+            ("GET", "/api/v1/users/me"), ("PATCH", "/api/v1/users/me"),
+            ("GET", "/api/v1/users/me/consents"), ("PUT", "/api/v1/users/me/consents"),
+            ("GET", "/api/v1/users/me/audit"), ("GET", "/api/v1/users/me/export"),
             } <= documented
 
 

@@ -63,6 +63,24 @@ _DOC_NAME = {"name": "name", "in": "path", "required": True,
              "schema": {"type": "string", "pattern": f"^{DOC_NAME}$"}}
 _ENTRIES = {"type": "object", "additionalProperties": {"type": "object"}}
 _EMAIL = {"type": "string", "format": "email", "maxLength": 320}
+_PAGE_PARAMETERS = [
+    {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+]
+_PAGINATION = {
+    "type": "object",
+    "required": ["page", "limit", "total", "total_pages"],
+    "properties": {k: {"type": "integer"} for k in ("page", "limit", "total", "total_pages")},
+}
+_VERSION = {"oneOf": [{"type": "string", "pattern": "^[A-Za-z0-9._-]{1,32}$"},
+                      {"type": "integer", "minimum": 1, "maximum": 1_000_000_000}]}
+_CONSENT = {
+    "type": "object", "required": ["document", "version", "action", "at"],
+    "properties": {"document": {"enum": ["privacy_policy", "terms"]},
+                   "version": {"type": ["string", "null"]},
+                   "action": {"enum": ["accepted", "withdrawn"]},
+                   "at": {"type": "string", "format": "date-time"}},
+}
 
 SPEC: dict[str, Any] = {
     "openapi": "3.1.0",
@@ -89,11 +107,7 @@ SPEC: dict[str, Any] = {
             "erase the account and all its data", "204", None, body="Password", auth=True)},
         "/api/v1/docs": {"get": {
             **_op("the caller's documents", "200", _ref("DocumentList"), 400, auth=True),
-            "parameters": [
-                {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-                {"name": "limit", "in": "query",
-                 "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
-            ],
+            "parameters": _PAGE_PARAMETERS,
         }},
         "/api/v1/docs/{name}": {
             "parameters": [_DOC_NAME],
@@ -113,12 +127,34 @@ SPEC: dict[str, Any] = {
                 **_op("apply, store and fan out a Yjs v1 update", "200", _data({
                     "type": "object", "required": ["state_vector"],
                     "properties": {"state_vector": {"type": "string"}}}),
-                    400, 413, 415, auth=True),
+                    400, 403, 413, 415, auth=True),
                 "requestBody": {"required": True, "content": {
                     "application/octet-stream": {"schema": {"type": "string",
                                                             "format": "binary"}}}},
             },
         },
+        "/api/v1/users/me": {
+            "get": _op("the caller's profile", "200", _data(_ref("Profile")), auth=True),
+            "patch": _op("change the email (needs the current password)", "200",
+                         _data(_ref("Profile")), 409, body="ProfileChange", auth=True),
+        },
+        "/api/v1/users/me/consents": {
+            "get": {
+                **_op("the consents given and withdrawn", "200", _data(_ref("Consents")), 400,
+                      auth=True),
+                "parameters": _PAGE_PARAMETERS,
+            },
+            "put": _op("accept a version (or withdraw: null) of the privacy policy or terms",
+                       "200", _data(_ref("Consents")), body="ConsentChange", auth=True),
+        },
+        "/api/v1/users/me/audit": {"get": {
+            **_op("the caller's audit log, newest first", "200", _ref("AuditList"), 400,
+                  auth=True),
+            "parameters": _PAGE_PARAMETERS,
+        }},
+        "/api/v1/users/me/export": {"get": _op(
+            "everything held about the caller, as one JSON document, streamed", "200",
+            _data({"type": "object"}), auth=True)},
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
@@ -178,19 +214,63 @@ SPEC: dict[str, Any] = {
                                        "updates": {"type": "integer"},
                                        "updated_at": {"type": "string", "format": "date-time"}},
                     }},
-                    "pagination": {
+                    "pagination": _PAGINATION,
+                },
+            },
+            "Profile": {
+                "type": "object", "required": ["id", "email", "role", "created_at", "updated_at"],
+                "properties": {
+                    "id": {"type": "string", "format": "uuid"},
+                    "email": {"type": "string"},
+                    "role": {"enum": ["user", "admin"]},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "updated_at": {"type": "string", "format": "date-time"},
+                },
+            },
+            "ProfileChange": {"type": "object", "required": ["email", "current_password"],
+                              "properties": {"email": _EMAIL, "current_password": _PASSWORD},
+                              "additionalProperties": False},
+            "Consents": {
+                "type": "object",
+                "required": ["privacy_policy", "terms", "processing_restricted", "history",
+                             "history_total"],
+                "properties": {
+                    "privacy_policy": {"oneOf": [_CONSENT, {"type": "null"}]},
+                    "terms": {"oneOf": [_CONSENT, {"type": "null"}]},
+                    "processing_restricted": {"type": "boolean"},
+                    "history": {"type": "array", "items": _CONSENT},
+                    "history_total": {"type": "integer"},
+                },
+            },
+            "ConsentChange": {
+                "type": "object", "minProperties": 1, "additionalProperties": False,
+                "properties": {"privacy_policy_version": {"oneOf": [_VERSION, {"type": "null"}]},
+                               "terms_version": {"oneOf": [_VERSION, {"type": "null"}]}},
+            },
+            "AuditList": {
+                "type": "object", "required": ["data", "pagination"],
+                "properties": {
+                    "data": {"type": "array", "items": {
                         "type": "object",
-                        "required": ["page", "limit", "total", "total_pages"],
-                        "properties": {k: {"type": "integer"}
-                                       for k in ("page", "limit", "total", "total_pages")},
-                    },
+                        "required": ["id", "at", "action", "resource_type", "resource_id",
+                                     "request_id", "ip", "details"],
+                        "properties": {"id": {"type": "integer"},
+                                       "at": {"type": "string", "format": "date-time"},
+                                       "action": {"type": "string"},
+                                       "resource_type": {"type": "string"},
+                                       "resource_id": {"type": ["string", "null"]},
+                                       "request_id": {"type": "string"},
+                                       "ip": {"type": ["string", "null"]},
+                                       "details": {}},
+                    }},
+                    "pagination": _PAGINATION,
                 },
             },
             "Register": {
                 "type": "object", "required": ["email", "password"],
                 "properties": {"email": _EMAIL, "password": _PASSWORD,
-                               "privacy_policy_version": {"type": "string"},
-                               "terms_version": {"type": "string"}},
+                               "privacy_policy_version": _VERSION,
+                               "terms_version": _VERSION},
             },
             "Login": {"type": "object", "required": ["email", "password"],
                       "properties": {"email": _EMAIL, "password": _PASSWORD,
