@@ -154,6 +154,17 @@ async def delete_account(world: World, caller: Caller, method: str) -> Answer:
                        json={"password": caller.account.password})
 
 
+async def change_email(world: World, caller: Caller, method: str) -> Answer:
+    return await _http(world, caller, method, "/api/v1/users/me", json={
+        "email": f"changed-{uuid.uuid4().hex[:10]}@example.com",
+        "current_password": caller.account.password})
+
+
+async def accept_terms(world: World, caller: Caller, method: str) -> Answer:
+    return await _http(world, caller, method, "/api/v1/users/me/consents",
+                       json={"terms_version": "2"})
+
+
 async def post_update(world: World, caller: Caller, method: str) -> Answer:
     return await _http(world, caller, method, "/api/v1/docs/{name}/update",
                        data=_workout_update(f"by {caller.name}"),
@@ -233,6 +244,10 @@ GETS: dict[str, Row] = {
     "/api/v1/docs": private(plain("/api/v1/docs"), OK, OK),
     "/api/v1/docs/{name}": private(plain("/api/v1/docs/{name}"), READ, NOT_FOUND),
     "/api/v1/docs/{name}/update": private(plain("/api/v1/docs/{name}/update"), READ, NOT_FOUND),
+    "/api/v1/users/me": private(plain("/api/v1/users/me"), OK, OK),
+    "/api/v1/users/me/consents": private(plain("/api/v1/users/me/consents"), OK, OK),
+    "/api/v1/users/me/audit": private(plain("/api/v1/users/me/audit"), OK, OK),
+    "/api/v1/users/me/export": private(plain("/api/v1/users/me/export"), READ, OK),
 }
 TABLE: dict[tuple[str, str], Row] = {
     **{("GET", path): row for path, row in GETS.items()},
@@ -245,6 +260,8 @@ TABLE: dict[tuple[str, str], Row] = {
     ("POST", "/api/v1/auth/password"): private(change_password, OK, OK),
     ("DELETE", "/api/v1/auth/account"): private(delete_account, NO_CONTENT, NO_CONTENT),
     ("POST", "/api/v1/docs/{name}/update"): private(post_update, OK, OK),
+    ("PATCH", "/api/v1/users/me"): private(change_email, OK, OK),
+    ("PUT", "/api/v1/users/me/consents"): private(accept_terms, OK, OK),
     ("DELETE", "/api/v1/docs/{name}"): private(plain("/api/v1/docs/{name}"), NO_CONTENT,
                                               NOT_FOUND),
     ("GET", "/sync/{name}"): private(sync, Expect(101, reveals=True), UPGRADED),
