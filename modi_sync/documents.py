@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -43,6 +44,14 @@ from .sync.writer import WriteFailed
 _LISTED_AT_ONCE = 500  # documents read per query by ``each``
 
 
+@dataclass(frozen=True, slots=True)
+class DocumentCopy:
+    """A document's schema roots as JSON and its whole Yjs v1 update, of one state."""
+
+    content: dict[str, Any]
+    update: bytes
+
+
 class Documents:
     def __init__(self, update_log: UpdateLog, engine: SyncEngine, redis: Redis) -> None:
         self._update_log = update_log
@@ -55,9 +64,26 @@ class Documents:
     async def json(self, user_id: UUID, name: str) -> dict[str, Any]:
         """The document schema's roots as JSON; other roots are left out."""
         room = await self._room(user_id, name)
-        content = {root: room.doc.get(root, type=Map).to_py() or {} for root in DOCUMENT_ROOTS}
+        content = _content(room)
         await self._stored(room.last_ticket)
         return content
+
+    async def copy(self, user_id: UUID, name: str) -> DocumentCopy:
+        """The document as JSON and as its whole update, both of the same state (read
+        with no await between them). A room this call had to load leaves memory right
+        after, unless a socket joined it meanwhile: reading every document of an account
+        (the export) holds one room at a time, not the account's all."""
+        key = (user_id, name)
+        loaded_here = key not in self._registry.rooms
+        room = await self._room(user_id, name)
+        try:
+            copy = DocumentCopy(_content(room), room.doc.get_update())
+            ticket = room.last_ticket
+        finally:
+            if loaded_here:
+                self._registry.release(room)
+        await self._stored(ticket)
+        return copy
 
     async def update_since(self, user_id: UUID, name: str,
                            state_vector: bytes = EMPTY_STATE) -> bytes:
@@ -169,3 +195,8 @@ class Documents:
             await self._engine.writer.wait_committed(ticket)
         except WriteFailed:
             raise Unavailable("storage unavailable, try again") from None
+
+
+def _content(room: Room) -> dict[str, Any]:
+    """The document schema's roots as JSON; other roots are left out."""
+    return {root: room.doc.get(root, type=Map).to_py() or {} for root in DOCUMENT_ROOTS}

@@ -202,6 +202,13 @@ class RoomRegistry:
         if not room.connections and self.rooms.get(room.key) is room:
             self._schedule_idle(room)
 
+    def release(self, room: Room) -> None:
+        """A one-off reader (the export) is done with a room it loaded: it leaves memory
+        now, not after the idle period, unless a socket joined it meanwhile."""
+        if not room.connections and self.rooms.get(room.key) is room:
+            self._cancel_idle(room.key)
+            self._start_eviction(room)
+
     def _release_slot(self, user_id: UUID) -> None:
         self._per_user[user_id] -= 1
         if self._per_user[user_id] <= 0:
