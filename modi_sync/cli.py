@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import getpass
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
@@ -18,10 +19,12 @@ from . import history_commands
 from .access_log import AccessLog, access_logger
 from .accounts import Accounts, check_password, checked_email
 from .app import create_app
+from .audit import Actor
 from .collector import cycle_collection
 from .config import ConfigError, Settings, load_settings
 from .documents import Documents
-from .errors import Conflict, Invalid, NotFound
+from .errors import Conflict, Invalid, ModiError, NotFound
+from .export import Chunks, Exporter
 from .history_commands import NOT_FOUND, USAGE, UsageError, parse_doc_ref, parse_timestamp
 from .listening import bound_sockets
 from .logs import configure_logging
@@ -72,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("email")
     create.add_argument("--admin", action="store_true", help="give the account the admin role")
     create.add_argument("--data-dir", help="data dir of the embedded services")
+    export = user_commands.add_parser(
+        "export", help="everything held about an account, as JSON (the GDPR export)")
+    export.add_argument("account", metavar="EMAIL|ID")
+    export.add_argument("--output", metavar="FILE",
+                        help="write here (created with mode 0600) instead of stdout")
+    export.add_argument("--data-dir", help="data dir of the embedded services")
     return parser
 
 
@@ -100,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return USAGE
     if args.command == "user" and args.user_command == "create":
         return _create_user(settings, args.email, admin=args.admin)
+    if args.command == "user" and args.user_command == "export":
+        return asyncio.run(_export_user(settings, args.account, args.output))
     return 2  # argparse rejects unknown commands before this
 
 
@@ -230,6 +241,44 @@ def _create_user(settings: Settings, email: str, *, admin: bool) -> int:
         return 0
 
     return asyncio.run(create())
+
+
+async def _export_user(settings: Settings, account: str, output: str | None) -> int:
+    """``user export``: what ``GET /api/v1/users/me/export`` answers, logged as this run."""
+    async with open_storage(settings) as storage, _documents(storage) as documents:
+        try:
+            user = await Accounts(storage).find(account)
+        except NotFound as exc:
+            print(f"modi-sync: {exc}", file=sys.stderr)
+            return 3
+        chunks = await Exporter(storage, documents).open(user.id,
+                                                         Actor.command("user-export"))
+        try:
+            async with contextlib.aclosing(chunks):
+                if output is None:
+                    async for chunk in chunks:
+                        sys.stdout.buffer.write(chunk)
+                    sys.stdout.buffer.flush()
+                else:
+                    await _write_private(output, chunks)
+        except ModiError as exc:  # a document unavailable, say: what was written is cut
+            print(f"modi-sync: the export stopped midway: {exc}", file=sys.stderr)
+            return 1
+    return 0
+
+
+async def _write_private(path: str, chunks: Chunks) -> None:
+    """Into ``path``, readable by its owner only (it holds personal data); removed again
+    if the export stops midway, so no truncated file passes for an export."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # a file that was there keeps its mode through O_CREAT
+    with os.fdopen(fd, "wb") as out:
+        try:
+            async for chunk in chunks:
+                out.write(chunk)
+        except BaseException:
+            os.unlink(path)
+            raise
 
 
 if __name__ == "__main__":  # pragma: no cover
