@@ -134,6 +134,13 @@ SELECT data FROM doc_updates
 WHERE doc_id = $1 AND seq > $2 AND created_at <= $3 ORDER BY seq
 """
 _PURGE_SNAPSHOTS = "DELETE FROM doc_snapshots WHERE taken_at < $1"
+# One document's snapshots, all of them or all but its newest ($2). Under the
+# compaction lock: no compaction of the document adds one while they go.
+_PURGE_DOC_SNAPSHOTS = """
+DELETE FROM doc_snapshots WHERE doc_id = $1 AND id IS DISTINCT FROM (
+    SELECT id FROM doc_snapshots WHERE doc_id = $1 AND $2 ORDER BY taken_at DESC, id DESC LIMIT 1
+)
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +350,16 @@ class UpdateLog:
         return ([snap["data"]] if snap else []) + [r[0] for r in rows]
 
     async def purge_snapshots(self, older_than: datetime) -> int:
-        status = await self._pool.execute(_PURGE_SNAPSHOTS, older_than)
+        async with self._pool.acquire() as conn:
+            return await purge_snapshots(conn, older_than)
+
+    async def purge_document_snapshots(self, doc_id: int, *, keep_latest: bool) -> int:
+        """Drop the document's dated snapshots, but its newest with ``keep_latest``; how
+        many went. For erasing one entry: the caller has just compacted the document, so
+        its newest snapshot (if that compaction kept one) holds nothing deleted before."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(_COMPACT_LOCK, doc_id % 2**31)
+            status: str = await conn.execute(_PURGE_DOC_SNAPSHOTS, doc_id, keep_latest)
         return int(status.split()[-1])
 
     async def append_many(self, doc_ids: list[int], updates: list[bytes]) -> list[int | None]:
@@ -366,3 +382,10 @@ class UpdateLog:
         for i, seq in zip(keep, sorted(r[0] for r in rows), strict=True):
             seqs[i] = seq
         return seqs
+
+
+async def purge_snapshots(conn: asyncpg.Connection, older_than: datetime) -> int:
+    """Retention: every document's snapshots taken before ``older_than`` go. Within the
+    caller's transaction, if it has one."""
+    status: str = await conn.execute(_PURGE_SNAPSHOTS, older_than)
+    return int(status.split()[-1])
