@@ -28,6 +28,8 @@ from .export import Chunks, Exporter
 from .history_commands import NOT_FOUND, USAGE, UsageError, parse_doc_ref, parse_timestamp
 from .listening import bound_sockets
 from .logs import configure_logging
+from .retention import retention_pass
+from .retention import summary as retention_summary
 from .runtime import Storage, open_storage
 from .sync.engine import SyncEngine
 from .tokens import SecretError, load_or_create_secret
@@ -51,8 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     which = compact.add_mutually_exclusive_group(required=True)
     which.add_argument("--doc", metavar="USER_ID/NAME", help="one document")
     which.add_argument("--all", action="store_true", help="every document")
-    compact.add_argument("--min-updates", type=int, default=2, metavar="N",
-                         help="only documents with at least N stored updates (default 2)")
+    compact.add_argument("--min-updates", type=int, metavar="N",
+                         help="only documents with at least N stored updates "
+                              "(default 2; 1 with --purge)")
+    compact.add_argument("--purge", action="store_true",
+                         help="then drop every earlier snapshot of each document (erasing "
+                              "deleted entries now, not after the retention period)")
     compact.add_argument("--dry-run", action="store_true",
                          help="report what compaction would do; change nothing")
     compact.add_argument("--data-dir", help="data dir of the embedded services")
@@ -68,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
                          help="ISO 8601, e.g. 2026-11-20T08:00:00Z (no zone: UTC)")
     restore.add_argument("--data-dir", help="data dir of the embedded services")
 
+    retention = commands.add_parser("retention", help="remove what is past its retention")
+    retention_commands = retention.add_subparsers(dest="retention_command", required=True)
+    run = retention_commands.add_parser(
+        "run", help="remove old audit entries and snapshots (one pass, now)")
+    run.add_argument("--data-dir", help="data dir of the embedded services")
+
     user = commands.add_parser("user", help="manage accounts")
     user_commands = user.add_subparsers(dest="user_command", required=True)
     create = user_commands.add_parser(
@@ -75,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("email")
     create.add_argument("--admin", action="store_true", help="give the account the admin role")
     create.add_argument("--data-dir", help="data dir of the embedded services")
+    delete = user_commands.add_parser(
+        "delete", help="erase an account and all its data (GDPR erasure)")
+    delete.add_argument("account", metavar="EMAIL|ID")
+    delete.add_argument("--yes", action="store_true",
+                        help="do not ask for the account's email as confirmation")
+    delete.add_argument("--data-dir", help="data dir of the embedded services")
     export = user_commands.add_parser(
         "export", help="everything held about an account, as JSON (the GDPR export)")
     export.add_argument("account", metavar="EMAIL|ID")
@@ -107,6 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except UsageError as exc:
             print(f"modi-sync: {exc}", file=sys.stderr)
             return USAGE
+    if args.command == "retention":
+        return asyncio.run(_retention(settings))
+    if args.command == "user" and args.user_command == "delete":
+        return asyncio.run(_delete_user(settings, args.account, confirmed=args.yes))
     if args.command == "user" and args.user_command == "create":
         return _create_user(settings, args.email, admin=args.admin)
     if args.command == "user" and args.user_command == "export":
@@ -173,6 +195,8 @@ async def _history_command(settings: Settings, args: argparse.Namespace) -> int:
     doc_ref = getattr(args, "doc", None)
     target = parse_doc_ref(doc_ref) if doc_ref else None
     at = parse_timestamp(args.at) if args.command == "restore" else None
+    if args.command == "compact" and args.min_updates is None:
+        args.min_updates = 1 if args.purge else 2  # an erasure must not skip a short log
     if args.command == "compact" and args.min_updates < 1:
         raise UsageError("--min-updates must be at least 1")
     async with open_storage(settings) as storage, _documents(storage) as documents:
@@ -207,7 +231,54 @@ async def _compact(settings: Settings, documents: Documents, target: tuple[UUID,
         snapshot_every=timedelta(0) if keep else None,
         retention=timedelta(days=settings.snapshot_retention_days) if keep else None,
         dry_run=args.dry_run,
+        purge=args.purge,
     )
+
+
+async def _retention(settings: Settings) -> int:
+    """``retention run``: one pass now; 75 (as scripts/nightly-compact) when another
+    instance is doing one."""
+    async with open_storage(settings) as storage:
+        removed = await retention_pass(storage)
+    if removed is None:
+        print("modi-sync: another instance is running retention; nothing done",
+              file=sys.stderr)
+        return 75
+    print(retention_summary(removed))
+    return 0
+
+
+async def _delete_user(settings: Settings, account: str, *, confirmed: bool) -> int:
+    """``user delete``: erase the account (docs/gdpr.md, "Erasure"). What it prints
+    names the account by id only: the output may be kept in a log, the email may not."""
+    async with open_storage(settings) as storage:
+        accounts = Accounts(storage)
+        try:
+            user = await accounts.find(account)
+        except NotFound as exc:
+            print(f"modi-sync: {exc}", file=sys.stderr)
+            return NOT_FOUND
+        if not confirmed and not _confirmed_by_email(user.email):
+            print("modi-sync: the email typed does not match; nothing erased", file=sys.stderr)
+            return 1
+        erased = await accounts.delete(user.id, Actor.command("user-delete"))
+    if erased is None:  # erased by someone else meanwhile
+        print(f"modi-sync: no account {account}", file=sys.stderr)
+        return NOT_FOUND
+    print(f"erased account {user.id}: its documents and their history, consents and "
+          f"sessions; {erased.foods_deleted} unverified foods deleted; "
+          f"{erased.audit_entries_stripped} audit entries stripped of email and address")
+    return 0
+
+
+def _confirmed_by_email(email: str) -> bool:
+    """The operator types the account's email: at a prompt on a terminal, else as the
+    first line of stdin (a script that means it passes --yes)."""
+    if sys.stdin.isatty():
+        typed = input(f"Erase the account {email} and all its data? Type its email: ")
+    else:
+        typed = sys.stdin.readline()
+    return typed.strip().lower() == email.lower()
 
 
 def _read_password() -> str:

@@ -174,6 +174,11 @@ class Documents:
     async def purge_snapshots(self, older_than: datetime) -> int:
         return await self._update_log.purge_snapshots(older_than)
 
+    async def purge_document_snapshots(self, info: DocumentInfo, *, keep_latest: bool) -> int:
+        """Drop the document's snapshots (but its newest with ``keep_latest``)."""
+        return await self._update_log.purge_document_snapshots(info.doc_id,
+                                                               keep_latest=keep_latest)
+
     # -- rooms ------------------------------------------------------------------------------
 
     async def _room(self, user_id: UUID, name: str, *, create: bool = False) -> Room:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TextIO
 from uuid import UUID
 
-from storage.update_log import DocumentInfo
+from storage.update_log import Compaction, DocumentInfo
 
 from .contract import DOC_NAME
 from .documents import Documents
@@ -63,6 +63,14 @@ class Totals:
     updates_after: int = 0
     bytes_before: int = 0
     bytes_after: int = 0
+    snapshots_dropped: int = 0  # by --purge
+
+    def add(self, result: Compaction) -> None:
+        self.documents += 1
+        self.updates_before += result.updates_before
+        self.updates_after += result.updates_after
+        self.bytes_before += result.bytes_before
+        self.bytes_after += result.bytes_after
 
 
 class Progress:
@@ -90,9 +98,13 @@ async def compact(
     snapshot_every: timedelta | None,
     retention: timedelta | None,
     dry_run: bool,
+    purge: bool = False,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
 ) -> int:
+    """Compact each target; with ``purge``, then drop every snapshot of it taken before
+    (erasing one entry: docs/gdpr.md, "Erasing one entry"). Snapshots past ``retention``
+    go too."""
     started = time.monotonic()
     totals = Totals()
     progress = Progress(len(targets), err)
@@ -100,27 +112,39 @@ async def compact(
         try:
             result = await documents.compact(info, snapshot_every=snapshot_every,
                                              dry_run=dry_run)
+            if purge:
+                totals.snapshots_dropped += await _purge(documents, info, result,
+                                                         snapshot_every, dry_run)
         except Exception as exc:  # reported, counted, and the next document goes on
             totals.failed += 1
             err.write(f"\n{info.user_id}/{info.name}: not compacted: {exc}\n")
         else:
-            totals.documents += 1
-            totals.updates_before += result.updates_before
-            totals.updates_after += result.updates_after
-            totals.bytes_before += result.bytes_before
-            totals.bytes_after += result.bytes_after
+            totals.add(result)
         progress.step()
     purged = 0
     if retention is not None and not dry_run:
         purged = await documents.purge_snapshots(datetime.now(UTC) - retention)
     elapsed = time.monotonic() - started
     verb = "would compact" if dry_run else "compacted"
+    dropped = (f"; {totals.snapshots_dropped} earlier snapshots of them "
+               f"{'would be ' if dry_run else ''}dropped (--purge)") if purge else ""
     out.write(
         f"{verb} {totals.documents} documents: {totals.updates_before} -> "
         f"{totals.updates_after} updates, {totals.bytes_before} -> {totals.bytes_after} bytes, "
-        f"in {elapsed:.2f} s; {totals.failed} failed; {purged} old snapshots purged\n"
+        f"in {elapsed:.2f} s; {totals.failed} failed; {purged} old snapshots purged{dropped}\n"
     )
     return FAILED if totals.failed else OK
+
+
+async def _purge(documents: Documents, info: DocumentInfo, result: Compaction,
+                 snapshot_every: timedelta | None, dry_run: bool) -> int:
+    """Drop the snapshots taken before this compaction. The one it has just kept stays:
+    it was made from the merged, garbage-collected state, so it holds nothing deleted
+    before. It kept one only if it always keeps one (``timedelta(0)``) and compacted."""
+    if dry_run:
+        return len(await documents.snapshots(info))
+    made_one = snapshot_every == timedelta(0) and result.updates_before > 0
+    return await documents.purge_document_snapshots(info, keep_latest=made_one)
 
 
 async def history(documents: Documents, user_id: UUID, name: str,
