@@ -247,7 +247,6 @@ GETS: dict[str, Row] = {
     "/api/v1/users/me": private(plain("/api/v1/users/me"), OK, OK),
     "/api/v1/users/me/consents": private(plain("/api/v1/users/me/consents"), OK, OK),
     "/api/v1/users/me/audit": private(plain("/api/v1/users/me/audit"), OK, OK),
-    "/api/v1/users/me/export": private(plain("/api/v1/users/me/export"), READ, OK),
 }
 TABLE: dict[tuple[str, str], Row] = {
     **{("GET", path): row for path, row in GETS.items()},
@@ -260,6 +259,7 @@ TABLE: dict[tuple[str, str], Row] = {
     ("POST", "/api/v1/auth/password"): private(change_password, OK, OK),
     ("DELETE", "/api/v1/auth/account"): private(delete_account, NO_CONTENT, NO_CONTENT),
     ("POST", "/api/v1/docs/{name}/update"): private(post_update, OK, OK),
+    ("GET", "/api/v1/users/me/export"): private(plain("/api/v1/users/me/export"), READ, OK),
     ("PATCH", "/api/v1/users/me"): private(change_email, OK, OK),
     ("PUT", "/api/v1/users/me/consents"): private(accept_terms, OK, OK),
     ("DELETE", "/api/v1/docs/{name}"): private(plain("/api/v1/docs/{name}"), NO_CONTENT,

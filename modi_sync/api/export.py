@@ -19,7 +19,8 @@ routes = web.RouteTableDef()
 log = logging.getLogger(__name__)
 
 
-@routes.get("/api/v1/users/me/export")
+# No HEAD: asking for the headers alone would read (and log) the whole export.
+@routes.get("/api/v1/users/me/export", allow_head=False)
 async def export(request: web.Request) -> web.StreamResponse:
     """A read: allowed while consent to processing is withdrawn (access is a right
     then too). The body is streamed, so an error once it has started cannot become an
