@@ -13,7 +13,7 @@ Errors are the domain's (modi_sync/errors.py): the caller maps them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -69,21 +69,44 @@ class Documents:
         return content
 
     async def copy(self, user_id: UUID, name: str) -> DocumentCopy:
-        """The document as JSON and as its whole update, both of the same state (read
-        with no await between them). A room this call had to load leaves memory right
-        after, unless a socket joined it meanwhile: reading every document of an account
-        (the export) holds one room at a time, not the account's all."""
-        key = (user_id, name)
-        loaded_here = key not in self._registry.rooms
-        room = await self._room(user_id, name)
-        try:
-            copy = DocumentCopy(_content(room), room.doc.get_update())
-            ticket = room.last_ticket
-        finally:
-            if loaded_here:
-                self._registry.release(room)
-        await self._stored(ticket)
+        """The document as JSON and as its whole update, both of the same state. A room
+        this call had to load leaves memory right after, unless a socket joined it."""
+        copy, loaded = await self._copy(user_id, name)
+        if loaded is not None:
+            self._registry.release(loaded)
         return copy
+
+    async def copies(
+            self, user_id: UUID) -> AsyncGenerator[tuple[DocumentInfo, DocumentCopy], None]:
+        """Every document of the user, by name, as ``copy`` reads it (one deleted
+        meanwhile is left out), however many: the export. A room loaded for it leaves
+        memory once the next one is loaded, so two at most are held, never the
+        account's all. Not at once: while a user has no room in memory, each load
+        reads the user's names and stored totals again, a scan of the whole account's
+        rows, which made a 50-document export quadratic (docs/performance.md)."""
+        held: Room | None = None
+        try:
+            async for info in self.each(user_id):
+                try:
+                    copy, loaded = await self._copy(user_id, info.name)
+                except NotFound:
+                    continue
+                if held is not None:
+                    self._registry.release(held)
+                held = loaded
+                yield info, copy
+        finally:
+            if held is not None:
+                self._registry.release(held)
+
+    async def _copy(self, user_id: UUID, name: str) -> tuple[DocumentCopy, Room | None]:
+        """A copy of one state (no await between its two halves), and the room if this
+        call loaded it."""
+        loaded_here = (user_id, name) not in self._registry.rooms
+        room = await self._room(user_id, name)
+        copy = DocumentCopy(_content(room), room.doc.get_update())
+        await self._stored(room.last_ticket)
+        return copy, room if loaded_here else None
 
     async def update_since(self, user_id: UUID, name: str,
                            state_vector: bytes = EMPTY_STATE) -> bytes:

@@ -11,6 +11,7 @@ still answer an error; once the chunks flow, an error can only cut the stream sh
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -95,12 +96,9 @@ class Exporter:
     async def _document_pages(
             self, user_id: UUID) -> AsyncIterator[list[tuple[DocumentInfo, DocumentCopy]]]:
         """One document per page: each is read, written out and let go before the next."""
-        async for info in self._documents.each(user_id):
-            try:
-                copy = await self._documents.copy(user_id, info.name)
-            except NotFound:
-                continue  # deleted since it was listed: it is no longer held
-            yield [(info, copy)]
+        async with contextlib.aclosing(self._documents.copies(user_id)) as copies:
+            async for info, copy in copies:
+                yield [(info, copy)]
 
 
 async def _pages(fetch: Callable[[_T], Awaitable[list[Any]]],
