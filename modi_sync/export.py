@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
@@ -77,24 +77,24 @@ class Exporter:
 
     # -- the lists, a page at a time ------------------------------------------------------
 
-    def _consents(self, user_id: UUID) -> AsyncIterator[list[Consent]]:
+    def _consents(self, user_id: UUID) -> AsyncGenerator[list[Consent], None]:
         store = self._storage.consents
         return _pages(lambda after: store.after(user_id, after, PAGE),
                       lambda consent: consent.id, 0)
 
-    def _audit(self, user_id: UUID) -> AsyncIterator[list[StoredEntry]]:
+    def _audit(self, user_id: UUID) -> AsyncGenerator[list[StoredEntry], None]:
         audit = self._storage.audit
         return _pages(lambda after: audit.after(user_id, after, PAGE),
                       lambda stored: stored.id, 0)
 
-    def _foods(self, user_id: UUID) -> AsyncIterator[list[Food]]:
+    def _foods(self, user_id: UUID) -> AsyncGenerator[list[Food], None]:
         foods = self._storage.foods
         first: UUID | None = None
         return _pages(lambda after: foods.by_author(user_id, after, PAGE),
                       lambda food: food.id, first)
 
     async def _document_pages(
-            self, user_id: UUID) -> AsyncIterator[list[tuple[DocumentInfo, DocumentCopy]]]:
+            self, user_id: UUID) -> AsyncGenerator[list[tuple[DocumentInfo, DocumentCopy]], None]:
         """One document per page: each is read, written out and let go before the next."""
         async with contextlib.aclosing(self._documents.copies(user_id)) as copies:
             async for info, copy in copies:
@@ -102,7 +102,7 @@ class Exporter:
 
 
 async def _pages(fetch: Callable[[_T], Awaitable[list[Any]]],
-                 key: Callable[[Any], _T], start: _T) -> AsyncIterator[list[Any]]:
+                 key: Callable[[Any], _T], start: _T) -> AsyncGenerator[list[Any], None]:
     """Every row, a page at a time: each page starts past the last key of the one before."""
     after = start
     while True:
@@ -114,16 +114,18 @@ async def _pages(fetch: Callable[[_T], Awaitable[list[Any]]],
         after = key(rows[-1])
 
 
-async def _array(pages: AsyncIterator[Iterable[_T]],
+async def _array(pages: AsyncGenerator[Iterable[_T], None],
                  to_json: Callable[[_T], Any]) -> Chunks:
-    """A JSON array, one chunk per page."""
+    """A JSON array, one chunk per page. The pages are closed with it: an export cut
+    short lets go of what its reading holds (a room) at once, not when collected."""
     sep = b"["
-    async for page in pages:
-        items = [orjson.dumps(to_json(item)) for item in page]
-        if items:
-            yield sep
-            yield b",".join(items)  # one document's is large: not copied once more
-            sep = b","
+    async with contextlib.aclosing(pages):
+        async for page in pages:
+            items = [orjson.dumps(to_json(item)) for item in page]
+            if items:
+                yield sep
+                yield b",".join(items)  # one document's is large: not copied once more
+                sep = b","
     yield b"[]" if sep == b"[" else b"]"
 
 
