@@ -1,5 +1,5 @@
 """``/api/v1/users/me``: the caller's profile, consents and audit log (docs/api.md,
-"GDPR"). The export is in export.py; erasure is ``DELETE /api/v1/auth/account``."""
+"GDPR"), in the export's shapes (export.py). Erasure is ``DELETE /api/v1/auth/account``."""
 
 from __future__ import annotations
 
@@ -7,14 +7,12 @@ from typing import Any
 
 from aiohttp import web
 
-from storage.audit import StoredEntry
 from storage.consents import DOCUMENTS as CONSENT_DOCUMENTS
-from storage.consents import Consent
-from storage.users import User
 
 from ..access import actor, authenticated_user
 from ..accounts import Consents
 from ..app_keys import ACCOUNTS, STORAGE, USERS
+from ..export import audit_json, consent_json, profile_json
 from .auth import check_password
 from .errors import ApiError, json_response
 from .validation import (
@@ -30,25 +28,6 @@ routes = web.RouteTableDef()
 
 _ME = "/api/v1/users/me"
 _PROFILE_FIELDS = {"email", "current_password"}
-
-
-def profile_json(user: User) -> dict[str, Any]:
-    return {"id": str(user.id), "email": user.email, "role": user.role,
-            "created_at": user.created_at.isoformat(),
-            "updated_at": user.updated_at.isoformat()}
-
-
-def consent_json(consent: Consent) -> dict[str, Any]:
-    return {"document": consent.document, "version": consent.version,
-            "action": "accepted" if consent.version is not None else "withdrawn",
-            "at": consent.at.isoformat()}
-
-
-def audit_json(stored: StoredEntry) -> dict[str, Any]:
-    entry = stored.entry
-    return {"id": stored.id, "at": stored.at.isoformat(), "action": entry.action,
-            "resource_type": entry.resource_type, "resource_id": entry.resource_id,
-            "request_id": entry.request_id, "ip": entry.ip, "details": entry.details}
 
 
 @routes.get(_ME)
