@@ -73,7 +73,18 @@ SELECT w.o, m.id FROM made m JOIN wanted w ON w.user_id = m.user_id AND w.name =
 
 # One statement for a whole batch: the rows keep the batch order, so sequence numbers
 # rise in the order the updates were applied.
+#
+# The same statement notes each document written to for the popular list's aggregator
+# (food_log_changes, modi_sync/popular.py): in the updates' transaction at no extra
+# round trip, and one row per document however often it is written. Notes go in in
+# doc id order, so two instances noting some of the same documents wait for each other
+# in one order, never in a cycle.
 _APPEND = """
+WITH noted AS (
+    INSERT INTO food_log_changes (doc_id)
+    SELECT DISTINCT d FROM unnest($1::bigint[]) AS n(d) ORDER BY d
+    ON CONFLICT DO NOTHING
+)
 INSERT INTO doc_updates (doc_id, data)
 SELECT d, u FROM unnest($1::bigint[], $2::bytea[]) WITH ORDINALITY AS t(d, u, o)
 ORDER BY o
