@@ -17,6 +17,7 @@ from uuid import UUID
 
 from storage.consents import Consent
 from storage.erasure import Erased, erase_account
+from storage.food_cache import bump_version
 from storage.login_failures import subject
 from storage.session_events import (
     RESTORED,
@@ -163,6 +164,8 @@ class Accounts:
         if erased is not None:
             subjects.append(subject("login", erased.email.lower()))
         await storage.login_failures.forget(*subjects)
+        if erased is not None and erased.foods_deleted:
+            await bump_version(storage.redis)  # cached search answers may hold them
         await self.end_sessions(user_id)
         return erased
 

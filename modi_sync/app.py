@@ -41,6 +41,7 @@ from .config import Settings
 from .contract import DOC_NAME, CloseCode
 from .device_tokens import DeviceTokens
 from .documents import Documents
+from .popular import scheduled_popular
 from .retention import scheduled_retention
 from .revocations import SessionStates
 from .runtime import open_storage
@@ -106,6 +107,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_storage_ctx)
     app.cleanup_ctx.append(_sync_ctx)
     app.cleanup_ctx.append(scheduled_retention)
+    app.cleanup_ctx.append(scheduled_popular)
     app.on_shutdown.append(_close_sockets)
     app.on_response_prepare.append(add_standard_headers)
     app.add_routes(health.routes)

@@ -16,6 +16,7 @@ from .accounts import Accounts
 from .config import Settings
 from .device_tokens import DeviceTokens
 from .documents import Documents
+from .foods import Foods
 from .revocations import SessionStates
 from .runtime import Storage
 from .sync.bus import UpdatePublisher
@@ -42,6 +43,7 @@ REGISTRY = web.AppKey("registry", RoomRegistry)
 PUBLISHER = web.AppKey("publisher", UpdatePublisher)
 DOCUMENTS = web.AppKey("documents", Documents)
 ACCOUNTS = web.AppKey("accounts", Accounts)
+FOODS = web.AppKey("foods", Foods)
 
 # Per request.
 REQUEST_ID = web.RequestKey("request_id", str)

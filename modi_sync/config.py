@@ -76,6 +76,7 @@ class Settings:
     audit_ip: str = "truncated"  # or "full", "off"
     audit_retention_days: int = 365
     retention_interval_seconds: float = 3600.0  # 0: this instance never runs it
+    popular_interval_seconds: float = 60.0  # the popular list's pass; 0: never here
 
     @property
     def snapshot_every(self) -> timedelta | None:
@@ -141,6 +142,7 @@ ENVIRONMENT: dict[str, str] = {
     "MODI_AUDIT_IP": "audit_ip",
     "MODI_AUDIT_RETENTION_DAYS": "audit_retention_days",
     "MODI_RETENTION_INTERVAL": "retention_interval_seconds",
+    "MODI_POPULAR_INTERVAL": "popular_interval_seconds",
 }
 
 def _number(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -254,6 +256,8 @@ def _validate_server(settings: Settings) -> None:
               "login_free_failures", "login_backoff_max")
     if settings.retention_interval_seconds < 0:
         raise ConfigError("MODI_RETENTION_INTERVAL must be 0 (off) or more")
+    if settings.popular_interval_seconds < 0:
+        raise ConfigError("MODI_POPULAR_INTERVAL must be 0 (off) or more")
 
 
 def _validate_secrets(settings: Settings) -> None:

@@ -13,17 +13,18 @@ Errors are the domain's (modi_sync/errors.py): the caller maps them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from pycrdt import Map
+from pycrdt import Doc, Map
 from redis.asyncio import Redis
 
-from storage.doc_events import publish_deleted
-from storage.update_log import Compaction, DocumentInfo, Snapshot, UpdateLog
+from storage.doc_events import DocKey, publish_deleted
+from storage.update_log import Compaction, DocumentInfo, Snapshot, StoredDocument, UpdateLog
 
 from .contract import DOCUMENT_ROOTS
 from .errors import Invalid, NotFound, TooLarge, Unavailable
@@ -43,6 +44,8 @@ from .sync.writer import WriteFailed
 
 _LISTED_AT_ONCE = 500  # documents read per query by ``each``
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class DocumentCopy:
@@ -61,12 +64,27 @@ class Documents:
 
     # -- one document ---------------------------------------------------------------------
 
-    async def json(self, user_id: UUID, name: str) -> dict[str, Any]:
-        """The document schema's roots as JSON; other roots are left out."""
+    async def json(self, user_id: UUID, name: str,
+                   roots: Sequence[str] = DOCUMENT_ROOTS) -> dict[str, Any]:
+        """The document schema's roots as JSON (only ``roots`` of them, if named); other
+        roots are left out."""
         room = await self._room(user_id, name)
-        content = _content(room)
+        content = _content(room, roots)
         await self._stored(room.last_ticket)
         return content
+
+    async def stored_json(self, keys: Sequence[DocKey], roots: Sequence[str] = DOCUMENT_ROOTS,
+                          ) -> dict[int, dict[str, Any]]:
+        """Many documents' ``roots`` as JSON, as stored now, by document id; a document
+        with no row, or whose stored updates do not load, is left out.
+
+        For a reader that must see every write any instance has stored: the popular
+        list's aggregator, which reads a document after taking its change note. A room
+        here may lag another instance's write by a bus message, so no room is used:
+        one query for all of them, Docs built off the event loop and dropped after.
+        """
+        stored = await self._update_log.load_many(keys)
+        return await asyncio.to_thread(_stored_content, stored, roots)
 
     async def copy(self, user_id: UUID, name: str) -> DocumentCopy:
         """The document as JSON and as its whole update, both of the same state. A room
@@ -225,6 +243,27 @@ class Documents:
             raise Unavailable("storage unavailable, try again") from None
 
 
-def _content(room: Room) -> dict[str, Any]:
+def _content(room: Room, roots: Sequence[str] = DOCUMENT_ROOTS) -> dict[str, Any]:
     """The document schema's roots as JSON; other roots are left out."""
-    return {root: room.doc.get(root, type=Map).to_py() or {} for root in DOCUMENT_ROOTS}
+    return _roots(room.doc, roots)
+
+
+def _roots(doc: Doc[Any], roots: Sequence[str]) -> dict[str, Any]:
+    return {root: doc.get(root, type=Map).to_py() or {} for root in roots}
+
+
+def _stored_content(stored: list[StoredDocument | None],
+                    roots: Sequence[str]) -> dict[int, dict[str, Any]]:
+    content = {}
+    for document in stored:
+        if document is None:
+            continue
+        doc: Doc[Any] = Doc()
+        try:
+            with doc.transaction():
+                for update in document.updates:
+                    doc.apply_update(update)
+            content[document.doc_id] = _roots(doc, roots)
+        except Exception:  # bytes that are not an update, a root of another type
+            log.exception("stored document %d does not load", document.doc_id)
+    return content

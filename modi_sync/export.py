@@ -28,6 +28,7 @@ from storage.users import User
 from .audit import Actor
 from .documents import DocumentCopy, Documents
 from .errors import NotFound
+from .foods import food_json
 from .runtime import Storage
 
 FORMAT = 1  # the export's own version: a change of its shape is a new number
@@ -148,15 +149,6 @@ def document_json(info: DocumentInfo, copy: DocumentCopy) -> dict[str, Any]:
     return {"name": info.name, "updates": info.updates, "size_bytes": info.size_bytes,
             "updated_at": info.updated_at.isoformat(), "content": copy.content,
             "update": base64.b64encode(copy.update).decode("ascii")}
-
-
-def food_json(food: Food) -> dict[str, Any]:
-    return {"id": str(food.id), "name": food.name, "brand": food.brand,
-            "barcode": food.barcode,
-            # Per 100 g, as numbers: JSON has no decimals, and these fit a double.
-            "calories": float(food.calories), "protein": float(food.protein),
-            "carbs": float(food.carbs), "fat": float(food.fat),
-            "verified": food.verified, "created_at": food.created_at.isoformat()}
 
 
 def audit_json(stored: StoredEntry) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The shared food database: ``foods``. What the GDPR actions need of it for now: a
-user's contributions, read for the export and settled at erasure."""
+"""The shared food database: ``foods``, its search (docs/foods.md, "Search"), barcodes,
+contributions and their moderation."""
 
 from __future__ import annotations
 
@@ -48,15 +48,74 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING""" + _COLUMNS
 _BY_AUTHOR = "SELECT" + _COLUMNS + """
 FROM foods WHERE created_by = $1 AND id > $2 ORDER BY id LIMIT $3
 """
-_VERIFY = "UPDATE foods SET verified = true, verified_at = now(), updated_at = now() " \
-          "WHERE id = $1"
+_VERIFY = """
+UPDATE foods SET verified = true, verified_at = now(), updated_at = now()
+WHERE id = $1 RETURNING""" + _COLUMNS
+_GET = "SELECT" + _COLUMNS + "FROM foods WHERE id = $1"
+_BY_BARCODE = "SELECT" + _COLUMNS + "FROM foods WHERE barcode = $1"
+_RECENT = "SELECT" + _COLUMNS + """, count(*) OVER ()
+FROM foods WHERE verified ORDER BY created_at DESC, id LIMIT $1 OFFSET $2
+"""
+_MANY = "SELECT" + _COLUMNS + "FROM foods WHERE id = ANY($1::uuid[])"
+_HAS_UNVERIFIED = """
+SELECT EXISTS (SELECT 1 FROM foods WHERE created_by = $1 AND NOT verified)
+"""
+
+# Each query word as the index holds it (stemmed, accents off; NULL for a stop word),
+# whether it starts any known lexeme, and if not, the known lexemes nearest to it by
+# trigram similarity: its likely corrections. The vocabulary is small (one row per
+# distinct lexeme), so this costs far less than a similarity scan of every food.
+_WORDS = """
+SELECT l.lexeme, k.known,
+       CASE WHEN l.lexeme IS NULL OR k.known THEN '{}'::text[]
+            ELSE ARRAY(SELECT f.word FROM food_words f WHERE f.word % l.lexeme
+                       ORDER BY similarity(f.word, l.lexeme) DESC, f.word LIMIT $2)
+       END AS near
+FROM unnest($1::text[]) WITH ORDINALITY AS w(word, o)
+CROSS JOIN LATERAL (
+    SELECT (tsvector_to_array(to_tsvector('food_search', w.word)))[1] AS lexeme) l
+CROSS JOIN LATERAL (
+    SELECT EXISTS (SELECT 1 FROM food_words f WHERE f.word LIKE l.lexeme || '%') AS known) k
+ORDER BY w.o
+"""
+
+# Verified foods first (and the caller's own contributions, as if verified), then by
+# rank: words found whole ($2) over words found as prefixes or corrections ($1 only),
+# a match in the food's own name (weight A) over one in the rest of the name (B) or
+# the brand (C), a short name over a long one (normalisation 1).
+_SEARCH = "SELECT" + _COLUMNS + """, count(*) OVER ()
+FROM foods
+WHERE search_vector @@ $1::tsquery
+ORDER BY (verified OR coalesce(created_by = $3, false)) DESC,
+         ts_rank(search_vector, $1::tsquery, 1) + 2 * ts_rank(search_vector, $2::tsquery, 1) DESC,
+         length(name), id
+LIMIT $4 OFFSET $5
+"""
 # Erasure: unverified contributions go; verified ones stay, their author forgotten by
 # the users row's ON DELETE SET NULL.
 _DROP_UNVERIFIED = "DELETE FROM foods WHERE created_by = $1 AND NOT verified"
 
 
 def _food(row: asyncpg.Record) -> Food:
-    return Food(**dict(row))
+    return Food(*row[:_FIELDS])
+
+
+_FIELDS = len(Food.__dataclass_fields__)
+
+
+class DuplicateBarcode(Exception):
+    """Another food has this barcode."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueryWord:
+    lexeme: str | None  # None: a stop word
+    known: bool  # some food's lexeme starts with it
+    near: list[str]  # if not known: the nearest known lexemes
+
+
+def _page(rows: list[asyncpg.Record]) -> tuple[list[Food], int]:
+    return [_food(r) for r in rows], (rows[0]["count"] if rows else 0)
 
 
 async def drop_unverified(conn: asyncpg.Connection, user_id: UUID) -> int:
@@ -69,13 +128,46 @@ class FoodStore:
         self._pool = pool
 
     async def contribute(self, user_id: UUID, food: NewFood) -> Food:
-        return _food(await self._pool.fetchrow(
-            _INSERT, food.name, food.brand, food.barcode, food.calories, food.protein,
-            food.carbs, food.fat, user_id))
+        try:
+            return _food(await self._pool.fetchrow(
+                _INSERT, food.name, food.brand, food.barcode, food.calories, food.protein,
+                food.carbs, food.fat, user_id))
+        except asyncpg.UniqueViolationError:
+            raise DuplicateBarcode(food.barcode) from None
 
-    async def verify(self, food_id: UUID) -> bool:
-        status: str = await self._pool.execute(_VERIFY, food_id)
-        return status == "UPDATE 1"
+    async def verify(self, food_id: UUID) -> Food | None:
+        row = await self._pool.fetchrow(_VERIFY, food_id)
+        return None if row is None else _food(row)
+
+    async def get(self, food_id: UUID) -> Food | None:
+        row = await self._pool.fetchrow(_GET, food_id)
+        return None if row is None else _food(row)
+
+    async def many(self, food_ids: list[UUID]) -> dict[UUID, Food]:
+        return {f.id: f for f in map(_food, await self._pool.fetch(_MANY, food_ids))}
+
+    async def by_barcode(self, barcode: str) -> Food | None:
+        row = await self._pool.fetchrow(_BY_BARCODE, barcode)
+        return None if row is None else _food(row)
+
+    async def recent(self, limit: int, offset: int) -> tuple[list[Food], int]:
+        """The newest verified foods, and how many verified foods there are."""
+        return _page(await self._pool.fetch(_RECENT, limit, offset))
+
+    async def has_unverified(self, user_id: UUID) -> bool:
+        return bool(await self._pool.fetchval(_HAS_UNVERIFIED, user_id))
+
+    async def query_words(self, words: list[str], corrections: int) -> list[QueryWord]:
+        rows = await self._pool.fetch(_WORDS, words, corrections)
+        return [QueryWord(r["lexeme"], r["known"], list(r["near"])) for r in rows]
+
+    async def search(self, match: str, exact: str, viewer: UUID | None, limit: int,
+                     offset: int) -> tuple[list[Food], int]:
+        """A page of the foods matching ``match``, ranked higher for each lexeme of
+        ``exact`` they hold (both tsquery syntax, built by the caller from lexemes
+        only), and how many match. ``viewer``'s own unverified contributions rank as
+        if verified."""
+        return _page(await self._pool.fetch(_SEARCH, match, exact, viewer, limit, offset))
 
     async def by_author(self, user_id: UUID, after: UUID | None, limit: int) -> list[Food]:
         """At most ``limit`` of the user's contributions, by id, past ``after``."""

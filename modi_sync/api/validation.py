@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from ..accounts import PASSWORD_LENGTHS, checked_email
+from ..pagination import Page, paginated_json
 from .errors import ApiError
 
 
@@ -75,16 +74,6 @@ def password_field(body: dict[str, Any], field: str = "password") -> str:
     return string_field(body, field, min_len=low, max_len=high)
 
 
-@dataclass(frozen=True, slots=True)
-class Page:
-    number: int  # from 1
-    limit: int
-
-    @property
-    def offset(self) -> int:
-        return (self.number - 1) * self.limit
-
-
 def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name)
     if raw is None:
@@ -105,8 +94,5 @@ def page_params(request: web.Request) -> Page:
 
 
 def paginated_response(items: list[Any], page: Page, total: int) -> web.Response:
-    return web.Response(body=orjson.dumps({
-        "data": items,
-        "pagination": {"page": page.number, "limit": page.limit, "total": total,
-                       "total_pages": math.ceil(total / page.limit)},
-    }), content_type="application/json")
+    return web.Response(body=paginated_json(items, page, total),
+                        content_type="application/json")

@@ -1,0 +1,192 @@
+"""The popular list: the foods logged most, across all users, over the last 30 days
+(docs/foods.md, "Popular and recent").
+
+Counting every document's ``food_logs`` at each request would read every document. So
+the group commit notes each document it writes to (storage/update_log.py), and a
+background pass (``PopularAggregator.run_once``) takes the notes, reads only those
+documents, counts their entries per (food, day), and replaces their rows of counts
+(storage/food_counts.py); ``popular_food_ids`` sums the rows. A document never written
+again keeps its rows, which age out of the window; a deleted one loses them with it
+(ON DELETE CASCADE).
+
+Every server runs a pass every ``popular_interval_seconds`` (60: the list is fresh
+within a few minutes), the first one an interval after start-up; one instance at a
+time (an advisory lock), the others skip their round. A pass that fails, or is
+cancelled at shutdown, gives back the notes it took and did not finish with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from aiohttp import web
+
+from storage.food_counts import ChangedDocument, CountsPass, DayCount, FoodCounts
+
+from .app_keys import DOCUMENTS, POOL, SETTINGS
+from .documents import Documents
+from .food_log_entries import entry_day, food_uuid
+
+log = logging.getLogger(__name__)
+
+WINDOW_DAYS = 30
+# Days after today (UTC) still counted: a user east of UTC is already in tomorrow. Later
+# days are ignored, or an entry dated 2099 would count for ever.
+_AHEAD_DAYS = 1
+TAKEN_AT_ONCE = 500  # notes taken per statement
+READ_AT_ONCE = 50  # documents read (and held in memory) at once
+MAX_BATCHES_PER_PASS = 100  # the rest waits for the next pass, so that a pass ends
+# One document's weight in the list is bounded: a client that logs one food a thousand
+# times a day counts this many times for it, and a document keeps at most this many
+# (food, day) rows (its largest), so made-up ids cannot fill the table.
+MAX_LOGS_PER_FOOD_DAY = 20
+MAX_ROWS_PER_DOCUMENT = 2000
+
+_STOP_GRACE_SECONDS = 10.0
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()
+
+
+def window(today: date) -> tuple[date, date]:
+    """The first and last day counted, for ``today`` (UTC)."""
+    return today - timedelta(days=WINDOW_DAYS), today + timedelta(days=_AHEAD_DAYS)
+
+
+async def popular_food_ids(pool: asyncpg.Pool, limit: int, *,
+                           today: date | None = None) -> list[tuple[UUID, int]]:
+    """The ``limit`` foods logged most over the last 30 days, with how many times: most
+    first, ties by food id. Only foods that are in the foods table; as fresh as the
+    last pass."""
+    first, last = window(today or _today())
+    return await FoodCounts(pool).popular(first, last, limit)
+
+
+def count_food_logs(food_logs: Any, first: date, last: date) -> list[DayCount]:
+    """One document's ``food_logs`` counted per (food, day) from ``first`` to ``last``;
+    an entry without a UUID food id or a readable day is not counted."""
+    if not isinstance(food_logs, Mapping):
+        return []
+    counts: Counter[tuple[UUID, date]] = Counter()
+    for entry in food_logs.values():
+        if not isinstance(entry, Mapping):
+            continue
+        food_id, day = food_uuid(entry.get("food_id")), entry_day(entry)
+        if food_id is not None and day is not None and first <= day <= last:
+            counts[food_id, day] += 1
+    return [DayCount(food_id, day, min(n, MAX_LOGS_PER_FOOD_DAY))
+            for (food_id, day), n in counts.most_common(MAX_ROWS_PER_DOCUMENT)]
+
+
+@dataclass
+class PassReport:
+    """What one pass did: the documents it took and read, the rows it wrote."""
+
+    taken: int = 0
+    read: list[int] = field(default_factory=list)
+    rows: int = 0
+
+
+class PopularAggregator:
+    def __init__(self, documents: Documents, pool: asyncpg.Pool, *,
+                 today: Callable[[], date] = _today) -> None:
+        self._documents = documents
+        self._counts = FoodCounts(pool)
+        self._today = today
+
+    async def run_once(self) -> PassReport | None:
+        """One pass over the documents noted since the last; None when another
+        instance is running one."""
+        async with self._counts.exclusive() as counts:
+            if counts is None:
+                return None
+            first, last = window(self._today())
+            await counts.prune(first)
+            report = PassReport()
+            for _ in range(MAX_BATCHES_PER_PASS):
+                taken = await counts.take_changed(TAKEN_AT_ONCE)
+                report.taken += len(taken)
+                await self._recount_or_give_back(counts, taken, first, last, report)
+                if len(taken) < TAKEN_AT_ONCE:
+                    break
+            return report
+
+    async def _recount_or_give_back(self, counts: CountsPass, taken: list[ChangedDocument],
+                                    first: date, last: date, report: PassReport) -> None:
+        done = 0
+        try:
+            for done in range(0, len(taken), READ_AT_ONCE):
+                await self._recount(counts, taken[done:done + READ_AT_ONCE], first, last,
+                                    report)
+            done = len(taken)
+        finally:  # failed or cancelled: what was not recounted is noted again
+            if done < len(taken):
+                await self._counts.note_changed([d.doc_id for d in taken[done:]])
+
+    async def _recount(self, counts: CountsPass, chunk: list[ChangedDocument],
+                       first: date, last: date, report: PassReport) -> None:
+        contents = await self._documents.stored_json([(d.user_id, d.name) for d in chunk],
+                                                     ("food_logs",))
+        # A document left out is gone (its rows went with it), was deleted and made
+        # again under its name (the new one has a note of its own), or does not load.
+        rows = {d.doc_id: count_food_logs(contents[d.doc_id]["food_logs"], first, last)
+                for d in chunk if d.doc_id in contents}
+        report.rows += await counts.replace(rows)
+        report.read.extend(rows)
+
+
+# -- the schedule -----------------------------------------------------------------------
+
+
+async def scheduled_popular(app: web.Application) -> AsyncIterator[None]:
+    """An aiohttp ``cleanup_ctx``: a pass every ``popular_interval_seconds`` while the
+    server runs (none with 0). Stopping lets a pass under way finish, for a while."""
+    interval = app[SETTINGS].popular_interval_seconds
+    if interval <= 0:
+        yield
+        return
+    stopping = asyncio.Event()
+    aggregator = PopularAggregator(app[DOCUMENTS], app[POOL])
+    task = asyncio.create_task(_every(aggregator, interval, stopping),
+                               name="popular aggregator")
+    try:
+        yield
+    finally:
+        stopping.set()
+        try:
+            await asyncio.wait_for(task, _STOP_GRACE_SECONDS)
+        except TimeoutError:
+            log.warning("popular pass cancelled at shutdown, after %.0f s",
+                        _STOP_GRACE_SECONDS)
+
+
+async def _every(aggregator: PopularAggregator, interval: float,
+                 stopping: asyncio.Event) -> None:
+    while not await _stopped_within(stopping, interval):
+        try:
+            report = await aggregator.run_once()
+        except Exception:  # a failed round is logged; its notes wait for the next
+            log.exception("popular pass failed")
+            continue
+        if report is None:
+            log.debug("popular: another instance holds the lock; round skipped")
+        elif report.taken:
+            log.debug("popular: %d documents recounted, %d rows", len(report.read),
+                      report.rows)
+
+
+async def _stopped_within(stopping: asyncio.Event, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(stopping.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True

@@ -1,0 +1,139 @@
+"""The popular list's tables: ``food_log_changes`` and ``food_log_counts`` (migration 004).
+
+The group commit notes each document it wrote to (``update_log._APPEND``). The
+aggregator (modi_sync/popular.py) takes the notes, reads those documents, and replaces
+their rows of counts: how many times each document logged each food on each day. The
+popular list is the sum of those rows over the last days.
+
+A pass runs on one instance at a time: a session advisory lock, held on the pass's own
+connection for as long as the pass runs (it spans several transactions); the other
+instances skip their round. A crashed instance's lock goes with its connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import date
+from uuid import UUID
+
+import asyncpg
+
+# The key of the aggregator's advisory lock ("modipopl" folded into a bigint's range).
+POPULAR_LOCK = 0x6D6F_6469_706F_706C
+
+_TRY_LOCK = "SELECT pg_try_advisory_lock($1::bigint)"
+_UNLOCK = "SELECT pg_advisory_unlock($1::bigint)"
+
+# Taking notes is a statement of its own, committed at once: a note deleted by a
+# transaction still open would make every group commit that notes the same document
+# wait for that transaction (the unique index), and the hot path waits for nothing of
+# ours. A document written after this statement is noted again, for the next pass.
+_TAKE = """
+WITH taken AS (
+    DELETE FROM food_log_changes WHERE doc_id IN (
+        SELECT doc_id FROM food_log_changes LIMIT $1 FOR UPDATE SKIP LOCKED
+    )
+    RETURNING doc_id
+)
+SELECT d.id, d.user_id, d.name FROM taken t JOIN documents d ON d.id = t.doc_id
+ORDER BY d.id
+"""
+# Notes given back (a pass that failed): documents deleted meanwhile are left out.
+_NOTE = """
+INSERT INTO food_log_changes (doc_id)
+SELECT d.id FROM documents d WHERE d.id = ANY($1::bigint[]) ORDER BY d.id
+ON CONFLICT DO NOTHING
+"""
+_CLEAR = "DELETE FROM food_log_counts WHERE doc_id = ANY($1::bigint[])"
+# The JOIN leaves out the rows of a document deleted since it was read.
+_INSERT = """
+INSERT INTO food_log_counts (doc_id, food_id, day, logs)
+SELECT c.doc_id, c.food_id, c.day, c.logs
+FROM unnest($1::bigint[], $2::uuid[], $3::date[], $4::int[]) AS c(doc_id, food_id, day, logs)
+JOIN documents d ON d.id = c.doc_id
+"""
+_PRUNE = "DELETE FROM food_log_counts WHERE day < $1"
+# Only foods that exist: an id a client made up (or a food since deleted) is no one's
+# popular food. food_log_counts_day serves the range.
+_POPULAR = """
+SELECT c.food_id, sum(c.logs)::bigint AS logs
+FROM food_log_counts c JOIN foods f ON f.id = c.food_id
+WHERE c.day >= $1 AND c.day <= $2
+GROUP BY c.food_id
+ORDER BY logs DESC, c.food_id
+LIMIT $3
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ChangedDocument:
+    doc_id: int
+    user_id: UUID
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class DayCount:
+    food_id: UUID
+    day: date
+    logs: int
+
+
+class CountsPass:
+    """What a pass does, on the connection that holds the lock."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def take_changed(self, limit: int) -> list[ChangedDocument]:
+        """Up to ``limit`` noted documents, their notes removed (committed at once)."""
+        return [ChangedDocument(*r) for r in await self._conn.fetch(_TAKE, limit)]
+
+    async def replace(self, counts: dict[int, list[DayCount]]) -> int:
+        """Each document's rows become ``counts[doc_id]``, all in one transaction; how
+        many rows were written."""
+        doc_ids, food_ids, days, logs = [], [], [], []
+        for doc_id, rows in counts.items():
+            for row in rows:
+                doc_ids.append(doc_id)
+                food_ids.append(row.food_id)
+                days.append(row.day)
+                logs.append(row.logs)
+        async with self._conn.transaction():
+            await self._conn.execute(_CLEAR, list(counts))
+            status: str = await self._conn.execute(_INSERT, doc_ids, food_ids, days, logs)
+        return int(status.split()[-1])
+
+    async def prune(self, before: date) -> int:
+        """Rows of days before ``before`` go (the documents not written since)."""
+        status: str = await self._conn.execute(_PRUNE, before)
+        return int(status.split()[-1])
+
+
+class FoodCounts:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[CountsPass | None]:
+        """A pass of this instance's, or None while another instance runs one."""
+        async with self._pool.acquire() as conn:
+            if not await conn.fetchval(_TRY_LOCK, POPULAR_LOCK):
+                yield None
+                return
+            try:
+                yield CountsPass(conn)
+            finally:
+                if not conn.is_closed():
+                    await conn.fetchval(_UNLOCK, POPULAR_LOCK)
+
+    async def note_changed(self, doc_ids: Sequence[int]) -> None:
+        """Note these documents again (a pass took them and could not finish)."""
+        await self._pool.execute(_NOTE, list(doc_ids))
+
+    async def popular(self, first: date, last: date, limit: int) -> list[tuple[UUID, int]]:
+        """The ``limit`` foods logged most from ``first`` to ``last``, with their logs;
+        most first, ties by food id."""
+        return [(r[0], r[1]) for r in await self._pool.fetch(_POPULAR, first, last, limit)]

@@ -1,0 +1,302 @@
+"""The popular list's aggregator (modi_sync/popular.py, storage/food_counts.py): the group
+commit notes the documents it writes, a pass recounts only those, and the list sums the
+counts of the last 30 days, across users."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import date, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from pycrdt import Doc, Map
+
+from modi_sync.app_keys import DOCUMENTS, POOL
+from modi_sync.documents import Documents
+from modi_sync.popular import PopularAggregator, popular_food_ids
+from storage.food_counts import POPULAR_LOCK
+
+from .conftest import Client, register
+from .yclient import eventually
+
+TODAY = date(2030, 6, 15)  # the aggregator's clock: counts do not depend on the real day
+DAY = timedelta(days=1)
+
+
+class Diary:
+    """A user's document with a food log, written through the documents service."""
+
+    def __init__(self, documents: Documents, user_id: uuid.UUID, name: str = "default") -> None:
+        self.documents, self.user_id, self.name = documents, user_id, name
+        self.doc: Doc = Doc()
+        self.logs = self.doc.get("food_logs", type=Map)
+
+    async def log(self, food_id: Any, day: Any = TODAY.isoformat(), **fields: Any) -> str:
+        entry_id = str(uuid.uuid4())
+        entry = {"food_id": str(food_id) if isinstance(food_id, uuid.UUID) else food_id,
+                 "quantity_g": 100.0, "meal_type": "lunch", "date": day, **fields}
+        await self._write(lambda: self.logs.__setitem__(entry_id, Map(entry)))
+        return entry_id
+
+    async def put_raw(self, key: str, value: Any) -> None:
+        await self._write(lambda: self.logs.__setitem__(key, value))
+
+    async def remove(self, entry_id: str) -> None:
+        await self._write(lambda: self.logs.pop(entry_id))
+
+    async def _write(self, change: Any) -> None:
+        before = self.doc.get_state()
+        change()
+        await self.documents.apply(self.user_id, self.name, self.doc.get_update(before))
+
+    async def doc_id(self) -> int:
+        return (await self.documents.info(self.user_id, self.name)).doc_id
+
+
+@pytest.fixture
+async def app_client(make_client) -> Client:
+    return await make_client(popular_interval_seconds=0)  # passes only when a test runs one
+
+
+@pytest.fixture
+def aggregator(app_client: Client) -> PopularAggregator:
+    return PopularAggregator(app_client.app[DOCUMENTS], app_client.app[POOL], today=lambda: TODAY)
+
+
+async def _diary(client: Client, name: str = "default") -> Diary:
+    user_id = uuid.UUID((await register(client))["user"]["id"])
+    return Diary(client.app[DOCUMENTS], user_id, name)
+
+
+async def _foods(db: asyncpg.Connection, n: int) -> list[uuid.UUID]:
+    rows = await db.fetch(
+        "INSERT INTO foods (name, calories, protein, carbs, fat)"
+        " SELECT 'popular test food ' || g, 100, 1, 2, 3 FROM generate_series(1, $1) g"
+        " RETURNING id", n)
+    return [r["id"] for r in rows]
+
+
+async def _counts(db: asyncpg.Connection, food_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+    rows = await db.fetch("SELECT food_id, sum(logs) FROM food_log_counts"
+                          " WHERE food_id = ANY($1::uuid[]) GROUP BY food_id", food_ids)
+    return {r[0]: r[1] for r in rows}
+
+
+async def _popular(pool: asyncpg.Pool, food_ids: list[uuid.UUID]) -> list[tuple[uuid.UUID, int]]:
+    """The list, narrowed to this test's foods (other tests' foods share the table)."""
+    ranked = await popular_food_ids(pool, 10_000, today=TODAY)
+    return [(f, n) for f, n in ranked if f in food_ids]
+
+
+async def test_the_group_commit_notes_each_document_it_writes(app_client, db):
+    diary = await _diary(app_client)
+    await diary.log(uuid.uuid4())
+    await diary.log(uuid.uuid4())
+    doc_id = await diary.doc_id()
+    assert await db.fetchval("SELECT count(*) FROM food_log_changes WHERE doc_id = $1",
+                             doc_id) == 1
+
+
+async def test_entries_are_counted_across_users_most_logged_first(app_client, aggregator, db):
+    apple, bread, cheese = await _foods(db, 3)
+    ann, bob = await _diary(app_client), await _diary(app_client)
+    for food in (apple, apple, bread):
+        await ann.log(food)
+    await ann.log(apple, (TODAY - 3 * DAY).isoformat())
+    for food in (apple, bread, cheese):
+        await bob.log(food)
+
+    report = await aggregator.run_once()
+    assert report is not None
+    assert {await ann.doc_id(), await bob.doc_id()} <= set(report.read)
+    assert await _popular(app_client.app[POOL], [apple, bread, cheese]) == [
+        (apple, 4), (bread, 2), (cheese, 1)]
+
+
+async def test_ties_are_ordered_by_food_id(app_client, aggregator, db):
+    foods = await _foods(db, 3)
+    diary = await _diary(app_client)
+    for food in foods:
+        await diary.log(food)
+    await aggregator.run_once()
+    assert await _popular(app_client.app[POOL], foods) == [(f, 1) for f in sorted(foods)]
+
+
+async def test_only_the_last_30_days_count(app_client, aggregator, db):
+    kept_edge, too_old, tomorrow, far_ahead = await _foods(db, 4)
+    diary = await _diary(app_client)
+    await diary.log(kept_edge, (TODAY - 30 * DAY).isoformat())
+    await diary.log(too_old, (TODAY - 31 * DAY).isoformat())
+    await diary.log(tomorrow, (TODAY + DAY).isoformat())  # east of UTC it is tomorrow
+    await diary.log(far_ahead, "2099-01-01")
+    await aggregator.run_once()
+    assert await _counts(db, [kept_edge, too_old, tomorrow, far_ahead]) == {
+        kept_edge: 1, tomorrow: 1}
+
+
+async def test_rows_older_than_the_window_age_out(app_client, db):
+    food, = await _foods(db, 1)
+    diary = await _diary(app_client)
+    await diary.log(food, (TODAY - 10 * DAY).isoformat())
+    documents, pool = app_client.app[DOCUMENTS], app_client.app[POOL]
+    await PopularAggregator(documents, pool, today=lambda: TODAY).run_once()
+    assert await _popular(pool, [food]) == [(food, 1)]
+    # Three weeks on, the document was never written again: its row is out of the list
+    # and a pass prunes it.
+    later = TODAY + 21 * DAY
+    assert food not in dict(await popular_food_ids(pool, 10_000, today=later))
+    await PopularAggregator(documents, pool, today=lambda: later).run_once()
+    assert await _counts(db, [food]) == {}
+
+
+async def test_an_edit_that_removes_an_entry_lowers_the_count(app_client, aggregator, db):
+    food, = await _foods(db, 1)
+    diary = await _diary(app_client)
+    first = await diary.log(food)
+    await diary.log(food)
+    await aggregator.run_once()
+    assert await _counts(db, [food]) == {food: 2}
+
+    await diary.remove(first)
+    await aggregator.run_once()
+    assert await _counts(db, [food]) == {food: 1}
+
+
+async def test_a_pass_reads_only_the_documents_noted_since_the_last(app_client, aggregator, db):
+    food, = await _foods(db, 1)
+    written, quiet = await _diary(app_client), await _diary(app_client)
+    await written.log(food)
+    await quiet.log(food)
+    await aggregator.run_once()
+    assert await _counts(db, [food]) == {food: 2}
+
+    await written.log(food)
+    # The quiet document changes in storage, but nothing notes it: a pass that read it
+    # would count its new entry. Only the written one may be read.
+    await quiet.log(food)
+    await db.execute("DELETE FROM food_log_changes WHERE doc_id = $1", await quiet.doc_id())
+    noted = {r[0] for r in await db.fetch("SELECT doc_id FROM food_log_changes")}
+
+    report = await aggregator.run_once()
+    assert report is not None
+    assert await written.doc_id() in report.read
+    assert set(report.read) <= noted and await quiet.doc_id() not in report.read
+    assert await _counts(db, [food]) == {food: 3}  # 2 written, 1 quiet (its last unseen)
+
+    report = await aggregator.run_once()  # nothing written since: nothing read
+    assert report is not None and report.read == [] and report.taken == 0
+
+
+async def test_deleting_a_document_removes_its_counts(app_client, aggregator, db):
+    food, = await _foods(db, 1)
+    kept, deleted = await _diary(app_client), await _diary(app_client, "other")
+    await kept.log(food)
+    await deleted.log(food)
+    await aggregator.run_once()
+    assert await _counts(db, [food]) == {food: 2}
+
+    await deleted.documents.delete(deleted.user_id, deleted.name)
+    assert await _counts(db, [food]) == {food: 1}
+    assert (await aggregator.run_once()) is not None
+
+
+async def test_garbage_entries_are_ignored(app_client, aggregator, db):
+    food, = await _foods(db, 1)
+    diary = await _diary(app_client)
+    await diary.log(food)
+    await diary.log(food, logged_at="2030-06-15T23:30:00-05:00", date="2030-06-16")
+    await diary.log("not-a-uuid")
+    await diary.log(12345)
+    await diary.log(None)
+    await diary.log(food, "2030-13-45")
+    await diary.log(food, "yesterday")
+    await diary.log(food, 20300615)
+    await diary.log(food, "2030-06-15T10:00:00")  # a time is not a day
+    await diary.put_raw(str(uuid.uuid4()), "an entry that is not a map")
+    await diary.put_raw(str(uuid.uuid4()), 42)
+    report = await aggregator.run_once()
+    assert report is not None and await diary.doc_id() in report.read
+    assert await _counts(db, [food]) == {food: 2}
+    assert await db.fetchval("SELECT count(*) FROM food_log_counts WHERE doc_id = $1",
+                             await diary.doc_id()) == 1
+
+
+async def test_one_document_counts_a_food_at_most_20_times_a_day(app_client, aggregator, db):
+    food, = await _foods(db, 1)
+    diary = await _diary(app_client)
+    before = diary.doc.get_state()
+    for _ in range(25):
+        diary.logs[str(uuid.uuid4())] = Map({"food_id": str(food), "quantity_g": 1.0,
+                                             "meal_type": "snack", "date": TODAY.isoformat()})
+    await diary.documents.apply(diary.user_id, diary.name, diary.doc.get_update(before))
+    await aggregator.run_once()
+    assert await _counts(db, [food]) == {food: 20}
+
+
+class _FailingDocuments:
+    """The documents service, but its second read of a pass fails (a database that went
+    away mid-pass, say)."""
+
+    def __init__(self, documents: Documents) -> None:
+        self._documents = documents
+        self.reads = 0
+
+    async def stored_json(self, *args: Any) -> dict[int, dict[str, Any]]:
+        self.reads += 1
+        if self.reads == 2:
+            raise ConnectionError("gone")
+        return await self._documents.stored_json(*args)
+
+
+async def test_a_failed_pass_gives_its_notes_back(app_client, aggregator, db, monkeypatch):
+    monkeypatch.setattr("modi_sync.popular.READ_AT_ONCE", 1)  # one document per read
+    food, = await _foods(db, 1)
+    await aggregator.run_once()  # nothing else noted
+    diaries = [await _diary(app_client) for _ in range(3)]
+    for diary in diaries:
+        await diary.log(food)
+    noted = {await d.doc_id() for d in diaries}
+
+    failing = PopularAggregator(_FailingDocuments(app_client.app[DOCUMENTS]),  # type: ignore[arg-type]
+                                app_client.app[POOL], today=lambda: TODAY)
+    with pytest.raises(ConnectionError):
+        await failing.run_once()
+    left = {r[0] for r in await db.fetch("SELECT doc_id FROM food_log_changes")}
+    assert len(noted - left) == 1  # the one read before the failure was counted ...
+    assert await _counts(db, [food]) == {food: 1}
+
+    report = await aggregator.run_once()  # ... and the next pass does the other two
+    assert report is not None and set(report.read) == noted & left
+    assert await _counts(db, [food]) == {food: 3}
+
+
+async def test_a_pass_skips_while_another_instance_runs_one(app_client, aggregator, db):
+    diary = await _diary(app_client)
+    await diary.log(uuid.uuid4())
+    assert await db.fetchval("SELECT pg_try_advisory_lock($1::bigint)", POPULAR_LOCK)
+    try:
+        assert await aggregator.run_once() is None
+    finally:
+        await db.fetchval("SELECT pg_advisory_unlock($1::bigint)", POPULAR_LOCK)
+    assert await aggregator.run_once() is not None
+
+
+async def test_the_server_runs_a_pass_on_its_schedule(make_client, db):
+    client = await make_client(popular_interval_seconds=0.2)
+    assert [t for t in asyncio.all_tasks() if t.get_name() == "popular aggregator"]
+    food, = await _foods(db, 1)
+    diary = await _diary(client)
+    await diary.log(food, date.today().isoformat())
+
+    async def counted() -> bool:
+        return await _counts(db, [food]) == {food: 1}
+
+    await eventually(counted)
+    await client.close()
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "popular aggregator"]
+
+
+async def test_no_scheduled_pass_with_an_interval_of_zero(app_client):
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "popular aggregator"]
