@@ -11,11 +11,12 @@ import os
 import sys
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
+from pathlib import Path
 from uuid import UUID
 
 from aiohttp import web
 
-from . import history_commands
+from . import food_import, history_commands
 from .access_log import AccessLog, access_logger
 from .accounts import Accounts, check_password, checked_email
 from .app import create_app
@@ -99,6 +100,21 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--output", metavar="FILE",
                         help="write here (created with mode 0600) instead of stdout")
     export.add_argument("--data-dir", help="data dir of the embedded services")
+
+    foods = commands.add_parser("foods", help="the shared food database")
+    foods_commands = foods.add_subparsers(dest="foods_command", required=True)
+    load = foods_commands.add_parser(
+        "import", help="load or update foods from a CSV or JSON file (docs/foods.md)")
+    which_foods = load.add_mutually_exclusive_group()
+    which_foods.add_argument("file", nargs="?", metavar="FILE",
+                             help=".csv, .json, .csv.gz or .json.gz")
+    which_foods.add_argument("--dataset", action="store_true",
+                             help="the shipped USDA SR28 dataset (also: no FILE)")
+    load.add_argument("--source", help="the source of rows that name none (default: the "
+                                       "file's name without its extensions)")
+    load.add_argument("--skip-invalid", action="store_true",
+                      help="import the valid rows; still report the invalid ones")
+    load.add_argument("--data-dir", help="data dir of the embedded services")
     return parser
 
 
@@ -133,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _create_user(settings, args.email, admin=args.admin)
     if args.command == "user" and args.user_command == "export":
         return asyncio.run(_export_user(settings, args.account, args.output))
+    if args.command == "foods":
+        return asyncio.run(_import_foods(settings, args))
     return 2  # argparse rejects unknown commands before this
 
 
@@ -151,6 +169,9 @@ def serve(settings: Settings) -> int:
     app = create_app(settings)
     if settings.gc_full_seconds > 0:
         app.cleanup_ctx.append(cycle_collection(settings.gc_full_seconds))
+    # The shipped food dataset, on a first start on the embedded PostgreSQL: loaded in
+    # the background while the server already serves (MODI_FOODS_AUTOLOAD).
+    app.cleanup_ctx.append(food_import.autoload_dataset)
     # run_app turns SIGINT and SIGTERM into a graceful shutdown: sockets closed with
     # 1001, queued updates stored, embedded services stopped.
     web.run_app(
@@ -336,6 +357,43 @@ async def _export_user(settings: Settings, account: str, output: str | None) -> 
             print(f"modi-sync: the export stopped midway: {exc}", file=sys.stderr)
             return 1
     return 0
+
+
+async def _import_foods(settings: Settings, args: argparse.Namespace) -> int:
+    """``foods import``: 0 imported; 65 (EX_DATAERR) invalid rows, so nothing imported,
+    or a file refused whole; 66 (EX_NOINPUT) no such file. Each invalid row is
+    reported on stderr with its line (CSV) or index (JSON)."""
+    path = Path(args.file) if args.file else food_import.DATASET
+    shown = path.name
+
+    def rejected(row: food_import.Rejected) -> None:
+        print(f"modi-sync: {shown} {row}", file=sys.stderr)
+
+    async with open_storage(settings) as storage:
+        try:
+            report = await food_import.import_file(
+                storage.pool, storage.redis, path, source=args.source,
+                skip_invalid=args.skip_invalid, on_rejected=rejected,
+                progress=food_import.stderr_progress(f"importing {shown}", _size(path)))
+        except FileNotFoundError as exc:
+            print(f"modi-sync: {exc}", file=sys.stderr)
+            return 66
+        except food_import.ImportFileError as exc:
+            print(f"modi-sync: {shown}: {exc}; nothing imported", file=sys.stderr)
+            return 65
+    if not report.imported:
+        print(f"modi-sync: {shown}: {report.invalid} invalid rows; nothing imported "
+              "(--skip-invalid imports the valid ones)", file=sys.stderr)
+        return 65
+    print(f"{shown}: {report.summary()}")
+    return 0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 async def _write_private(path: str, chunks: Chunks) -> None:

@@ -76,6 +76,8 @@ class Settings:
     audit_ip: str = "truncated"  # or "full", "off"
     audit_retention_days: int = 365
     retention_interval_seconds: float = 3600.0  # 0: this instance never runs it
+
+    foods_autoload: str = "auto"  # or "on", "off"; auto: on the embedded PostgreSQL only
     popular_interval_seconds: float = 60.0  # the popular list's pass; 0: never here
 
     @property
@@ -142,6 +144,7 @@ ENVIRONMENT: dict[str, str] = {
     "MODI_AUDIT_IP": "audit_ip",
     "MODI_AUDIT_RETENTION_DAYS": "audit_retention_days",
     "MODI_RETENTION_INTERVAL": "retention_interval_seconds",
+    "MODI_FOODS_AUTOLOAD": "foods_autoload",
     "MODI_POPULAR_INTERVAL": "popular_interval_seconds",
 }
 
@@ -256,6 +259,8 @@ def _validate_server(settings: Settings) -> None:
               "login_free_failures", "login_backoff_max")
     if settings.retention_interval_seconds < 0:
         raise ConfigError("MODI_RETENTION_INTERVAL must be 0 (off) or more")
+    if settings.foods_autoload not in ("auto", "on", "off"):
+        raise ConfigError("MODI_FOODS_AUTOLOAD must be 'auto', 'on' or 'off'")
     if settings.popular_interval_seconds < 0:
         raise ConfigError("MODI_POPULAR_INTERVAL must be 0 (off) or more")
 

@@ -273,6 +273,9 @@ def embedded_server() -> Iterator[ServerProcess]:
     """A server on its own embedded PostgreSQL and Redis: the no-setup default."""
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
     env["JWT_SECRET"] = secrets.token_urlsafe(32)
+    # Loading the food dataset on the first start would add work to every such test;
+    # tests/test_food_import.py turns it back on where it is the point.
+    env["MODI_FOODS_AUTOLOAD"] = "off"
     proc = ServerProcess(_private_dir(), env)
     yield proc
     if proc.proc is not None and proc.proc.poll() is None:
