@@ -293,9 +293,9 @@ def test_the_progress_bar_is_drawn_on_a_terminal_only(tmp_path):
     os.close(leader)
     assert "importing x.csv [###############" in drawn and "100% 20 rows" in drawn
     read, write = os.pipe()
-    with os.fdopen(read) as pipe_end, os.fdopen(write, "w") as pipe:
+    os.close(read)
+    with os.fdopen(write, "w") as pipe:
         assert not progress_wanted(pipe)
-        del pipe_end
 
 
 async def test_the_command_draws_no_bar_into_a_pipe(services, tmp_path):
