@@ -15,7 +15,7 @@ from aiohttp import web
 from storage.session_events import RESTORED, RESTRICTED, SessionEvent
 
 from .accounts import Accounts
-from .api import auth, documents, export, health, openapi, users
+from .api import auth, documents, export, food_logs, health, openapi, users
 from .api.middleware import add_standard_headers, cors_middleware, error_middleware
 from .app_keys import (
     ACCESS_TOKENS,
@@ -115,6 +115,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(documents.routes)
     app.add_routes(users.routes)
     app.add_routes(export.routes)
+    app.add_routes(food_logs.routes)
     app.add_routes(openapi.routes)
     app.router.add_get("/sync/{name:" + DOC_NAME + "}", sync_endpoint)
     return app

@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+import orjson
 from pycrdt import Doc, Map
 from redis.asyncio import Redis
 
@@ -64,12 +65,18 @@ class Documents:
 
     # -- one document ---------------------------------------------------------------------
 
-    async def json(self, user_id: UUID, name: str,
-                   roots: Sequence[str] = DOCUMENT_ROOTS) -> dict[str, Any]:
-        """The document schema's roots as JSON (only ``roots`` of them, if named); other
-        roots are left out."""
+    async def json(self, user_id: UUID, name: str) -> dict[str, Any]:
+        """The document schema's roots as JSON; other roots are left out."""
         room = await self._room(user_id, name)
-        content = _content(room, roots)
+        content = _content(room)
+        await self._stored(room.last_ticket)
+        return content
+
+    async def root_json(self, user_id: UUID, name: str, root: str) -> Any:
+        """One root of the document as JSON, for a reader of a large root (the daily
+        summary reads a food log of thousands of entries)."""
+        room = await self._room(user_id, name)
+        content = _root(room.doc, root)
         await self._stored(room.last_ticket)
         return content
 
@@ -243,13 +250,20 @@ class Documents:
             raise Unavailable("storage unavailable, try again") from None
 
 
-def _content(room: Room, roots: Sequence[str] = DOCUMENT_ROOTS) -> dict[str, Any]:
+def _content(room: Room) -> dict[str, Any]:
     """The document schema's roots as JSON; other roots are left out."""
-    return _roots(room.doc, roots)
+    return {root: room.doc.get(root, type=Map).to_py() or {} for root in DOCUMENT_ROOTS}
 
 
-def _roots(doc: Doc[Any], roots: Sequence[str]) -> dict[str, Any]:
-    return {root: doc.get(root, type=Map).to_py() or {} for root in roots}
+def _root(doc: Doc[Any], root: str) -> Any:
+    """One root as JSON. pycrdt writes a type's JSON text in Rust: parsing that is about
+    three times faster than ``to_py`` (5,000 food logs: 70 against 200 ms). Numbers come
+    back as JSON has them (``100``, not ``100.0``), NaN and infinities as null."""
+    shared = doc.get(root, type=Map)
+    try:
+        return orjson.loads(str(shared))
+    except orjson.JSONDecodeError:
+        return shared.to_py() or {}
 
 
 def _stored_content(stored: list[StoredDocument | None],
@@ -263,7 +277,7 @@ def _stored_content(stored: list[StoredDocument | None],
             with doc.transaction():
                 for update in document.updates:
                     doc.apply_update(update)
-            content[document.doc_id] = _roots(doc, roots)
+            content[document.doc_id] = {root: _root(doc, root) for root in roots}
         except Exception:  # bytes that are not an update, a root of another type
             log.exception("stored document %d does not load", document.doc_id)
     return content

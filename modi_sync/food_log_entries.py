@@ -26,7 +26,7 @@ _DATE_TIME = re.compile(
     r"(\d{4}-\d{2}-\d{2})[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 # Checked in this order; the first one that holds a date-time with an offset names the
 # entry's day (docs/foods.md, "The daily summary").
-_TIME_FIELDS = ("logged_at", "date_time")
+TIME_FIELDS = ("logged_at", "date_time")
 
 
 def parse_day(text: str) -> date | None:
@@ -47,7 +47,7 @@ def entry_day(entry: Mapping[str, Any]) -> date | None:
     1 March, though it is 2 March in UTC). Without one, ``date``, which the client
     writes as the user's local day. None if neither reads.
     """
-    for field in _TIME_FIELDS:
+    for field in TIME_FIELDS:
         day = _day_of_time(entry.get(field))
         if day is not None:
             return day

@@ -33,7 +33,8 @@ class Diary:
         self.doc: Doc = Doc()
         self.logs = self.doc.get("food_logs", type=Map)
 
-    async def log(self, food_id: Any, day: Any = TODAY.isoformat(), **fields: Any) -> str:
+    async def log(self, food_id: Any, day: Any = None, **fields: Any) -> str:
+        day = TODAY.isoformat() if day is None else day
         entry_id = str(uuid.uuid4())
         entry = {"food_id": str(food_id) if isinstance(food_id, uuid.UUID) else food_id,
                  "quantity_g": 100.0, "meal_type": "lunch", "date": day, **fields}

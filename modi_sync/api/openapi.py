@@ -72,6 +72,11 @@ _PAGINATION = {
     "required": ["page", "limit", "total", "total_pages"],
     "properties": {k: {"type": "integer"} for k in ("page", "limit", "total", "total_pages")},
 }
+_NUTRIENT_TOTALS = {
+    "type": "object", "required": ["calories", "protein", "carbs", "fat", "entries"],
+    "properties": {**{k: {"type": "number"} for k in ("calories", "protein", "carbs", "fat")},
+                   "entries": {"type": "integer"}},
+}
 _VERSION = {"oneOf": [{"type": "string", "pattern": "^[A-Za-z0-9._-]{1,32}$"},
                       {"type": "integer", "minimum": 1, "maximum": 1_000_000_000}]}
 _CONSENT = {
@@ -133,6 +138,16 @@ SPEC: dict[str, Any] = {
                                                             "format": "binary"}}}},
             },
         },
+        "/api/v1/food-logs/daily-summary": {"get": {
+            **_op("calories and macros of one day's food_logs in the caller's document", "200",
+                  _data(_ref("DailySummary")), 400, 404, auth=True),
+            "parameters": [
+                {"name": "date", "in": "query", "required": True,
+                 "schema": {"type": "string", "format": "date"}},
+                {"name": "doc", "in": "query",
+                 "schema": {"type": "string", "pattern": f"^{DOC_NAME}$"}},
+            ],
+        }},
         "/api/v1/users/me": {
             "get": _op("the caller's profile", "200", _data(_ref("Profile")), auth=True),
             "patch": _op("change the email (needs the current password)", "200",
@@ -202,6 +217,20 @@ SPEC: dict[str, Any] = {
                 # Every root is a map of entries, but favorites: food id -> true.
                 "properties": {root: {"type": "object"} if root == "favorites" else _ENTRIES
                                for root in DOCUMENT_ROOTS},
+            },
+            "DailySummary": {
+                "type": "object",
+                "required": ["date", "doc", "total", "meals", "unknown_food_ids",
+                             "unknown_food_ids_total", "skipped"],
+                "properties": {
+                    "date": {"type": "string", "format": "date"},
+                    "doc": {"type": "string"},
+                    "total": _NUTRIENT_TOTALS,
+                    "meals": {"type": "object", "additionalProperties": _NUTRIENT_TOTALS},
+                    "unknown_food_ids": {"type": "array", "items": {"type": "string"}},
+                    "unknown_food_ids_total": {"type": "integer"},
+                    "skipped": {"type": "integer"},
+                },
             },
             "DocumentList": {
                 "type": "object", "required": ["data", "pagination"],
