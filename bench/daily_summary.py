@@ -1,0 +1,148 @@
+"""The daily summary of a document of 5,000 food-log entries: time per request.
+
+Starts ``modi-sync serve`` on loopback with its embedded PostgreSQL and Redis, in a
+fresh data dir, pinned with everything it starts to CPU core 0 (this script runs on
+core 1). Registers an account, adds ``--foods`` foods (50) to the ``foods`` table, and
+stores the account's ``default`` document straight into PostgreSQL through the storage
+package: ``--entries`` real single-entry Yjs updates made with pycrdt (one food log
+each, as a phone writes them), spread over ``--days`` days (10), so a day holds 500.
+
+Then, over one keep-alive connection, ``GET /api/v1/food-logs/daily-summary`` for one
+day: the first request after a restart (the document loaded from its rows: ``cold``),
+then ``--requests`` more (its room in memory: ``warm``). Reports p50 and p99 of the
+warm requests and the median of the cold ones, over ``--reps`` restarts.
+
+    .venv/bin/python bench/daily_summary.py [--entries 5000] [--requests 200] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import uuid
+from datetime import date, timedelta
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import ModiServer, keep_off_server_core, median, modi_source  # noqa: E402
+
+FIRST_DAY = date(2030, 3, 1)
+MEALS = ("breakfast", "lunch", "dinner", "snack")
+
+
+def make_updates(entries: int, food_ids: list[str], days: int) -> list[bytes]:
+    """One Yjs update per food-log entry, each on top of the ones before."""
+    from pycrdt import Doc, Map
+
+    doc: Doc = Doc()
+    logs = doc.get("food_logs", type=Map)
+    updates = []
+    for n in range(entries):
+        before = doc.get_state()
+        logs[str(uuid.uuid4())] = Map({
+            "food_id": food_ids[n % len(food_ids)], "quantity_g": 50.0 + n % 200,
+            "meal_type": MEALS[n % len(MEALS)],
+            "date": (FIRST_DAY + timedelta(days=n % days)).isoformat()})
+        updates.append(doc.get_update(before))
+    return updates
+
+
+async def store(dsn: str, user_id: str, entries: int, foods: int, days: int) -> int:
+    """The foods, then the document; its stored bytes."""
+    from storage.database import create_pool
+    from storage.update_log import UpdateLog
+
+    pool = await create_pool(dsn, max_size=2)
+    try:
+        rows = await pool.fetch(
+            "INSERT INTO foods (name, calories, protein, carbs, fat)"
+            " SELECT 'bench food ' || g, 50 + g, g % 30, g % 70, g % 20"
+            " FROM generate_series(1, $1) g RETURNING id", foods)
+        updates = make_updates(entries, [str(r["id"]) for r in rows], days)
+        log = UpdateLog(pool)
+        doc_id, = await log.create_documents([(uuid.UUID(user_id), "default")])
+        assert doc_id is not None
+        await log.append_many([doc_id] * len(updates), updates)
+        return sum(len(u) for u in updates)
+    finally:
+        await pool.close()
+
+
+async def timed_requests(server: ModiServer, token: str, count: int) -> tuple[float, list[float]]:
+    """The first request's seconds, and each of ``count`` more."""
+    url = f"{server.http}/api/v1/food-logs/daily-summary?date={FIRST_DAY.isoformat()}"
+    headers = {"Authorization": f"Bearer {token}"}
+    times = []
+    async with aiohttp.ClientSession(headers=headers) as session:
+        for _ in range(count + 1):
+            t0 = time.perf_counter()
+            async with session.get(url) as resp:
+                body = await resp.read()
+            times.append(time.perf_counter() - t0)
+            if resp.status != 200:
+                raise RuntimeError(f"{resp.status}: {body[:300]!r}")
+    summary = json.loads(body)["data"]
+    if summary["total"]["entries"] == 0 or summary["unknown_food_ids"]:
+        raise RuntimeError(f"an unexpected summary: {summary}")
+    return times[0], times[1:]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--entries", type=int, default=5000, help="food logs in the document")
+    parser.add_argument("--foods", type=int, default=50, help="foods they name")
+    parser.add_argument("--days", type=int, default=10, help="days they are spread over")
+    parser.add_argument("--requests", type=int, default=200, help="warm requests per run")
+    parser.add_argument("--reps", type=int, default=3, help="runs, server restarted before each")
+    parser.add_argument("--modi-rev", default="HEAD", metavar="REV",
+                        help="the commit of modi-sync to run (a snapshot; see README.md); "
+                        "'worktree': the work tree as it is")
+    args = parser.parse_args()
+    keep_off_server_core()
+
+    server = ModiServer.fresh({"MODI_POPULAR_INTERVAL": "0"}, src=modi_source(args.modi_rev))
+    cold: list[float] = []
+    warm: list[float] = []
+    try:
+        server.start()
+        account = server.register()
+        stored = asyncio.run(store(server.dsn(), account["user"]["id"], args.entries,
+                                   args.foods, args.days))
+        for rep in range(args.reps):
+            server.stop()
+            server.start()
+            token = server.login(account["user"]["email"])["access_token"]
+            first, rest = asyncio.run(timed_requests(server, token, args.requests))
+            cold.append(first)
+            warm.extend(rest)
+            print(f"run {rep + 1}: cold {first * 1e3:.1f} ms, warm p50 "
+                  f"{percentile(rest, 0.5) * 1e3:.2f} ms", file=sys.stderr)
+    finally:
+        server.cleanup()
+
+    print(f"\nmodi-sync from {server.src}; one document of {args.entries:,} food logs "
+          f"({stored / 1e6:.2f} MB in {args.entries:,} stored updates), "
+          f"{args.entries // args.days:,} on the day asked; {args.reps} runs, server side on "
+          "core 0.\n")
+    print("| daily summary | ms |")
+    print("|---|---:|")
+    print(f"| cold (first after a restart), median | {(median(cold) or 0) * 1e3:.1f} |")
+    print(f"| warm p50 ({len(warm)} requests) | {percentile(warm, 0.5) * 1e3:.2f} |")
+    print(f"| warm p99 | {percentile(warm, 0.99) * 1e3:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
