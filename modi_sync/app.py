@@ -9,13 +9,15 @@ stored.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 
 from aiohttp import web
 
+from storage.food_cache import FoodCache
 from storage.session_events import RESTORED, RESTRICTED, SessionEvent
 
 from .accounts import Accounts
-from .api import auth, documents, export, food_logs, health, openapi, users
+from .api import auth, documents, export, food_logs, foods, health, openapi, users
 from .api.middleware import add_standard_headers, cors_middleware, error_middleware
 from .app_keys import (
     ACCESS_TOKENS,
@@ -23,6 +25,7 @@ from .app_keys import (
     DEVICE_TOKENS,
     DOCUMENTS,
     ENGINE,
+    FOODS,
     LOGIN_FAILURES,
     POOL,
     PUBLISHER,
@@ -41,7 +44,8 @@ from .config import Settings
 from .contract import DOC_NAME, CloseCode
 from .device_tokens import DeviceTokens
 from .documents import Documents
-from .popular import scheduled_popular
+from .foods import Foods
+from .popular import popular_food_ids, scheduled_popular
 from .retention import scheduled_retention
 from .revocations import SessionStates
 from .runtime import open_storage
@@ -77,6 +81,8 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DOCUMENTS] = Documents(app[UPDATE_LOG], engine, app[REDIS])
     app[ACCOUNTS] = Accounts(app[STORAGE],
                              on_session_event=lambda event: _session_event(app, event))
+    app[FOODS] = Foods(app[STORAGE].foods, FoodCache(app[REDIS]), app[REDIS],
+                       popular_ids=partial(popular_food_ids, app[POOL]))
     yield
     await engine.stop()
 
@@ -116,6 +122,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(users.routes)
     app.add_routes(export.routes)
     app.add_routes(food_logs.routes)
+    app.add_routes(foods.routes)
     app.add_routes(openapi.routes)
     app.router.add_get("/sync/{name:" + DOC_NAME + "}", sync_endpoint)
     return app

@@ -15,6 +15,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
+from redis.asyncio import Redis
 
 from storage.food_cache import POPULAR_TTL, SEARCH_TTL, FoodCache, bump_version
 from storage.foods import DuplicateBarcode, Food, FoodStore, NewFood, QueryWord
@@ -90,7 +91,7 @@ def _lexeme(text: str) -> str:
 
 
 class Foods:
-    def __init__(self, store: FoodStore, cache: FoodCache, redis: Any,
+    def __init__(self, store: FoodStore, cache: FoodCache, redis: Redis,
                  popular_ids: PopularIds) -> None:
         self._store = store
         self._cache = cache
@@ -163,10 +164,9 @@ class Foods:
         number of times each was logged."""
         key, cached = await self._cache.get("foods_popular", str(limit))
         if cached is None:
-            counted = await self._popular_ids(2 * limit)  # some may be unverified
+            counted = await self._popular_ids(limit)
             found = await self._store.many([food_id for food_id, _ in counted])
-            items = [food_json(found[i]) | {"logs": n} for i, n in counted
-                     if i in found and found[i].verified][:limit]
+            items = [food_json(found[i]) | {"logs": n} for i, n in counted if i in found]
             cached = orjson.dumps({"data": items})
             await self._cache.put(key, cached, POPULAR_TTL)
         return cached

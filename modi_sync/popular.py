@@ -28,10 +28,12 @@ from uuid import UUID
 
 import asyncpg
 from aiohttp import web
+from redis.asyncio import Redis
 
+from storage.food_cache import bump_popular_version
 from storage.food_counts import ChangedDocument, CountsPass, DayCount, FoodCounts
 
-from .app_keys import DOCUMENTS, POOL, SETTINGS
+from .app_keys import DOCUMENTS, POOL, REDIS, SETTINGS
 from .documents import Documents
 from .food_log_entries import entry_day, food_uuid
 
@@ -97,10 +99,11 @@ class PassReport:
 
 
 class PopularAggregator:
-    def __init__(self, documents: Documents, pool: asyncpg.Pool, *,
+    def __init__(self, documents: Documents, pool: asyncpg.Pool, redis: Redis, *,
                  today: Callable[[], date] = _today) -> None:
         self._documents = documents
         self._counts = FoodCounts(pool)
+        self._redis = redis
         self._today = today
 
     async def run_once(self) -> PassReport | None:
@@ -110,14 +113,18 @@ class PopularAggregator:
             if counts is None:
                 return None
             first, last = window(self._today())
-            await counts.prune(first)
+            pruned = await counts.prune(first)
             report = PassReport()
-            for _ in range(MAX_BATCHES_PER_PASS):
-                taken = await counts.take_changed(TAKEN_AT_ONCE)
-                report.taken += len(taken)
-                await self._recount_or_give_back(counts, taken, first, last, report)
-                if len(taken) < TAKEN_AT_ONCE:
-                    break
+            try:
+                for _ in range(MAX_BATCHES_PER_PASS):
+                    taken = await counts.take_changed(TAKEN_AT_ONCE)
+                    report.taken += len(taken)
+                    await self._recount_or_give_back(counts, taken, first, last, report)
+                    if len(taken) < TAKEN_AT_ONCE:
+                        break
+            finally:
+                if pruned or report.read:  # the cached lists are out of date
+                    await bump_popular_version(self._redis)
             return report
 
     async def _recount_or_give_back(self, counts: CountsPass, taken: list[ChangedDocument],
@@ -155,7 +162,7 @@ async def scheduled_popular(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     stopping = asyncio.Event()
-    aggregator = PopularAggregator(app[DOCUMENTS], app[POOL])
+    aggregator = PopularAggregator(app[DOCUMENTS], app[POOL], app[REDIS])
     task = asyncio.create_task(_every(aggregator, interval, stopping),
                                name="popular aggregator")
     try:

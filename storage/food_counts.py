@@ -59,7 +59,7 @@ _PRUNE = "DELETE FROM food_log_counts WHERE day < $1"
 # popular food. food_log_counts_day serves the range.
 _POPULAR = """
 SELECT c.food_id, sum(c.logs)::bigint AS logs
-FROM food_log_counts c JOIN foods f ON f.id = c.food_id
+FROM food_log_counts c JOIN foods f ON f.id = c.food_id AND f.verified
 WHERE c.day >= $1 AND c.day <= $2
 GROUP BY c.food_id
 ORDER BY logs DESC, c.food_id

@@ -53,8 +53,15 @@ UPDATE foods SET verified = true, verified_at = now(), updated_at = now()
 WHERE id = $1 RETURNING""" + _COLUMNS
 _GET = "SELECT" + _COLUMNS + "FROM foods WHERE id = $1"
 _BY_BARCODE = "SELECT" + _COLUMNS + "FROM foods WHERE barcode = $1"
-_RECENT = "SELECT" + _COLUMNS + """, count(*) OVER ()
-FROM foods WHERE verified ORDER BY created_at DESC, id LIMIT $1 OFFSET $2
+# Pages come with the count of all that match: one row even past the last page,
+# its food columns NULL.
+_RECENT = """
+SELECT f.id, f.name, f.brand, f.barcode, f.calories, f.protein, f.carbs, f.fat,
+       f.created_by, f.verified, f.created_at, c.count
+FROM (SELECT count(*) FROM foods WHERE verified) c
+LEFT JOIN LATERAL (SELECT * FROM foods WHERE verified
+                   ORDER BY created_at DESC, id LIMIT $1 OFFSET $2) f ON true
+ORDER BY f.created_at DESC, f.id
 """
 _MANY = "SELECT" + _COLUMNS + "FROM foods WHERE id = ANY($1::uuid[])"
 _HAS_UNVERIFIED = """
@@ -63,19 +70,25 @@ SELECT EXISTS (SELECT 1 FROM foods WHERE created_by = $1 AND NOT verified)
 
 # Each query word as the index holds it (stemmed, accents off; NULL for a stop word),
 # whether it starts any known lexeme, and if not, the known lexemes nearest to it by
-# trigram similarity: its likely corrections. The vocabulary is small (one row per
-# distinct lexeme), so this costs far less than a similarity scan of every food.
+# trigram similarity (at most $2, and none much farther than the nearest): its likely
+# corrections. The vocabulary is small (one row per distinct lexeme), so this costs
+# far less than a similarity scan of every food.
 _WORDS = """
 SELECT l.lexeme, k.known,
        CASE WHEN l.lexeme IS NULL OR k.known THEN '{}'::text[]
-            ELSE ARRAY(SELECT f.word FROM food_words f WHERE f.word % l.lexeme
-                       ORDER BY similarity(f.word, l.lexeme) DESC, f.word LIMIT $2)
+            ELSE ARRAY(SELECT word FROM (
+                     SELECT f.word, similarity(f.word, l.lexeme) AS near,
+                            max(similarity(f.word, l.lexeme)) OVER () AS nearest
+                     FROM food_words f WHERE f.word % l.lexeme
+                     ORDER BY near DESC, f.word LIMIT $2) c
+                 WHERE near >= nearest - 0.05)
        END AS near
 FROM unnest($1::text[]) WITH ORDINALITY AS w(word, o)
 CROSS JOIN LATERAL (
     SELECT (tsvector_to_array(to_tsvector('food_search', w.word)))[1] AS lexeme) l
 CROSS JOIN LATERAL (
-    SELECT EXISTS (SELECT 1 FROM food_words f WHERE f.word LIKE l.lexeme || '%') AS known) k
+    SELECT EXISTS (SELECT 1 FROM food_words f
+                   WHERE f.word >= l.lexeme AND f.word < l.lexeme || chr(1114111)) AS known) k
 ORDER BY w.o
 """
 
@@ -83,13 +96,22 @@ ORDER BY w.o
 # rank: words found whole ($2) over words found as prefixes or corrections ($1 only),
 # a match in the food's own name (weight A) over one in the rest of the name (B) or
 # the brand (C), a short name over a long one (normalisation 1).
-_SEARCH = "SELECT" + _COLUMNS + """, count(*) OVER ()
-FROM foods
-WHERE search_vector @@ $1::tsquery
-ORDER BY (verified OR coalesce(created_by = $3, false)) DESC,
-         ts_rank(search_vector, $1::tsquery, 1) + 2 * ts_rank(search_vector, $2::tsquery, 1) DESC,
-         length(name), id
-LIMIT $4 OFFSET $5
+_SEARCH = """
+WITH matches AS MATERIALIZED (
+    SELECT id, verified OR coalesce(created_by = $3, false) AS shown_first,
+           ts_rank(search_vector, $1::tsquery, 1)
+           + 2 * ts_rank(search_vector, $2::tsquery, 1) AS rank,
+           length(name) AS length
+    FROM foods WHERE search_vector @@ $1::tsquery
+), page AS (
+    SELECT * FROM matches ORDER BY shown_first DESC, rank DESC, length, id
+    LIMIT $4 OFFSET $5
+)
+SELECT f.id, f.name, f.brand, f.barcode, f.calories, f.protein, f.carbs, f.fat,
+       f.created_by, f.verified, f.created_at, c.count
+FROM (SELECT count(*) FROM matches) c
+LEFT JOIN (page JOIN foods f USING (id)) ON true
+ORDER BY page.shown_first DESC, page.rank DESC, page.length, page.id
 """
 # Erasure: unverified contributions go; verified ones stay, their author forgotten by
 # the users row's ON DELETE SET NULL.
@@ -115,7 +137,7 @@ class QueryWord:
 
 
 def _page(rows: list[asyncpg.Record]) -> tuple[list[Food], int]:
-    return [_food(r) for r in rows], (rows[0]["count"] if rows else 0)
+    return [_food(r) for r in rows if r["id"] is not None], rows[0]["count"]
 
 
 async def drop_unverified(conn: asyncpg.Connection, user_id: UUID) -> int:

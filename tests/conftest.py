@@ -170,6 +170,14 @@ async def register(client: Client, email: str | None = None,
     return (await resp.json())["data"]
 
 
+def unique_gtin13() -> str:
+    """A valid EAN-13 no other test uses: the tests share one database, where a barcode
+    belongs to one food."""
+    body = "2" + str(uuid.uuid4().int)[:11]  # 2...: in-store numbers, no real product
+    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
+    return body + str((10 - total % 10) % 10)
+
+
 def ws_url(client: Client, name: str, token: str) -> str:
     return str(client.make_url(f"/sync/{name}")) + f"?token={token}"
 

@@ -23,7 +23,7 @@ from modi_sync.app_keys import REGISTRY, UPDATE_LOG
 from modi_sync.contract import DOCUMENT_ROOTS
 from storage.foods import FoodStore, NewFood
 
-from .conftest import JWT_SECRET, Client, ServiceUrls, register, synced
+from .conftest import JWT_SECRET, Client, ServiceUrls, register, synced, unique_gtin13
 from .yclient import eventually
 
 EXPORT = "/api/v1/users/me/export"
@@ -112,9 +112,10 @@ async def _account_with_data(client: Client, pool: Any) -> tuple[dict[str, Any],
                        .insert(0, "not a schema root")))
 
     user_id = uuid.UUID(pair["user"]["id"])
+    barcode = unique_gtin13()
     await FoodStore(pool).contribute(user_id, NewFood(
         "Oat bar", Decimal("412.5"), Decimal("9.1"), Decimal("61"), Decimal("14.2"),
-        brand="Acme", barcode="4001234567890"))
+        brand="Acme", barcode=barcode))
     return pair, socket
 
 
@@ -153,8 +154,10 @@ async def test_the_export_holds_the_account_and_rebuilds_every_document(make_cli
     assert data["documents"][0]["content"]["favorites"] == {"oats": True}
 
     [food] = data["foods"]
+    stored_barcode = await pool.fetchval("SELECT barcode FROM foods WHERE id = $1",
+                                         uuid.UUID(food["id"]))
     assert (food["name"], food["brand"], food["barcode"], food["calories"], food["verified"]) \
-        == ("Oat bar", "Acme", "4001234567890", 412.5, False)
+        == ("Oat bar", "Acme", stored_barcode, 412.5, False)
     assert data["images"] == []
 
     audit = data["audit"]

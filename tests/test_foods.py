@@ -12,7 +12,7 @@ from modi_sync.barcodes import normalize_barcode
 from modi_sync.errors import Invalid
 from modi_sync.foods import new_food
 
-from .conftest import Client, register
+from .conftest import Client, register, unique_gtin13
 
 FOODS = "/api/v1/foods"
 PASSWORD = "correct horse"
@@ -36,10 +36,6 @@ def _gtin(body: str) -> str:
     """``body`` with its GS1 check digit."""
     total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
     return body + str((10 - total % 10) % 10)
-
-
-def _unique_gtin13() -> str:
-    return _gtin("2" + str(uuid.uuid4().int)[:11])  # 2...: in-store numbers, no real product
 
 
 def _food(name: str | None = None, **changes) -> dict:
@@ -85,7 +81,7 @@ async def test_a_upc_a_and_its_ean_13_form_find_the_same_food(client):
 
 async def test_a_bad_check_digit_is_400_and_an_unknown_barcode_404(client):
     pair = await register(client)
-    good = _unique_gtin13()
+    good = unique_gtin13()
     bad = good[:-1] + str((int(good[-1]) + 1) % 10)
     error = await _error(await client.get(f"{FOODS}/barcode/{bad}", headers=_bearer(pair)), 400)
     assert error["details"]["field"] == "code"
@@ -130,7 +126,7 @@ async def test_others_see_an_unverified_food_only_below_verified_matches(client,
 
 async def test_a_duplicate_barcode_is_409(client):
     pair = await register(client)
-    code = _unique_gtin13()
+    code = unique_gtin13()
     await _data(await client.post(FOODS, json=_food(barcode=code), headers=_bearer(pair)), 201)
     error = await _error(await client.post(FOODS, json=_food(barcode=code),
                                            headers=_bearer(pair)), 409)

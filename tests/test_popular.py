@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
 from pycrdt import Doc, Map
 
-from modi_sync.app_keys import DOCUMENTS, POOL
+from modi_sync.app_keys import DOCUMENTS, POOL, REDIS
 from modi_sync.documents import Documents
 from modi_sync.popular import PopularAggregator, popular_food_ids
 from storage.food_counts import POPULAR_LOCK
@@ -63,7 +63,8 @@ async def app_client(make_client) -> Client:
 
 @pytest.fixture
 def aggregator(app_client: Client) -> PopularAggregator:
-    return PopularAggregator(app_client.app[DOCUMENTS], app_client.app[POOL], today=lambda: TODAY)
+    return PopularAggregator(app_client.app[DOCUMENTS], app_client.app[POOL],
+                             app_client.app[REDIS], today=lambda: TODAY)
 
 
 async def _diary(client: Client, name: str = "default") -> Diary:
@@ -73,8 +74,8 @@ async def _diary(client: Client, name: str = "default") -> Diary:
 
 async def _foods(db: asyncpg.Connection, n: int) -> list[uuid.UUID]:
     rows = await db.fetch(
-        "INSERT INTO foods (name, calories, protein, carbs, fat)"
-        " SELECT 'popular test food ' || g, 100, 1, 2, 3 FROM generate_series(1, $1) g"
+        "INSERT INTO foods (name, calories, protein, carbs, fat, verified)"
+        " SELECT 'popular test food ' || g, 100, 1, 2, 3, true FROM generate_series(1, $1) g"
         " RETURNING id", n)
     return [r["id"] for r in rows]
 
@@ -142,13 +143,14 @@ async def test_rows_older_than_the_window_age_out(app_client, db):
     diary = await _diary(app_client)
     await diary.log(food, (TODAY - 10 * DAY).isoformat())
     documents, pool = app_client.app[DOCUMENTS], app_client.app[POOL]
-    await PopularAggregator(documents, pool, today=lambda: TODAY).run_once()
+    redis = app_client.app[REDIS]
+    await PopularAggregator(documents, pool, redis, today=lambda: TODAY).run_once()
     assert await _popular(pool, [food]) == [(food, 1)]
     # Three weeks on, the document was never written again: its row is out of the list
     # and a pass prunes it.
     later = TODAY + 21 * DAY
     assert food not in dict(await popular_food_ids(pool, 10_000, today=later))
-    await PopularAggregator(documents, pool, today=lambda: later).run_once()
+    await PopularAggregator(documents, pool, redis, today=lambda: later).run_once()
     assert await _counts(db, [food]) == {}
 
 
@@ -261,7 +263,8 @@ async def test_a_failed_pass_gives_its_notes_back(app_client, aggregator, db, mo
     noted = {await d.doc_id() for d in diaries}
 
     failing = PopularAggregator(_FailingDocuments(app_client.app[DOCUMENTS]),  # type: ignore[arg-type]
-                                app_client.app[POOL], today=lambda: TODAY)
+                                app_client.app[POOL], app_client.app[REDIS],
+                                today=lambda: TODAY)
     with pytest.raises(ConnectionError):
         await failing.run_once()
     left = {r[0] for r in await db.fetch("SELECT doc_id FROM food_log_changes")}
@@ -301,3 +304,30 @@ async def test_the_server_runs_a_pass_on_its_schedule(make_client, db):
 
 async def test_no_scheduled_pass_with_an_interval_of_zero(app_client):
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "popular aggregator"]
+
+
+async def test_the_popular_route_lists_verified_foods_and_follows_each_pass(app_client, db):
+    verified, = await _foods(db, 1)
+    unverified, = await db.fetchval(
+        "INSERT INTO foods (name, calories, protein, carbs, fat) "
+        "VALUES ('popular unverified', 100, 1, 2, 3) RETURNING array[id]"),
+    today = datetime.now(UTC).date()
+    aggregator = PopularAggregator(app_client.app[DOCUMENTS], app_client.app[POOL],
+                                   app_client.app[REDIS], today=lambda: today)
+    pair = await register(app_client)
+    headers = {"Authorization": f"Bearer {pair['access_token']}"}
+
+    async def popular() -> dict[str, int]:
+        resp = await app_client.get("/api/v1/foods/popular?limit=100", headers=headers)
+        assert resp.status == 200, await resp.text()
+        return {f["id"]: f["logs"] for f in (await resp.json())["data"]}
+
+    assert str(verified) not in await popular()  # and that answer is now cached
+    diary = await _diary(app_client)
+    for food, times in ((verified, 2), (unverified, 3)):
+        for _ in range(times):
+            await diary.log(food, today.isoformat())
+    await aggregator.run_once()
+    listed = await popular()
+    assert listed[str(verified)] == 2  # the pass made the cached answer stale
+    assert str(unverified) not in listed
