@@ -68,18 +68,18 @@ class _Day:
 async def daily_summary(documents: Documents, pool: asyncpg.Pool, user_id: UUID, name: str,
                         day: date) -> dict[str, Any]:
     """The summary of ``day`` in the user's document ``name``; NotFound if it has none."""
-    read = entries_of(await documents.root_json(user_id, name, "food_logs"), day)
+    read = _Day()
+    async for entries in documents.entries(user_id, name, "food_logs"):
+        entries_of(entries, day, read)
     foods = await nutrients_of(pool, {i for e in read.entries if (i := food_uuid(e.food_id))})
     return summarize(read, foods) | {"date": day.isoformat(), "doc": name}
 
 
-def entries_of(food_logs: Any, day: date) -> _Day:
-    """The entries of ``day``; those of the day with no food id or no usable quantity
-    are counted as skipped."""
-    read, wanted = _Day(), day.isoformat()
-    if not isinstance(food_logs, Mapping):
-        return read
-    for entry in food_logs.values():
+def entries_of(food_logs: list[Any], day: date, read: _Day) -> None:
+    """Adds the entries of ``day`` to ``read``; those of the day with no food id or no
+    usable quantity are counted as skipped."""
+    wanted = day.isoformat()
+    for entry in food_logs:
         if not isinstance(entry, Mapping):
             continue
         # Most entries carry only ``date``: a string compare, no parsing, for those.
@@ -93,7 +93,6 @@ def entries_of(food_logs: Any, day: date) -> _Day:
             read.skipped += 1
             continue
         read.entries.append(_Entry(_meal(entry.get("meal_type")), food_id, grams))
-    return read
 
 
 def _meal(value: Any) -> str:

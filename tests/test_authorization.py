@@ -27,6 +27,7 @@ import pytest
 from pycrdt import Doc, Map, create_sync_message
 
 from modi_sync.app import create_app
+from modi_sync.app_keys import POOL
 from modi_sync.config import Settings
 
 from .conftest import JWT_SECRET, Client, register, ws_url
@@ -102,6 +103,8 @@ OK, CREATED, NO_CONTENT, UPGRADED = Expect(200), Expect(201), Expect(204), Expec
 READ = Expect(200, reveals=True)
 DENIED = Expect(401, "UNAUTHORIZED")
 NOT_FOUND = Expect(404, "NOT_FOUND")
+FORBIDDEN = Expect(403, "FORBIDDEN")
+UNKNOWN_BARCODE = "4006381333931"  # valid; no test gives a food this barcode
 NOT_A_WEBSOCKET = Expect(400, "VALIDATION_ERROR")  # no upgrade asked for
 
 
@@ -163,6 +166,20 @@ async def change_email(world: World, caller: Caller, method: str) -> Answer:
 async def accept_terms(world: World, caller: Caller, method: str) -> Answer:
     return await _http(world, caller, method, "/api/v1/users/me/consents",
                        json={"terms_version": "2"})
+
+
+async def contribute_food(world: World, caller: Caller, method: str) -> Answer:
+    return await _http(world, caller, method, "/api/v1/foods", json={
+        "name": f"Food of {caller.name}", "calories": 165, "protein": 20, "carbs": 10,
+        "fat": 5})
+
+
+async def verify_food(world: World, caller: Caller, method: str) -> Answer:
+    """Verify a food: for admins only, and no caller here is one."""
+    food_id = await world.client.app[POOL].fetchval(
+        "INSERT INTO foods (name, calories, protein, carbs, fat)"
+        " VALUES ('unverified', 0, 0, 0, 0) RETURNING id")
+    return await _http(world, caller, method, f"/api/v1/foods/{food_id}/verify")
 
 
 async def post_update(world: World, caller: Caller, method: str) -> Answer:
@@ -247,6 +264,15 @@ GETS: dict[str, Row] = {
     "/api/v1/users/me": private(plain("/api/v1/users/me"), OK, OK),
     "/api/v1/users/me/consents": private(plain("/api/v1/users/me/consents"), OK, OK),
     "/api/v1/users/me/audit": private(plain("/api/v1/users/me/audit"), OK, OK),
+    "/api/v1/foods/search": private(plain("/api/v1/foods/search?q=chicken"), OK, OK),
+    "/api/v1/foods/popular": private(plain("/api/v1/foods/popular"), OK, OK),
+    "/api/v1/foods/recent": private(plain("/api/v1/foods/recent"), OK, OK),
+    "/api/v1/foods/barcode/{code}": private(plain(f"/api/v1/foods/barcode/{UNKNOWN_BARCODE}"),
+                                            NOT_FOUND, NOT_FOUND),
+    "/api/v1/foods/{id}": private(plain(f"/api/v1/foods/{uuid.uuid4()}"), NOT_FOUND, NOT_FOUND),
+    # The owner's document has no food log: an empty summary, of the owner's alone.
+    "/api/v1/food-logs/daily-summary": private(
+        plain("/api/v1/food-logs/daily-summary?date=2026-01-01&doc={name}"), OK, NOT_FOUND),
 }
 TABLE: dict[tuple[str, str], Row] = {
     **{("GET", path): row for path, row in GETS.items()},
@@ -264,6 +290,8 @@ TABLE: dict[tuple[str, str], Row] = {
     ("PUT", "/api/v1/users/me/consents"): private(accept_terms, OK, OK),
     ("DELETE", "/api/v1/docs/{name}"): private(plain("/api/v1/docs/{name}"), NO_CONTENT,
                                               NOT_FOUND),
+    ("POST", "/api/v1/foods"): private(contribute_food, CREATED, CREATED),
+    ("POST", "/api/v1/foods/{id}/verify"): private(verify_food, FORBIDDEN, FORBIDDEN),
     ("GET", "/sync/{name}"): private(sync, Expect(101, reveals=True), UPGRADED),
     ("HEAD", "/sync/{name}"): private(plain("/sync/{name}"), NOT_A_WEBSOCKET, NOT_A_WEBSOCKET),
 }
