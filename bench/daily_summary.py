@@ -10,7 +10,9 @@ each, as a phone writes them), spread over ``--days`` days (10), so a day holds 
 Then, over one keep-alive connection, ``GET /api/v1/food-logs/daily-summary`` for one
 day: the first request after a restart (the document loaded from its rows: ``cold``),
 then ``--requests`` more (its room in memory: ``warm``). Reports p50 and p99 of the
-warm requests and the median of the cold ones, over ``--reps`` restarts.
+warm requests and the median of the cold ones, over ``--reps`` restarts. Meanwhile a
+second connection asks ``GET /health`` back to back: its slowest answers show how long
+a summary holds the event loop, which every other client of the instance waits on.
 
     .venv/bin/python bench/daily_summary.py [--entries 5000] [--requests 200] [--reps 3]
 """
@@ -75,12 +77,18 @@ async def store(dsn: str, user_id: str, entries: int, foods: int, days: int) -> 
         await pool.close()
 
 
-async def timed_requests(server: ModiServer, token: str, count: int) -> tuple[float, list[float]]:
-    """The first request's seconds, and each of ``count`` more."""
+async def timed_requests(server: ModiServer, token: str,
+                         count: int) -> tuple[float, list[float], list[float]]:
+    """The first request's seconds, each of ``count`` more, and those of the health
+    checks answered meanwhile."""
     url = f"{server.http}/api/v1/food-logs/daily-summary?date={FIRST_DAY.isoformat()}"
     headers = {"Authorization": f"Bearer {token}"}
-    times = []
-    async with aiohttp.ClientSession(headers=headers) as session:
+    times: list[float] = []
+    health: list[float] = []
+    done = asyncio.Event()
+    async with aiohttp.ClientSession(headers=headers) as session, \
+            aiohttp.ClientSession() as prober:
+        probe = asyncio.create_task(_probe(prober, f"{server.http}/health", health, done))
         for _ in range(count + 1):
             t0 = time.perf_counter()
             async with session.get(url) as resp:
@@ -88,10 +96,21 @@ async def timed_requests(server: ModiServer, token: str, count: int) -> tuple[fl
             times.append(time.perf_counter() - t0)
             if resp.status != 200:
                 raise RuntimeError(f"{resp.status}: {body[:300]!r}")
+        done.set()
+        await probe
     summary = json.loads(body)["data"]
     if summary["total"]["entries"] == 0 or summary["unknown_food_ids"]:
         raise RuntimeError(f"an unexpected summary: {summary}")
-    return times[0], times[1:]
+    return times[0], times[1:], health
+
+
+async def _probe(session: aiohttp.ClientSession, url: str, times: list[float],
+                 done: asyncio.Event) -> None:
+    while not done.is_set():
+        t0 = time.perf_counter()
+        async with session.get(url) as resp:
+            await resp.read()
+        times.append(time.perf_counter() - t0)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -115,6 +134,7 @@ def main() -> int:
     server = ModiServer.fresh({"MODI_POPULAR_INTERVAL": "0"}, src=modi_source(args.modi_rev))
     cold: list[float] = []
     warm: list[float] = []
+    health: list[float] = []
     try:
         server.start()
         account = server.register()
@@ -124,9 +144,10 @@ def main() -> int:
             server.stop()
             server.start()
             token = server.login(account["user"]["email"])["access_token"]
-            first, rest = asyncio.run(timed_requests(server, token, args.requests))
+            first, rest, probed = asyncio.run(timed_requests(server, token, args.requests))
             cold.append(first)
             warm.extend(rest)
+            health.extend(probed)
             print(f"run {rep + 1}: cold {first * 1e3:.1f} ms, warm p50 "
                   f"{percentile(rest, 0.5) * 1e3:.2f} ms", file=sys.stderr)
     finally:
@@ -141,6 +162,9 @@ def main() -> int:
     print(f"| cold (first after a restart), median | {(median(cold) or 0) * 1e3:.1f} |")
     print(f"| warm p50 ({len(warm)} requests) | {percentile(warm, 0.5) * 1e3:.2f} |")
     print(f"| warm p99 | {percentile(warm, 0.99) * 1e3:.2f} |")
+    print(f"| `GET /health` meanwhile, p99 ({len(health)} requests) | "
+          f"{percentile(health, 0.99) * 1e3:.2f} |")
+    print(f"| `GET /health` meanwhile, slowest | {max(health) * 1e3:.2f} |")
     return 0
 
 
