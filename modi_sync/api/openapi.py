@@ -72,6 +72,20 @@ _PAGINATION = {
     "required": ["page", "limit", "total", "total_pages"],
     "properties": {k: {"type": "integer"} for k in ("page", "limit", "total", "total_pages")},
 }
+_FOOD_ID = {"name": "id", "in": "path", "required": True,
+            "schema": {"type": "string", "format": "uuid"}}
+_PER_100G = {"type": "number", "minimum": 0}
+_FOOD: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "name", "brand", "barcode", "calories", "protein", "carbs", "fat",
+                 "verified", "created_at"],
+    "properties": {"id": {"type": "string", "format": "uuid"}, "name": {"type": "string"},
+                   "brand": {"type": ["string", "null"]},
+                   "barcode": {"type": ["string", "null"], "pattern": "^([0-9]{8}|[0-9]{13})$"},
+                   **{k: _PER_100G for k in ("calories", "protein", "carbs", "fat")},
+                   "verified": {"type": "boolean"},
+                   "created_at": {"type": "string", "format": "date-time"}},
+}
 _NUTRIENT_TOTALS = {
     "type": "object", "required": ["calories", "protein", "carbs", "fat", "entries"],
     "properties": {**{k: {"type": "number"} for k in ("calories", "protein", "carbs", "fat")},
@@ -138,6 +152,40 @@ SPEC: dict[str, Any] = {
                                                             "format": "binary"}}}},
             },
         },
+        "/api/v1/foods/search": {"get": {
+            **_op("foods matching q: full words, prefixes as typed, small typos; verified "
+                  "first", "200", _ref("FoodList"), 400, auth=True),
+            "parameters": [{"name": "q", "in": "query", "required": True,
+                            "schema": {"type": "string", "maxLength": 100}},
+                           *_PAGE_PARAMETERS],
+        }},
+        "/api/v1/foods/popular": {"get": {
+            **_op("the verified foods logged most in the last 30 days", "200",
+                  _data({"type": "array", "items": _ref("PopularFood")}), 400, auth=True),
+            "parameters": [_PAGE_PARAMETERS[1]],
+        }},
+        "/api/v1/foods/recent": {"get": {
+            **_op("the newest verified foods", "200", _ref("FoodList"), 400, auth=True),
+            "parameters": _PAGE_PARAMETERS,
+        }},
+        "/api/v1/foods/barcode/{code}": {"get": {
+            **_op("the food with this EAN-13, EAN-8 or UPC-A", "200", _data(_ref("Food")),
+                  400, 404, auth=True),
+            "parameters": [{"name": "code", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+        }},
+        "/api/v1/foods": {"post": _op(
+            "contribute a food; unverified until an admin verifies it", "201",
+            _data(_ref("Food")), 403, 409, body="NewFood", auth=True)},
+        "/api/v1/foods/{id}": {"get": {
+            **_op("one food", "200", _data(_ref("Food")), 400, 404, auth=True),
+            "parameters": [_FOOD_ID],
+        }},
+        "/api/v1/foods/{id}/verify": {"post": {
+            **_op("verify a food (admins only)", "200", _data(_ref("Food")), 400, 403, 404,
+                  auth=True),
+            "parameters": [_FOOD_ID],
+        }},
         "/api/v1/food-logs/daily-summary": {"get": {
             **_op("calories and macros of one day's food_logs in the caller's document", "200",
                   _data(_ref("DailySummary")), 400, 404, auth=True),
@@ -217,6 +265,27 @@ SPEC: dict[str, Any] = {
                 # Every root is a map of entries, but favorites: food id -> true.
                 "properties": {root: {"type": "object"} if root == "favorites" else _ENTRIES
                                for root in DOCUMENT_ROOTS},
+            },
+            "Food": _FOOD,
+            "PopularFood": {**_FOOD, "required": [*_FOOD["required"], "logs"],
+                            "properties": {**_FOOD["properties"],
+                                           "logs": {"type": "integer", "minimum": 1}}},
+            "FoodList": {
+                "type": "object", "required": ["data", "pagination"],
+                "properties": {"data": {"type": "array", "items": _ref("Food")},
+                               "pagination": _PAGINATION},
+            },
+            "NewFood": {
+                "type": "object", "required": ["name", "calories", "protein", "carbs", "fat"],
+                "properties": {
+                    "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                    "brand": {"type": ["string", "null"], "maxLength": 200},
+                    "barcode": {"type": ["string", "null"],
+                                "description": "EAN-13, EAN-8 or UPC-A, with its check digit"},
+                    "calories": {"type": "number", "minimum": 0, "maximum": 900},
+                    **{k: {"type": "number", "minimum": 0, "maximum": 100}
+                       for k in ("protein", "carbs", "fat")},
+                },
             },
             "DailySummary": {
                 "type": "object",
