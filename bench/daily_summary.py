@@ -10,9 +10,10 @@ each, as a phone writes them), spread over ``--days`` days (10), so a day holds 
 Then, over one keep-alive connection, ``GET /api/v1/food-logs/daily-summary`` for one
 day: the first request after a restart (the document loaded from its rows: ``cold``),
 then ``--requests`` more (its room in memory: ``warm``). Reports p50 and p99 of the
-warm requests and the median of the cold ones, over ``--reps`` restarts. Meanwhile a
-second connection asks ``GET /health`` back to back: its slowest answers show how long
-a summary holds the event loop, which every other client of the instance waits on.
+warm requests and the median of the cold ones, over ``--reps`` restarts. During the warm
+requests a second connection asks ``GET /health`` back to back: its slowest answers
+show how long a summary holds the event loop, which every other client of the
+instance waits on.
 
     .venv/bin/python bench/daily_summary.py [--entries 5000] [--requests 200] [--reps 3]
 """
@@ -88,7 +89,7 @@ async def timed_requests(server: ModiServer, token: str,
     done = asyncio.Event()
     async with aiohttp.ClientSession(headers=headers) as session, \
             aiohttp.ClientSession() as prober:
-        probe = asyncio.create_task(_probe(prober, f"{server.http}/health", health, done))
+        probe = None
         for _ in range(count + 1):
             t0 = time.perf_counter()
             async with session.get(url) as resp:
@@ -96,8 +97,12 @@ async def timed_requests(server: ModiServer, token: str,
             times.append(time.perf_counter() - t0)
             if resp.status != 200:
                 raise RuntimeError(f"{resp.status}: {body[:300]!r}")
+            if probe is None:  # from the first warm request on: the load is the loader's
+                probe = asyncio.create_task(_probe(prober, f"{server.http}/health", health,
+                                                   done))
         done.set()
-        await probe
+        if probe is not None:
+            await probe
     summary = json.loads(body)["data"]
     if summary["total"]["entries"] == 0 or summary["unknown_food_ids"]:
         raise RuntimeError(f"an unexpected summary: {summary}")
