@@ -12,9 +12,9 @@ _LENGTHS = (8, 12, 13)
 def normalize_barcode(code: str) -> str:
     """The stored form of ``code`` (8 or 13 digits); ValueError if it is no valid GTIN."""
     if not (code.isascii() and code.isdigit() and len(code) in _LENGTHS):
-        raise ValueError("a barcode is 8 (EAN-8), 12 (UPC-A) or 13 (EAN-13) digits")
+        raise ValueError("must be 8 (EAN-8), 12 (UPC-A) or 13 (EAN-13) digits")
     if not _check_digit_holds(code):
-        raise ValueError("the barcode's check digit is wrong")
+        raise ValueError("wrong check digit")
     return "0" + code if len(code) == 12 else code
 
 

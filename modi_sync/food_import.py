@@ -39,6 +39,7 @@ from storage import food_cache
 from storage.food_import import Clash, ImportConflict, ImportRow, has_source, staged_import
 
 from .app_keys import STORAGE
+from .barcodes import normalize_barcode
 from .config import Settings
 
 log = logging.getLogger(__name__)
@@ -147,18 +148,10 @@ def gtin(raw: Mapping[str, Any]) -> str | None:
     code = _text(raw, "barcode", 14, required=False)
     if code is None:
         return None
-    if not code.isascii() or not code.isdigit() or len(code) not in (8, 12, 13):
-        raise InvalidRow("barcode: must be 8, 12 or 13 digits")
-    code = code.zfill(13) if len(code) == 12 else code
-    if _check_digit(code[:-1]) != int(code[-1]):
-        raise InvalidRow("barcode: wrong check digit")
-    return code
-
-
-def _check_digit(body: str) -> int:
-    # GS1: from the right, the digits are weighted 3, 1, 3, 1, ...
-    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
-    return (10 - total % 10) % 10
+    try:
+        return normalize_barcode(code)
+    except ValueError as e:
+        raise InvalidRow(f"barcode: {e}") from None
 
 
 def check_row(line: int, raw: Mapping[str, Any], default_source: str) -> ImportRow:
