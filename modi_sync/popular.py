@@ -17,7 +17,6 @@ cancelled at shutdown, gives back the notes it took and did not finish with.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -36,6 +35,7 @@ from storage.food_counts import ChangedDocument, CountsPass, DayCount, FoodCount
 from .app_keys import DOCUMENTS, POOL, REDIS, SETTINGS
 from .documents import Documents
 from .food_log_entries import entry_day, food_uuid
+from .periodic import periodic
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,6 @@ MAX_BATCHES_PER_PASS = 100  # the rest waits for the next pass, so that a pass e
 MAX_LOGS_PER_FOOD_DAY = 20
 MAX_ROWS_PER_DOCUMENT = 2000
 
-_STOP_GRACE_SECONDS = 10.0
 
 
 def _today() -> date:
@@ -156,44 +155,17 @@ class PopularAggregator:
 
 async def scheduled_popular(app: web.Application) -> AsyncIterator[None]:
     """An aiohttp ``cleanup_ctx``: a pass every ``popular_interval_seconds`` while the
-    server runs (none with 0). Stopping lets a pass under way finish, for a while."""
-    interval = app[SETTINGS].popular_interval_seconds
-    if interval <= 0:
-        yield
-        return
-    stopping = asyncio.Event()
+    server runs (none with 0). A failed pass's notes wait for the next."""
     aggregator = PopularAggregator(app[DOCUMENTS], app[POOL], app[REDIS])
-    task = asyncio.create_task(_every(aggregator, interval, stopping),
-                               name="popular aggregator")
-    try:
-        yield
-    finally:
-        stopping.set()
-        try:
-            await asyncio.wait_for(task, _STOP_GRACE_SECONDS)
-        except TimeoutError:
-            log.warning("popular pass cancelled at shutdown, after %.0f s",
-                        _STOP_GRACE_SECONDS)
 
-
-async def _every(aggregator: PopularAggregator, interval: float,
-                 stopping: asyncio.Event) -> None:
-    while not await _stopped_within(stopping, interval):
-        try:
-            report = await aggregator.run_once()
-        except Exception:  # a failed round is logged; its notes wait for the next
-            log.exception("popular pass failed")
-            continue
+    async def one_round() -> None:
+        report = await aggregator.run_once()
         if report is None:
             log.debug("popular: another instance holds the lock; round skipped")
         elif report.taken:
             log.debug("popular: %d documents recounted, %d rows", len(report.read),
                       report.rows)
 
-
-async def _stopped_within(stopping: asyncio.Event, seconds: float) -> bool:
-    try:
-        await asyncio.wait_for(stopping.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
+    async with periodic("popular aggregator", app[SETTINGS].popular_interval_seconds,
+                        one_round):
+        yield

@@ -11,7 +11,6 @@ advisory lock in PostgreSQL lets one instance at a time do a pass; the others sk
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -21,13 +20,13 @@ from aiohttp import web
 from storage.retention import Removed, remove_expired
 
 from .app_keys import SETTINGS, STORAGE
+from .periodic import periodic
 from .runtime import Storage
 
 log = logging.getLogger(__name__)
 
 # How long a stopping server waits for a pass under way to finish before cancelling it
 # (which rolls its transaction back: nothing is half done).
-_STOP_GRACE_SECONDS = 10.0
 
 
 async def retention_pass(storage: Storage, now: datetime | None = None) -> Removed | None:
@@ -47,41 +46,16 @@ def summary(removed: Removed) -> str:
 
 async def scheduled_retention(app: web.Application) -> AsyncIterator[None]:
     """An aiohttp ``cleanup_ctx``: a pass every ``retention_interval_seconds`` while the
-    server runs (none with 0). Stopping lets a pass under way finish."""
-    interval = app[SETTINGS].retention_interval_seconds
-    if interval <= 0:
-        yield
-        return
-    stopping = asyncio.Event()
-    task = asyncio.create_task(_every(app[STORAGE], interval, stopping),
-                               name="scheduled retention")
-    try:
-        yield
-    finally:
-        stopping.set()
-        try:
-            await asyncio.wait_for(task, _STOP_GRACE_SECONDS)
-        except TimeoutError:
-            log.warning("retention pass cancelled at shutdown, after %.0f s",
-                        _STOP_GRACE_SECONDS)
+    server runs (none with 0)."""
+    storage = app[STORAGE]
 
-
-async def _every(storage: Storage, interval: float, stopping: asyncio.Event) -> None:
-    while not await _stopped_within(stopping, interval):
-        try:
-            removed = await retention_pass(storage)
-        except Exception:  # a failed round is logged; the next one tries again
-            log.exception("retention pass failed")
-            continue
+    async def one_round() -> None:
+        removed = await retention_pass(storage)
         if removed is None:
             log.debug("retention: another instance holds the lock; round skipped")
         elif removed.audit_entries or removed.snapshots:
             log.info("retention: %s", summary(removed))
 
-
-async def _stopped_within(stopping: asyncio.Event, seconds: float) -> bool:
-    try:
-        await asyncio.wait_for(stopping.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
+    async with periodic("scheduled retention", app[SETTINGS].retention_interval_seconds,
+                        one_round):
+        yield
