@@ -21,7 +21,7 @@ from storage.food_cache import POPULAR_TTL, SEARCH_TTL, FoodCache, bump_version
 from storage.foods import DuplicateBarcode, Food, FoodStore, NewFood, QueryWord
 
 from .barcodes import normalize_barcode
-from .errors import Conflict, Invalid, NotFound
+from .errors import Conflict, Invalid, NotFound, TooLarge
 from .pagination import Page, paginated_json
 
 QUERY_LENGTH = 100  # characters; longer is refused
@@ -29,6 +29,7 @@ QUERY_WORDS = 8  # words of a query searched; the rest are ignored
 PREFIX_FROM = 3  # a word this long or longer also matches as a prefix (as typed)
 CORRECTIONS = 3  # known words tried in place of one that matches nothing
 NAME_LENGTH = 200
+PENDING_PER_USER = 100  # a user's contributions waiting for verification
 
 # Atwater's general factors (kcal per g) and how far a label's energy may stray from
 # them: rounding on labels, fibre counted in carbohydrate, polyols.
@@ -138,9 +139,12 @@ class Foods:
 
     async def contribute(self, user_id: UUID, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            food = await self._store.contribute(user_id, new_food(body))
+            food = await self._store.contribute(user_id, new_food(body), PENDING_PER_USER)
         except DuplicateBarcode:
             raise Conflict("a food with this barcode exists") from None
+        if food is None:
+            raise TooLarge(f"{PENDING_PER_USER} of your foods are waiting for verification "
+                           "already")
         await bump_version(self._redis)
         return food_json(food)
 

@@ -42,9 +42,15 @@ class NewFood:
 _COLUMNS = """
 id, name, brand, barcode, calories, protein, carbs, fat, created_by, verified, created_at
 """
+# Nothing is inserted once the author has $9 foods waiting for verification (a quota:
+# two contributions at the same moment may pass it by one).
 _INSERT = """
 INSERT INTO foods (name, brand, barcode, calories, protein, carbs, fat, created_by)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING""" + _COLUMNS
+SELECT $1, $2, $3, $4, $5, $6, $7, $8
+WHERE (SELECT count(*) FROM foods WHERE created_by = $8 AND NOT verified) < $9
+RETURNING id, name, brand, barcode, calories, protein, carbs, fat, created_by, verified,
+          created_at
+"""
 _BY_AUTHOR = "SELECT" + _COLUMNS + """
 FROM foods WHERE created_by = $1 AND id > $2 ORDER BY id LIMIT $3
 """
@@ -149,13 +155,15 @@ class FoodStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
-    async def contribute(self, user_id: UUID, food: NewFood) -> Food:
+    async def contribute(self, user_id: UUID, food: NewFood, pending_at_most: int) -> Food | None:
+        """The new food, or None if the author has ``pending_at_most`` unverified."""
         try:
-            return _food(await self._pool.fetchrow(
+            row = await self._pool.fetchrow(
                 _INSERT, food.name, food.brand, food.barcode, food.calories, food.protein,
-                food.carbs, food.fat, user_id))
+                food.carbs, food.fat, user_id, pending_at_most)
         except asyncpg.UniqueViolationError:
             raise DuplicateBarcode(food.barcode) from None
+        return None if row is None else _food(row)
 
     async def verify(self, food_id: UUID) -> Food | None:
         row = await self._pool.fetchrow(_VERIFY, food_id)

@@ -82,10 +82,10 @@ async def _full_account(first: Client, second: Client, pool: asyncpg.Pool) -> Ac
 
     foods = FoodStore(pool)
     verified = await foods.contribute(user_id, NewFood("Rye bread", Decimal(250), Decimal(8),
-                                                       Decimal(48), Decimal("1.5")))
+                                                       Decimal(48), Decimal("1.5")), 10)
     assert await foods.verify(verified.id)
     unverified = await foods.contribute(user_id, NewFood("Odd bar", Decimal(400), Decimal(5),
-                                                         Decimal(60), Decimal(15)))
+                                                         Decimal(60), Decimal(15)), 10)
     sockets = [await synced(first, pair["access_token"], "log"),
                await synced(second, pair["access_token"], "plan")]
     return Account(pair, user_id, email, sockets, verified.id, unverified.id)
@@ -200,7 +200,7 @@ async def test_a_crash_midway_leaves_the_account_whole(make_client, pool, db):
     user_id = UUID(pair["user"]["id"])
     await client.app[DOCUMENTS].apply(user_id, "log", _update("still here"))
     food = await FoodStore(pool).contribute(user_id, NewFood("Bar", Decimal(1), Decimal(1),
-                                                             Decimal(1), Decimal(1)))
+                                                             Decimal(1), Decimal(1)), 10)
     await client.post("/api/v1/auth/login",
                       json={"email": pair["user"]["email"], "password": "a wrong one"})
     before = await db.fetchval("SELECT count(*) FROM audit_log WHERE user_id = $1 "

@@ -115,7 +115,7 @@ async def _account_with_data(client: Client, pool: Any) -> tuple[dict[str, Any],
     barcode = unique_gtin13()
     await FoodStore(pool).contribute(user_id, NewFood(
         "Oat bar", Decimal("412.5"), Decimal("9.1"), Decimal("61"), Decimal("14.2"),
-        brand="Acme", barcode=barcode))
+        brand="Acme", barcode=barcode), 10)
     return pair, socket
 
 

@@ -233,3 +233,15 @@ async def test_a_cached_search_changes_with_the_food_table(client, db):
     assert await names() == [made["name"]]  # a write behind the server's back: cached
     await _data(await client.post(f"{FOODS}/{made['id']}/verify", headers=_bearer(admin)))
     assert await names() == [f"{word} stew"]  # verifying bumped the version
+
+
+async def test_a_user_has_at_most_so_many_foods_waiting_for_verification(client, db,
+                                                                         monkeypatch):
+    monkeypatch.setattr("modi_sync.foods.PENDING_PER_USER", 2)
+    pair, admin = await register(client), await _admin(client, db)
+    made = [await _data(await client.post(FOODS, json=_food(), headers=_bearer(pair)), 201)
+            for _ in range(2)]
+    error = await _error(await client.post(FOODS, json=_food(), headers=_bearer(pair)), 413)
+    assert error["code"] == "PAYLOAD_TOO_LARGE"
+    await _data(await client.post(f"{FOODS}/{made[0]['id']}/verify", headers=_bearer(admin)))
+    await _data(await client.post(FOODS, json=_food(), headers=_bearer(pair)), 201)
