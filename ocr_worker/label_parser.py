@@ -12,6 +12,7 @@ values out: no OCR here, so it is tested on text alone.
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,10 @@ from typing import Any
 MAX_TEXT = 20_000  # characters read; a label holds far fewer
 KJ_PER_KCAL = 4.184
 NUTRIENTS = ("calories", "protein", "carbs", "fat")
+# Bounds on the work a text can ask for: a row name tried this many times at most, and
+# this many numbers read after it (a label's row has a few columns).
+ROW_TRIES = 20
+ROW_NUMBERS = 12
 
 # OCR's usual misreadings of digits, undone only inside what looks like an amount.
 _DIGIT_FOR = str.maketrans({"O": "0", "o": "0", "D": "0", "l": "1", "I": "1", "|": "1",
@@ -133,7 +138,7 @@ def _serving_g(text: str) -> float | None:
 def _read_rows(text: str) -> _Columns:
     columns = _Columns()
     for nutrient, row in _ROWS.items():
-        for match in row.finditer(text):
+        for match in itertools.islice(row.finditer(text), ROW_TRIES):
             if _NOT_THE_ROW.search(text[max(0, match.start() - 20):match.start()]):
                 continue
             amounts = _amounts(nutrient, text[match.end():_row_end(text, match.end())])
@@ -151,8 +156,9 @@ def _row_end(text: str, start: int) -> int:
 def _amounts(nutrient: str, cell: str) -> list[float]:
     """The amounts of one row, one per column: grams for a macronutrient, kcal for the
     energy. Percentages (%DV) are left out."""
-    quantities = [(_number(n), unit) for n, unit, percent in _QUANTITY.findall(cell)
-                  if not percent]
+    quantities = [(_number(m[1]), m[2] or "")
+                  for m in itertools.islice(_QUANTITY.finditer(cell), ROW_NUMBERS)
+                  if not m[3]]
     if nutrient == "calories":
         found = _kcal(quantities)
     else:
