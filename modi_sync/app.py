@@ -81,7 +81,7 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
     app[DOCUMENTS] = Documents(app[UPDATE_LOG], engine, app[REDIS])
     app[ACCOUNTS] = Accounts(app[STORAGE],
                              on_session_event=lambda event: _session_event(app, event))
-    app[FOODS] = Foods(app[STORAGE].foods, FoodCache(app[REDIS]), app[REDIS],
+    app[FOODS] = Foods(app[STORAGE].foods, FoodCache(app[REDIS]),
                        popular_ids=partial(popular_food_ids, app[POOL]))
     yield
     await engine.stop()

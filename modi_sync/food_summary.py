@@ -13,9 +13,7 @@ from datetime import date
 from typing import Any
 from uuid import UUID
 
-import asyncpg
-
-from storage.food_lookup import Nutrients, nutrients_of
+from storage.foods import Food, FoodStore
 
 from .documents import Documents
 from .food_log_entries import TIME_FIELDS, entry_day, food_uuid, quantity_g
@@ -41,7 +39,7 @@ class _Totals:
     fat: float = 0.0
     entries: int = 0
 
-    def add(self, grams: float, food: Nutrients) -> None:
+    def add(self, grams: float, food: Food) -> None:
         share = grams / 100
         self.calories += share * float(food.calories)
         self.protein += share * float(food.protein)
@@ -65,14 +63,14 @@ class _Day:
     skipped: int = 0
 
 
-async def daily_summary(documents: Documents, pool: asyncpg.Pool, user_id: UUID, name: str,
+async def daily_summary(documents: Documents, foods: FoodStore, user_id: UUID, name: str,
                         day: date) -> dict[str, Any]:
     """The summary of ``day`` in the user's document ``name``; NotFound if it has none."""
     read = _Day()
     async for entries in documents.entries(user_id, name, "food_logs"):
         entries_of(entries, day, read)
-    foods = await nutrients_of(pool, {i for e in read.entries if (i := food_uuid(e.food_id))})
-    return summarize(read, foods) | {"date": day.isoformat(), "doc": name}
+    known = await foods.many(list({i for e in read.entries if (i := food_uuid(e.food_id))}))
+    return summarize(read, known) | {"date": day.isoformat(), "doc": name}
 
 
 def entries_of(food_logs: list[Any], day: date, read: _Day) -> None:
@@ -101,7 +99,7 @@ def _meal(value: Any) -> str:
     return OTHER_MEAL
 
 
-def summarize(read: _Day, foods: Mapping[UUID, Nutrients]) -> dict[str, Any]:
+def summarize(read: _Day, foods: Mapping[UUID, Food]) -> dict[str, Any]:
     total, meals, unknown = _Totals(), dict[str, _Totals](), set[str]()
     for entry in read.entries:
         food_id = food_uuid(entry.food_id)

@@ -15,9 +15,8 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-from redis.asyncio import Redis
 
-from storage.food_cache import POPULAR_TTL, SEARCH_TTL, FoodCache, bump_version
+from storage.food_cache import POPULAR_TTL, SEARCH_TTL, FoodCache
 from storage.foods import DuplicateBarcode, Food, FoodStore, NewFood, QueryWord
 
 from .barcodes import normalize_barcode
@@ -92,11 +91,9 @@ def _lexeme(text: str) -> str:
 
 
 class Foods:
-    def __init__(self, store: FoodStore, cache: FoodCache, redis: Redis,
-                 popular_ids: PopularIds) -> None:
+    def __init__(self, store: FoodStore, cache: FoodCache, popular_ids: PopularIds) -> None:
         self._store = store
         self._cache = cache
-        self._redis = redis
         self._popular_ids = popular_ids
 
     async def search(self, q: str, viewer: UUID, page: Page) -> bytes:
@@ -145,14 +142,14 @@ class Foods:
         if food is None:
             raise TooLarge(f"{PENDING_PER_USER} of your foods are waiting for verification "
                            "already")
-        await bump_version(self._redis)
+        await self._cache.foods_changed()
         return food_json(food)
 
     async def verify(self, food_id: UUID) -> dict[str, Any]:
         food = await self._store.verify(food_id)
         if food is None:
             raise NotFound("no such food")
-        await bump_version(self._redis)
+        await self._cache.foods_changed()
         return food_json(food)
 
     async def recent(self, page: Page) -> bytes:

@@ -53,3 +53,6 @@ class FoodCache:
 
     async def put(self, key: str, answer: bytes, ttl: int) -> None:
         await self._redis.set(key, answer, ex=ttl)
+
+    async def foods_changed(self) -> None:
+        await bump_version(self._redis)

@@ -9,7 +9,7 @@ import re
 from aiohttp import web
 
 from ..access import authenticated_user
-from ..app_keys import DOCUMENTS, POOL
+from ..app_keys import DOCUMENTS, STORAGE
 from ..contract import DOC_NAME
 from ..food_log_entries import parse_day
 from ..food_summary import DEFAULT_DOCUMENT, daily_summary
@@ -29,6 +29,6 @@ async def get_daily_summary(request: web.Request) -> web.Response:
     name = request.query.get("doc", DEFAULT_DOCUMENT)
     if not _NAME.fullmatch(name):
         raise ApiError.validation("doc", "1..64 of A-Z a-z 0-9 . _ -")
-    summary = await daily_summary(request.app[DOCUMENTS], request.app[POOL], claims.user_id,
-                                  name, day)
+    summary = await daily_summary(request.app[DOCUMENTS], request.app[STORAGE].foods,
+                                  claims.user_id, name, day)
     return json_response(summary)
