@@ -100,7 +100,9 @@ class Documents:
         For a reader that must see every write any instance has stored: the popular
         list's aggregator, which reads a document after taking its change note. A room
         here may lag another instance's write by a bus message, so no room is used:
-        one query for all of them, Docs built off the event loop and dropped after.
+        one query for all of them, Docs built in a thread and dropped after. pycrdt
+        keeps the GIL while it applies updates, so the thread spares the loop only the
+        Python around it: a large document still holds the loop while it loads.
         """
         stored = await self._update_log.load_many(keys)
         return await asyncio.to_thread(_stored_content, stored, roots)
