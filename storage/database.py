@@ -34,12 +34,14 @@ class DedicatedConnection:
     the group-commit writer and the
     document loader each keep one connection rather than pay that on every batch. It
     offers the pool's query methods; one that broke is given back and replaced on the
-    next use. ``close`` gives it back for good: the pool waits for it when it closes.
+    next use. ``close`` gives it back for good: the pool waits for it when it closes,
+    so a use after ``close`` (or an acquire that ends after it) is refused, never kept.
     """
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._conn: asyncpg.Connection | None = None
+        self._closed = False
 
     async def _connection(self) -> asyncpg.Connection:
         conn = self._conn
@@ -49,8 +51,16 @@ class DedicatedConnection:
                     return conn
             except asyncpg.InterfaceError:  # lost, and the pool has taken it back itself
                 self._conn = None
-        await self.close()
-        self._conn = conn = await self._pool.acquire()
+        await self._give_back()
+        if self._closed:
+            raise asyncpg.InterfaceError("the dedicated connection is closed")
+        return await self._keep(await self._pool.acquire())
+
+    async def _keep(self, conn: asyncpg.Connection) -> asyncpg.Connection:
+        if self._closed:  # closed while the acquire waited: kept now, the pool's close hangs
+            await self._pool.release(conn)
+            raise asyncpg.InterfaceError("the dedicated connection is closed")
+        self._conn = conn
         return conn
 
     @contextlib.asynccontextmanager
@@ -72,6 +82,10 @@ class DedicatedConnection:
         return result
 
     async def close(self) -> None:
+        self._closed = True
+        await self._give_back()
+
+    async def _give_back(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(asyncpg.InterfaceError):  # the pool has it back already

@@ -60,6 +60,25 @@ async def test_a_dedicated_connection_lost_during_a_query_fails_it_then_is_repla
         await dedicated.close()
 
 
+async def test_an_acquire_that_ends_after_close_is_given_back_so_the_pool_closes(services):
+    """A load that asked for the connection while the server stopped must not keep one:
+    the pool's close waits for every connection given out (it hung CI once)."""
+    pool = await create_pool(services.database_url, max_size=1)
+    dedicated = DedicatedConnection(pool)
+    try:
+        held = await pool.acquire()  # the only connection: the dedicated one must wait
+        waiting = asyncio.ensure_future(dedicated.fetchval("SELECT 1"))
+        await eventually(lambda: not waiting.done() and pool.get_idle_size() == 0)
+        await dedicated.close()
+        await pool.release(held)
+        with pytest.raises(asyncpg.InterfaceError, match="closed"):
+            await asyncio.wait_for(waiting, 10)
+        with pytest.raises(asyncpg.InterfaceError, match="closed"):
+            await dedicated.fetchval("SELECT 1")  # and no use after close takes one either
+    finally:
+        await asyncio.wait_for(pool.close(), 10)
+
+
 async def _is_sleeping(db: asyncpg.Connection, pid: int) -> bool:
     return await db.fetchval(
         "SELECT count(*) FROM pg_stat_activity WHERE pid = $1 AND query LIKE '%pg_sleep%'"

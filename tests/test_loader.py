@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 import asyncpg
 import pytest
 
-from modi_sync.sync.loader import DocumentLoader
+from modi_sync.sync.loader import DocumentLoader, LoaderStopped
 from storage.doc_events import DocKey
 from storage.update_log import StoredDocument, UpdateLog
 from storage.users import UserStore
@@ -160,3 +160,16 @@ async def test_a_slow_handover_lets_the_event_loop_run_between_loads(pool, user_
     assert len(handed) < 10
     await eventually(lambda: len(handed) == 10)
     assert handed == [f"d{i}" for i in range(10)]
+
+
+async def test_stop_waits_for_the_batch_under_way_and_later_loads_fail(pool, user_id):
+    answers = Answers()
+    loader = DocumentLoader(UpdateLog(pool), answers.done)
+    await UpdateLog(pool).create_documents([(user_id, "kept")])
+    loader.load((user_id, "kept"))  # its batch starts at once
+    loader.load((user_id, "queued"))  # waits for the next batch, which never starts
+    await loader.stop()
+    assert answers.got[(user_id, "kept")].updates == []  # answered before stop returned
+    assert isinstance(answers.got[(user_id, "queued")], LoaderStopped)
+    loader.load((user_id, "late"))
+    assert isinstance(answers.got[(user_id, "late")], LoaderStopped)

@@ -108,6 +108,7 @@ class SyncEngine:
             await listener.stop()
         await self.writer.stop()  # every update received before the stop is stored
         await self.publisher.stop()
+        await self.registry.stop_loading()
         for update_log in self._dedicated:  # the pool waits for its connections when it closes
             await update_log.close()
 

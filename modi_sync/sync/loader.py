@@ -54,6 +54,10 @@ LoadDone = Callable[[DocKey, "StoredDocument | None | Exception"], None]
 Listed = Callable[[UUID, "list[str] | None", "StoredTotals | None"], None]
 
 
+class LoaderStopped(Exception):
+    """A load asked for after the loader stopped."""
+
+
 def _ignore(user_id: UUID, names: list[str] | None, totals: StoredTotals | None) -> None:
     pass
 
@@ -74,6 +78,7 @@ class DocumentLoader:
         self._queue: deque[DocKey] = deque()
         self._users: list[UUID] = []  # whose names to read with the next batch
         self._running: asyncio.Task[None] | None = None
+        self._stopped = False
 
     def load(self, key: DocKey, *, with_names: bool = False) -> None:
         """Load the document ``key`` in the next batch; ``done`` gets the result. With
@@ -84,7 +89,19 @@ class DocumentLoader:
         if self._running is None:
             self._start_batch()  # nothing under way: go now, others gather meanwhile
 
+    async def stop(self) -> None:
+        """Start no batch more, and wait for the one under way: it runs on the loader's
+        connection, which is given back after this. A load asked for later fails."""
+        self._stopped = True
+        while self._running is not None:
+            await asyncio.wait([self._running])
+
     def _start_batch(self) -> None:
+        if self._stopped:
+            self._running = None
+            while self._queue:
+                self._done(self._queue.popleft(), LoaderStopped("the server is stopping"))
+            return
         if not self._queue:
             self._running = None
             return

@@ -369,6 +369,10 @@ class RoomRegistry:
 
     # -- shutdown -----------------------------------------------------------------------
 
+    async def stop_loading(self) -> None:
+        """Wait for the document load under way, and start none more (engine.stop)."""
+        await self._loader.stop()
+
     async def close(self, compaction_budget: float = 5.0) -> None:
         """Shutdown: close every connection (1001, going away) and forget every room.
 
