@@ -17,7 +17,7 @@ from storage.food_cache import FoodCache
 from storage.session_events import RESTORED, RESTRICTED, SessionEvent
 
 from .accounts import Accounts
-from .api import auth, documents, export, food_logs, foods, health, openapi, users
+from .api import auth, documents, export, food_logs, foods, health, images, openapi, users
 from .api.middleware import add_standard_headers, cors_middleware, error_middleware
 from .app_keys import (
     ACCESS_TOKENS,
@@ -26,6 +26,7 @@ from .app_keys import (
     DOCUMENTS,
     ENGINE,
     FOODS,
+    IMAGES,
     LOGIN_FAILURES,
     POOL,
     PUBLISHER,
@@ -45,6 +46,7 @@ from .contract import DOC_NAME, CloseCode
 from .device_tokens import DeviceTokens
 from .documents import Documents
 from .foods import Foods
+from .images import Images
 from .popular import popular_food_ids, scheduled_popular
 from .retention import scheduled_retention
 from .revocations import SessionStates
@@ -83,6 +85,8 @@ async def _sync_ctx(app: web.Application) -> AsyncIterator[None]:
                              on_session_event=lambda event: _session_event(app, event))
     app[FOODS] = Foods(app[STORAGE].foods, FoodCache(app[REDIS]),
                        popular_ids=partial(popular_food_ids, app[POOL]))
+    app[IMAGES] = Images(app[STORAGE].images, app[REDIS],
+                         queue_max=app[SETTINGS].ocr_queue_max)
     yield
     await engine.stop()
 
@@ -123,6 +127,7 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(export.routes)
     app.add_routes(food_logs.routes)
     app.add_routes(foods.routes)
+    app.add_routes(images.routes)
     app.add_routes(openapi.routes)
     app.router.add_get("/sync/{name:" + DOC_NAME + "}", sync_endpoint)
     return app

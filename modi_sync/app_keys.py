@@ -17,6 +17,7 @@ from .config import Settings
 from .device_tokens import DeviceTokens
 from .documents import Documents
 from .foods import Foods
+from .images import Images
 from .revocations import SessionStates
 from .runtime import Storage
 from .sync.bus import UpdatePublisher
@@ -44,6 +45,7 @@ PUBLISHER = web.AppKey("publisher", UpdatePublisher)
 DOCUMENTS = web.AppKey("documents", Documents)
 ACCOUNTS = web.AppKey("accounts", Accounts)
 FOODS = web.AppKey("foods", Foods)
+IMAGES = web.AppKey("images", Images)
 
 # Per request.
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -8,10 +8,12 @@ import contextlib
 import getpass
 import logging
 import os
+import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 from aiohttp import web
@@ -23,7 +25,7 @@ from .app import create_app
 from .audit import Actor
 from .collector import cycle_collection
 from .config import ConfigError, Settings, load_settings
-from .documents import Documents
+from .documents import Documents, open_documents
 from .errors import Conflict, Invalid, ModiError, NotFound
 from .export import Chunks, Exporter
 from .history_commands import NOT_FOUND, USAGE, UsageError, parse_doc_ref, parse_timestamp
@@ -31,8 +33,7 @@ from .listening import bound_sockets
 from .logs import configure_logging
 from .retention import retention_pass
 from .retention import summary as retention_summary
-from .runtime import Storage, open_storage
-from .sync.engine import SyncEngine
+from .runtime import open_storage
 from .tokens import SecretError, load_or_create_secret
 
 log = logging.getLogger("modi_sync")
@@ -101,6 +102,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="write here (created with mode 0600) instead of stdout")
     export.add_argument("--data-dir", help="data dir of the embedded services")
 
+    worker = commands.add_parser(
+        "worker", help="read nutrition labels from uploaded photos (the ocr extra)")
+    worker.add_argument("--data-dir", help="data dir of the embedded services")
+
     foods = commands.add_parser("foods", help="the shared food database")
     foods_commands = foods.add_subparsers(dest="foods_command", required=True)
     load = foods_commands.add_parser(
@@ -151,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_export_user(settings, args.account, args.output))
     if args.command == "foods":
         return asyncio.run(_import_foods(settings, args))
+    if args.command == "worker":
+        return _worker(settings)
     return 2  # argparse rejects unknown commands before this
 
 
@@ -193,23 +200,38 @@ def serve(settings: Settings) -> int:
     return 0
 
 
+def _worker(settings: Settings) -> int:
+    """``worker``: the reader is loaded first (seconds), then jobs are taken until
+    SIGTERM or SIGINT; the job under way is finished."""
+    try:
+        from ocr_worker.reader import LabelReader  # noqa: PLC0415 - torch: only here
+        reader = LabelReader()
+    except ImportError as exc:
+        print(f"modi-sync: the worker needs the ocr extra, pip install 'modi-sync[ocr]' "
+              f"(README.md): {exc}", file=sys.stderr)
+        return 2
+
+    def read(data: bytes) -> dict[str, Any]:
+        return reader.read(data).as_json()
+
+    async def work() -> None:
+        from ocr_worker.worker import run_worker  # noqa: PLC0415
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await run_worker(settings, read, stop=stop)
+
+    asyncio.run(work())
+    return 0
+
+
 async def _migrate(settings: Settings) -> int:
     async with open_storage(settings) as storage:  # migrates
         applied = storage.migrations_applied
     log.info("database schema is current (%s)", ", ".join(applied) or "nothing new to apply")
     return 0
-
-
-@contextlib.asynccontextmanager
-async def _documents(storage: Storage) -> AsyncIterator[Documents]:
-    """The documents service, on a sync engine of this process's own: what it applies
-    is stored and published to the running servers like any client's update."""
-    engine = SyncEngine(storage.settings, storage.update_log, storage.redis)
-    await engine.start()
-    try:
-        yield Documents(storage.update_log, engine, storage.redis)
-    finally:
-        await engine.stop()
 
 
 async def _history_command(settings: Settings, args: argparse.Namespace) -> int:
@@ -220,7 +242,7 @@ async def _history_command(settings: Settings, args: argparse.Namespace) -> int:
         args.min_updates = 1 if args.purge else 2  # an erasure must not skip a short log
     if args.command == "compact" and args.min_updates < 1:
         raise UsageError("--min-updates must be at least 1")
-    async with open_storage(settings) as storage, _documents(storage) as documents:
+    async with open_storage(settings) as storage, open_documents(storage) as documents:
         if args.command == "history":
             assert target is not None
             code = await history_commands.history(documents, *target)
@@ -337,7 +359,7 @@ def _create_user(settings: Settings, email: str, *, admin: bool) -> int:
 
 async def _export_user(settings: Settings, account: str, output: str | None) -> int:
     """``user export``: what ``GET /api/v1/users/me/export`` answers, logged as this run."""
-    async with open_storage(settings) as storage, _documents(storage) as documents:
+    async with open_storage(settings) as storage, open_documents(storage) as documents:
         try:
             user = await Accounts(storage).find(account)
         except NotFound as exc:

@@ -80,6 +80,13 @@ class Settings:
     foods_autoload: str = "auto"  # or "on", "off"; auto: on the embedded PostgreSQL only
     popular_interval_seconds: float = 60.0  # the popular list's pass; 0: never here
 
+    rate_limit_images: str = "30/3600"  # label photos per user
+    ocr_queue_max: int = 1000  # jobs queued or being read, all users: past it, 429
+    ocr_lease_seconds: float = 60.0  # a job whose worker is silent this long is retaken
+    ocr_max_attempts: int = 3
+    ocr_poll_seconds: float = 30.0  # how often an idle worker looks without a wake-up
+    image_retention_days: int = 30  # an image's row and reading, after its upload
+
     @property
     def snapshot_every(self) -> timedelta | None:
         """How far apart compaction keeps snapshots; None when retention is off."""
@@ -146,6 +153,12 @@ ENVIRONMENT: dict[str, str] = {
     "MODI_RETENTION_INTERVAL": "retention_interval_seconds",
     "MODI_FOODS_AUTOLOAD": "foods_autoload",
     "MODI_POPULAR_INTERVAL": "popular_interval_seconds",
+    "MODI_RATE_LIMIT_IMAGES": "rate_limit_images",
+    "MODI_OCR_QUEUE_MAX": "ocr_queue_max",
+    "MODI_OCR_LEASE_SECONDS": "ocr_lease_seconds",
+    "MODI_OCR_MAX_ATTEMPTS": "ocr_max_attempts",
+    "MODI_OCR_POLL_SECONDS": "ocr_poll_seconds",
+    "MODI_IMAGE_RETENTION_DAYS": "image_retention_days",
 }
 
 def _number(kind: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -226,7 +239,8 @@ def _validate(settings: Settings) -> None:
               "refresh_token_ttl", "auto_compact_updates", "auto_compact_bytes",
               "bus_recheck_seconds", "max_pending_bytes", "max_documents_per_user",
               "max_user_bytes", "max_awareness_clients", "max_awareness_bytes",
-              "audit_retention_days")
+              "audit_retention_days", "ocr_queue_max", "ocr_lease_seconds",
+              "ocr_max_attempts", "ocr_poll_seconds", "image_retention_days")
     if settings.gc_full_seconds < 0:
         raise ConfigError("MODI_GC_FULL_SECONDS must be 0 (off) or more")
     if settings.audit_ip not in ("truncated", "full", "off"):
@@ -244,7 +258,7 @@ def _validate_server(settings: Settings) -> None:
         raise ConfigError("MODI_ACCESS_LOG must be 'auto', 'on' or 'off'")
     _validate_secrets(settings)
     for name in ("rate_limit_auth", "rate_limit_refresh", "rate_limit_user", "rate_limit_export",
-                 "ws_message_limit"):
+                 "rate_limit_images", "ws_message_limit"):
         try:
             Limit.parse(getattr(settings, name))
         except ValueError:

@@ -10,6 +10,8 @@ from enum import IntEnum
 
 # A document's name, scoped to its user (docs/api.md, "Names and ownership").
 DOC_NAME = r"[A-Za-z0-9._-]{1,64}"
+# The document a route reads or writes when the client names none.
+DEFAULT_DOCUMENT = "default"
 
 # The root types of a user's document that the server reads (docs/api.md, "The
 # document schema"); clients may add others. Each is a Y.Map.

@@ -13,6 +13,7 @@ Errors are the domain's (modi_sync/errors.py): the caller maps them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from storage.update_log import Compaction, DocumentInfo, Snapshot, StoredDocumen
 from .contract import DOCUMENT_ROOTS
 from .errors import Invalid, NotFound, TooLarge, Unavailable
 from .history import compact_document, restore_update
+from .runtime import Storage
 from .sync.engine import SyncEngine
 from .sync.quota import QuotaExceeded
 from .sync.registry import DocumentNotFound
@@ -55,6 +57,19 @@ class DocumentCopy:
 
     content: dict[str, Any]
     update: bytes
+
+
+@contextlib.asynccontextmanager
+async def open_documents(storage: Storage) -> AsyncIterator[Documents]:
+    """The documents service outside ``serve`` (a command, the OCR worker), on a sync
+    engine of the process's own: what it applies is stored and published to the running
+    servers like any client's update."""
+    engine = SyncEngine(storage.settings, storage.update_log, storage.redis)
+    await engine.start()
+    try:
+        yield Documents(storage.update_log, engine, storage.redis)
+    finally:
+        await engine.stop()
 
 
 class Documents:

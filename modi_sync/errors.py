@@ -19,8 +19,8 @@ class Unauthenticated(ModiError):
 class RateLimited(ModiError):
     """Too many requests, or a password check during its backoff."""
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__("too many requests, slow down")
+    def __init__(self, retry_after: int, message: str = "too many requests, slow down") -> None:
+        super().__init__(message)
         self.retry_after = retry_after
 
 
@@ -48,6 +48,10 @@ class Conflict(ModiError):
 
 class TooLarge(ModiError):
     """Past a size limit or a quota."""
+
+
+class Unsupported(ModiError):
+    """A kind of content that is not taken (an image neither JPEG nor PNG)."""
 
 
 class Unavailable(ModiError):

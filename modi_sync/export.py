@@ -22,6 +22,7 @@ import orjson
 from storage.audit import StoredEntry
 from storage.consents import Consent
 from storage.foods import Food
+from storage.images import ImageRecord
 from storage.update_log import DocumentInfo
 from storage.users import User
 
@@ -69,8 +70,9 @@ class Exporter:
         yield b',"foods":'
         async for chunk in _array(self._foods(user.id), food_json):
             yield chunk
-        # Issue 23 (images and OCR) fills this: the user's images and their readings.
-        yield b',"images":[]'
+        yield b',"images":'
+        async for chunk in _array(self._images(user.id), lambda pair: exported_image_json(*pair)):
+            yield chunk
         yield b',"audit":'
         async for chunk in _array(self._audit(user.id), audit_json):
             yield chunk
@@ -93,6 +95,14 @@ class Exporter:
         first: UUID | None = None
         return _pages(lambda after: foods.by_author(user_id, after, PAGE),
                       lambda food: food.id, first)
+
+    async def _images(self, user_id: UUID,
+                      ) -> AsyncGenerator[list[tuple[ImageRecord, bytes | None]], None]:
+        """One image per page: a photo still waiting for its reading is held whole (up
+        to 10 MB), so photos are read one at a time."""
+        images = self._storage.images
+        for record in await images.of_user(user_id):
+            yield [(record, await images.data(user_id, record.id))]
 
     async def _document_pages(
             self, user_id: UUID) -> AsyncGenerator[list[tuple[DocumentInfo, DocumentCopy]], None]:
@@ -158,3 +168,27 @@ def audit_json(stored: StoredEntry) -> dict[str, Any]:
             "resource_type": entry.resource_type, "resource_id": entry.resource_id,
             "request_id": entry.request_id, "email": entry.email, "ip": entry.ip,
             "details": entry.details}
+
+
+def image_json(record: ImageRecord) -> dict[str, Any]:
+    """An image and its job as its owner sees them (GET /api/v1/images/{id})."""
+    return {
+        "id": str(record.id),
+        "status": record.status,
+        "doc": record.doc_name,
+        "content_type": record.content_type,
+        "width": record.width,
+        "height": record.height,
+        "size": record.size,
+        "attempts": record.attempts,
+        "created_at": record.created_at.isoformat(),
+        "finished_at": None if record.finished_at is None else record.finished_at.isoformat(),
+        "result": record.result,
+        "error": record.error if record.status == "failed" else None,
+    }
+
+
+def exported_image_json(record: ImageRecord, data: bytes | None) -> dict[str, Any]:
+    """With the photo itself while it is held (until its job ends), base64."""
+    return {**image_json(record),
+            "data": None if data is None else base64.b64encode(data).decode("ascii")}

@@ -18,7 +18,6 @@ from storage.foods import Food, FoodStore
 from .documents import Documents
 from .food_log_entries import TIME_FIELDS, entry_day, food_uuid, quantity_g
 
-DEFAULT_DOCUMENT = "default"
 OTHER_MEAL = "other"  # an entry with no meal type, or one that is not a short string
 _MAX_MEAL_TYPE = 64
 MAX_UNKNOWN_LISTED = 100  # unknown food ids named in an answer; the rest are counted

@@ -1,7 +1,8 @@
 """Retention: removing what is kept no longer than its time (docs/gdpr.md, "Retention").
 
-Audit entries older than ``audit_retention_days`` and dated snapshots older than
-``snapshot_retention_days`` (``0``: snapshots are off, so every one left goes). The
+Audit entries older than ``audit_retention_days``, dated snapshots older than
+``snapshot_retention_days`` (``0``: snapshots are off, so every one left goes), and
+images with their readings older than ``image_retention_days``. The
 command ``modi-sync retention run`` does one pass; every server also does one every
 ``retention_interval_seconds``, the first one interval after start-up (a fleet that
 restarts together does not all try at once, and a start is not slowed by it). An
@@ -37,11 +38,13 @@ async def retention_pass(storage: Storage, now: datetime | None = None) -> Remov
         storage.pool,
         audit_before=now - timedelta(days=settings.audit_retention_days),
         snapshots_before=now - timedelta(days=max(settings.snapshot_retention_days, 0)),
+        images_before=now - timedelta(days=settings.image_retention_days),
     )
 
 
 def summary(removed: Removed) -> str:
-    return f"removed {removed.audit_entries} audit entries, {removed.snapshots} snapshots"
+    return (f"removed {removed.audit_entries} audit entries, {removed.snapshots} snapshots, "
+            f"{removed.images} images")
 
 
 async def scheduled_retention(app: web.Application) -> AsyncIterator[None]:
@@ -53,7 +56,7 @@ async def scheduled_retention(app: web.Application) -> AsyncIterator[None]:
         removed = await retention_pass(storage)
         if removed is None:
             log.debug("retention: another instance holds the lock; round skipped")
-        elif removed.audit_entries or removed.snapshots:
+        elif removed.audit_entries or removed.snapshots or removed.images:
             log.info("retention: %s", summary(removed))
 
     async with periodic("scheduled retention", app[SETTINGS].retention_interval_seconds,

@@ -23,6 +23,7 @@ from storage.consents import ConsentStore
 from storage.database import create_pool, migrate
 from storage.embedded import EmbeddedPostgres, EmbeddedRedis
 from storage.foods import FoodStore
+from storage.images import ImageStore
 from storage.login_failures import LoginFailures
 from storage.rate_limits import RateLimiter
 from storage.refresh_tokens import RefreshTokens
@@ -82,6 +83,7 @@ class Storage:
     audit: AuditLog
     consents: ConsentStore
     foods: FoodStore
+    images: ImageStore
     rate_limiter: RateLimiter
     login_failures: LoginFailures
     migrations_applied: list[str]  # by this start, if any
@@ -103,7 +105,8 @@ async def open_storage(settings: Settings) -> AsyncIterator[Storage]:
                     settings, pool, redis, UserStore(pool), UpdateLog(pool),
                     RefreshTokens(redis, settings.refresh_token_ttl,
                                   settings.access_token_ttl),
-                    AuditLog(pool), ConsentStore(pool), FoodStore(pool), RateLimiter(redis),
+                    AuditLog(pool), ConsentStore(pool), FoodStore(pool), ImageStore(pool),
+                    RateLimiter(redis),
                     LoginFailures(redis, settings.login_free_failures,
                                   settings.login_backoff_max),
                     applied,

@@ -12,7 +12,8 @@ _PREFIX = "ratelimit:"
 # The limits counted per user (keyed by the user id): erasure deletes their counters.
 USER_SCOPE = "user"
 EXPORT_SCOPE = "export"
-PER_USER_SCOPES = (USER_SCOPE, EXPORT_SCOPE)
+IMAGES_SCOPE = "images"
+PER_USER_SCOPES = (USER_SCOPE, EXPORT_SCOPE, IMAGES_SCOPE)
 
 # KEYS[1] counter. ARGV[1] window seconds. Returns {count, seconds left in the window}.
 # INCR and EXPIRE in one script: a crash between them can never leave a counter

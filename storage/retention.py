@@ -14,7 +14,7 @@ from datetime import datetime
 
 import asyncpg
 
-from . import audit, update_log
+from . import audit, images, update_log
 
 # The key of retention's advisory lock ("modiretn" folded into a bigint's range): one
 # value, shared by every instance, that no other lock of ours uses.
@@ -27,19 +27,21 @@ _TRY_LOCK = "SELECT pg_try_advisory_xact_lock($1::bigint)"
 class Removed:
     audit_entries: int
     snapshots: int
+    images: int
 
 
 async def remove_expired(
-    pool: asyncpg.Pool, *, audit_before: datetime, snapshots_before: datetime
+    pool: asyncpg.Pool, *, audit_before: datetime, snapshots_before: datetime,
+    images_before: datetime,
 ) -> Removed | None:
-    """Delete audit entries logged before ``audit_before`` and dated snapshots taken
-    before ``snapshots_before``, all or nothing; None when another instance holds the
-    lock (it is doing this round)."""
+    """Delete audit entries logged before ``audit_before``, dated snapshots taken
+    before ``snapshots_before`` and images (with their readings) uploaded before
+    ``images_before``, all or nothing; None when another instance holds the lock (it is
+    doing this round)."""
     async with pool.acquire() as conn, conn.transaction():
         if not await conn.fetchval(_TRY_LOCK, RETENTION_LOCK):
             return None
         entries = await audit.purge(conn, audit_before)
         snapshots = await update_log.purge_snapshots(conn, snapshots_before)
-        # Images and their OCR results (issue 23) go here too, in this transaction,
-        # under this lock.
-    return Removed(entries, snapshots)
+        removed_images = await images.purge(conn, images_before)
+    return Removed(entries, snapshots, removed_images)

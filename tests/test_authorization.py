@@ -13,6 +13,7 @@ every call but the owner's own, the owner's account and stored rows are as they 
 
 from __future__ import annotations
 
+import io
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -182,6 +183,29 @@ async def verify_food(world: World, caller: Caller, method: str) -> Answer:
     return await _http(world, caller, method, f"/api/v1/foods/{food_id}/verify")
 
 
+async def upload_image(world: World, caller: Caller, method: str) -> Answer:
+    body = aiohttp.FormData(default_to_multipart=True)
+    body.add_field("image", io.BytesIO(_PNG), filename="label.png", content_type="image/png")
+    answer = await _http(world, caller, method, "/api/v1/images", data=body)
+    # Not left queued: the worker tests' workers would read it.
+    await world.client.app[POOL].execute("DELETE FROM images WHERE user_id = $1",
+                                         caller.account.user_id)
+    return answer
+
+
+async def owners_image(world: World, caller: Caller, method: str) -> Answer:
+    """The owner's image, asked for by ``caller``: its id is the owner's alone."""
+    image_id = await world.client.app[POOL].fetchval(
+        "INSERT INTO images (user_id, doc_name, content_type, width, height, size)"
+        " VALUES ($1, $2, 'image/png', 1, 1, 1) RETURNING id", world.owner.user_id, DOC)
+    return await _http(world, caller, method, f"/api/v1/images/{image_id}")
+
+
+_PNG = bytes.fromhex(  # a 1x1 white PNG
+    "89504e470d0a1a0a0000000d4948445200000001000000010802000000907753de0000000c4944415478"
+    "9c63f8ffff3f0005fe02fe0def46b80000000049454e44ae426082")
+
+
 async def post_update(world: World, caller: Caller, method: str) -> Answer:
     return await _http(world, caller, method, "/api/v1/docs/{name}/update",
                        data=_workout_update(f"by {caller.name}"),
@@ -270,6 +294,7 @@ GETS: dict[str, Row] = {
     "/api/v1/foods/barcode/{code}": private(plain(f"/api/v1/foods/barcode/{UNKNOWN_BARCODE}"),
                                             NOT_FOUND, NOT_FOUND),
     "/api/v1/foods/{id}": private(plain(f"/api/v1/foods/{uuid.uuid4()}"), NOT_FOUND, NOT_FOUND),
+    "/api/v1/images/{id}": private(owners_image, OK, NOT_FOUND),
     # The owner's document has no food log: an empty summary, of the owner's alone.
     "/api/v1/food-logs/daily-summary": private(
         plain("/api/v1/food-logs/daily-summary?date=2026-01-01&doc={name}"), OK, NOT_FOUND),
@@ -292,6 +317,7 @@ TABLE: dict[tuple[str, str], Row] = {
                                               NOT_FOUND),
     ("POST", "/api/v1/foods"): private(contribute_food, CREATED, CREATED),
     ("POST", "/api/v1/foods/{id}/verify"): private(verify_food, FORBIDDEN, FORBIDDEN),
+    ("POST", "/api/v1/images"): private(upload_image, Expect(202), Expect(202)),
     ("GET", "/sync/{name}"): private(sync, Expect(101, reveals=True), UPGRADED),
     ("HEAD", "/sync/{name}"): private(plain("/sync/{name}"), NOT_A_WEBSOCKET, NOT_A_WEBSOCKET),
 }

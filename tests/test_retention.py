@@ -86,7 +86,7 @@ async def test_the_command_removes_what_is_past_retention_and_keeps_the_rest(
 
     code, out, err = await _cli(services, "retention", "run")
     assert code == 0, err
-    match = re.fullmatch(r"removed (\d+) audit entries, (\d+) snapshots\n", out)
+    match = re.fullmatch(r"removed (\d+) audit entries, (\d+) snapshots, \d+ images\n", out)
     assert match and int(match[1]) >= 1 and int(match[2]) >= 1, out
 
     assert not await _audit_kept(db, old_entry) and await _audit_kept(db, new_entry)

@@ -17,6 +17,7 @@ from ..errors import (
     TooLarge,
     Unauthenticated,
     Unavailable,
+    Unsupported,
 )
 
 CODES = {
@@ -66,6 +67,7 @@ _STATUS: dict[type[ModiError], int] = {
     NotFound: 404,
     Conflict: 409,
     TooLarge: 413,
+    Unsupported: 415,
     Unavailable: 503,
 }
 

@@ -10,9 +10,9 @@ from aiohttp import web
 
 from ..access import authenticated_user
 from ..app_keys import DOCUMENTS, STORAGE
-from ..contract import DOC_NAME
+from ..contract import DEFAULT_DOCUMENT, DOC_NAME
 from ..food_log_entries import parse_day
-from ..food_summary import DEFAULT_DOCUMENT, daily_summary
+from ..food_summary import daily_summary
 from .errors import ApiError, json_response
 
 routes = web.RouteTableDef()

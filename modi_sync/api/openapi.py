@@ -86,6 +86,41 @@ _FOOD: dict[str, Any] = {
                    "verified": {"type": "boolean"},
                    "created_at": {"type": "string", "format": "date-time"}},
 }
+_NULLABLE_NUMBER = {"type": ["number", "null"]}
+_READING = {
+    "type": ["object", "null"],
+    "description": "the label's values: per serving when it states one, else per 100 g",
+    "properties": {
+        **{k: _NULLABLE_NUMBER for k in ("calories", "protein", "carbs", "fat",
+                                         "serving_size_g", "confidence")},
+        "per_100g": {"type": ["object", "null"],
+                     "properties": {k: _NULLABLE_NUMBER
+                                    for k in ("calories", "protein", "carbs", "fat")}},
+        "raw_text": {"type": "string"},
+    },
+}
+_IMAGE: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "status", "doc", "content_type", "width", "height", "size",
+                 "attempts", "created_at", "finished_at", "result", "error"],
+    "properties": {
+        "id": {"type": "string", "format": "uuid"},
+        "status": {"enum": ["queued", "processing", "done", "failed"]},
+        "doc": {"type": "string"},
+        "content_type": {"enum": ["image/jpeg", "image/png"]},
+        **{k: {"type": "integer"} for k in ("width", "height", "size", "attempts")},
+        "created_at": {"type": "string", "format": "date-time"},
+        "finished_at": {"type": ["string", "null"], "format": "date-time"},
+        "result": _READING,
+        "error": {"type": ["string", "null"]},
+    },
+}
+_IMAGE_UPLOAD = {"content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["image"],
+    "properties": {"image": {"type": "string", "format": "binary",
+                             "description": "JPEG or PNG, at most 10 MB"},
+                   "doc": {"type": "string", "pattern": f"^{DOC_NAME}$"}},
+}}}}
 _NUTRIENT_TOTALS = {
     "type": "object", "required": ["calories", "protein", "carbs", "fat", "entries"],
     "properties": {**{k: {"type": "number"} for k in ("calories", "protein", "carbs", "fat")},
@@ -186,6 +221,17 @@ SPEC: dict[str, Any] = {
                   auth=True),
             "parameters": [_FOOD_ID],
         }},
+        "/api/v1/images": {"post": {
+            **_op("upload a nutrition label's photo; its reading goes to the document's "
+                  "ocr_drafts", "202", _data(_ref("Image")), 400, 403, 413, 415, auth=True),
+            "requestBody": {"required": True, **_IMAGE_UPLOAD},
+        }},
+        "/api/v1/images/{id}": {"get": {
+            **_op("an image's job: its status, and its reading once done", "200",
+                  _data(_ref("Image")), 400, 404, auth=True),
+            "parameters": [{"name": "id", "in": "path", "required": True,
+                            "schema": {"type": "string", "format": "uuid"}}],
+        }},
         "/api/v1/food-logs/daily-summary": {"get": {
             **_op("calories and macros of one day's food_logs in the caller's document", "200",
                   _data(_ref("DailySummary")), 400, 404, auth=True),
@@ -267,6 +313,7 @@ SPEC: dict[str, Any] = {
                                for root in DOCUMENT_ROOTS},
             },
             "Food": _FOOD,
+            "Image": _IMAGE,
             "PopularFood": {**_FOOD, "required": [*_FOOD["required"], "logs"],
                             "properties": {**_FOOD["properties"],
                                            "logs": {"type": "integer", "minimum": 1}}},
