@@ -13,7 +13,7 @@ import WebSocket from 'ws'
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 
-const ROOTS = ['workouts', 'weights', 'food_logs', 'favorites']
+const ROOTS = ['workouts', 'weights', 'food_logs', 'favorites', 'ocr_drafts']
 
 /** @type {Map<string, {doc: Y.Doc, provider: WebsocketProvider, stream: any, sent: number, closes: number[]}>} */
 const clients = new Map()
