@@ -55,7 +55,12 @@ _ANY_ROW = re.compile(
     r"trans|cholesterol|sodium|salt|sugars?|fibre|fiber|potassium|vitamin|calcium|iron|"
     r"of which|includes|portion|serving)\b")
 _CALORIES_FROM_FAT = re.compile(r"calories\s+from\s+fat\s*\d*")
-_PER_100 = re.compile(r"\b(?:per|pro|par|/)\s*100\s?(?:g|ml)\b")
+# "per 100 g", "/100g"; and "per 100" whose unit OCR lost, when no amount or other
+# unit follows it ("per 100 per portion", not "per 100 kcal").
+_PER_100 = re.compile(r"\b(?:per|pro|par|/)\s*100\s?(?:g|ml)\b"
+                      r"|\b(?:per|pro|par)\s+100\b(?!\s?[.,]?\d|\s?(?:kcal|kj|cal|mg|%))")
+# OCR's readings of "kJ" after an amount: "kl", "k)", "kI", "k1", "k]", "k|".
+_KJ_MISREAD = re.compile(r"(?<=\d)(\s?)k[jli1)\]|](?![a-z])")
 _SERVING = re.compile(
     r"(?:serving\s+size|per\s+serving|portion|per\s+portion)[^\n]{0,40}?\(?\s*"
     r"(\d+(?:[.,]\d+)?)\s?(g|ml)\b")
@@ -112,7 +117,7 @@ def parse_label(text: str, ocr_confidence: float | None = None) -> LabelReading:
 def _normalise(text: str) -> str:
     fixed = _AMOUNT_LIKE.sub(_digits, text)
     lowered = " ".join(fixed.lower().split())  # rows broken across lines: one line
-    return _CALORIES_FROM_FAT.sub(" ", lowered)
+    return _CALORIES_FROM_FAT.sub(" ", _KJ_MISREAD.sub(r"\1kj", lowered))
 
 
 def _digits(match: re.Match[str]) -> str:
@@ -179,6 +184,10 @@ def _kcal(quantities: list[tuple[float, str]]) -> list[float]:
                 found.append(round(pending_kj / KJ_PER_KCAL))
             pending_kj = value
         elif unit != "mg":
+            # A kcal beyond belief beside its kJ ("1142 kJ / 273 kcal" read as "1142 kJ
+            # 13273 kcal": the slash taken for a 1) is the kJ's, converted.
+            if pending_kj is not None and not _plausible("calories", value):
+                value = round(pending_kj / KJ_PER_KCAL)
             found.append(value)
             pending_kj = None
     if pending_kj is not None:

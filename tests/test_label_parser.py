@@ -161,3 +161,30 @@ def test_a_dv_column_before_the_grams_with_a_space_is_not_the_amount():
     reading = parse_label("Calories 100\nTotal Fat 10 % 8g\nProtein 5 g\n"
                           "Total Carbohydrate 3 % 9 g")
     assert (reading.fat, reading.protein, reading.carbs) == (8, 5, 9)
+
+
+@pytest.mark.parametrize("energy", ["2029 kl / 485 kcal", "2029 k) 485 kcal",
+                                    "2029 kI / 485 kcal", "2029kl 485 kcal"])
+def test_kj_misread_by_ocr_is_still_kj_and_not_a_column_of_its_own(energy):
+    # Seen from EasyOCR on the test photos (tests/labels/): "kJ" as "kl" or "k)".
+    reading = parse_label("per 100 g per portion (125 g)\n"
+                          f"Energy 1623 kJ / 388 kcal {energy}\nFat 12.1 g 15.1 g")
+    assert (reading.calories, reading.per_100g["calories"]) == (485, 388)
+
+
+def test_per_100_whose_g_was_lost_is_still_per_100_g():
+    reading = parse_label("Nutrition information per 100 per portion (40 g)\n"
+                          "Energy 460 kJ 110 kcal 184 kJ 44 kcal\nFat 4 g 1.6 g")
+    assert (reading.calories, reading.fat, reading.serving_size_g) == (44, 1.6, 40)
+    assert reading.per_100g == {"calories": 110, "fat": 4, "protein": None, "carbs": None}
+
+
+@pytest.mark.parametrize("text", ["Energy per 100 kcal 400", "Calories 230 per 100 5 g"])
+def test_a_100_that_is_an_amount_is_not_per_100_g(text):
+    assert parse_label(text).per_100g is None
+
+
+def test_a_kcal_beyond_belief_beside_its_kj_is_the_kjs():
+    # "/ 273" read as "13273": the kJ says 273.
+    reading = parse_label("per 100 g\nEnergy 1142 kJ 13273 kcal\nFat 16 g")
+    assert reading.calories == 273
