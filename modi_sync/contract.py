@@ -15,7 +15,7 @@ DEFAULT_DOCUMENT = "default"
 
 # The root types of a user's document that the server reads (docs/api.md, "The
 # document schema"); clients may add others. Each is a Y.Map.
-DOCUMENT_ROOTS = ("workouts", "weights", "food_logs", "favorites")
+DOCUMENT_ROOTS = ("workouts", "weights", "food_logs", "favorites", "ocr_drafts")
 
 
 class CloseCode(IntEnum):

@@ -29,6 +29,7 @@ from pycrdt import Doc, Map
 from modi_sync.audit import Actor
 from modi_sync.config import Settings
 from modi_sync.documents import Documents, open_documents
+from modi_sync.errors import ModiError
 from modi_sync.runtime import Storage, open_storage
 from modi_sync.sync.listener import RedisListener
 from storage.images import Ended, ImageStore, Job, subscribe_wakeups, wakeups
@@ -36,6 +37,7 @@ from storage.images import Ended, ImageStore, Job, subscribe_wakeups, wakeups
 log = logging.getLogger(__name__)
 
 DRAFTS_ROOT = "ocr_drafts"
+RETRY_SECONDS = 5.0  # after PostgreSQL or Redis failed the worker
 
 # Reads a photo's bytes into the contract's ``result``; blocking, run in a thread.
 Read = Callable[[bytes], dict[str, Any]]
@@ -79,8 +81,17 @@ class Worker:
         log.info("worker %s: waiting for jobs", self.name)
         try:
             while not stop.is_set():
-                if not await self.work_once():
-                    await self._idle(stop)
+                try:
+                    found = await self.work_once()
+                except Exception:
+                    # PostgreSQL or Redis away (a restart, a failover): the job under
+                    # way, if any, is claimed again when its lease runs out.
+                    log.exception("worker %s: taking a job failed; trying again soon",
+                                  self.name)
+                    await self._idle(stop, RETRY_SECONDS)
+                    continue
+                if not found:
+                    await self._idle(stop, self._poll)
         finally:
             await listener.stop()
 
@@ -97,10 +108,10 @@ class Worker:
         await self._process(job)
         return True
 
-    async def _idle(self, stop: asyncio.Event) -> None:
+    async def _idle(self, stop: asyncio.Event, seconds: float) -> None:
         stopping = asyncio.ensure_future(stop.wait())
         waking = asyncio.ensure_future(self._wake.wait())
-        await asyncio.wait([stopping, waking], timeout=self._poll,
+        await asyncio.wait([stopping, waking], timeout=seconds,
                            return_when=asyncio.FIRST_COMPLETED)
         for waiter in (stopping, waking):
             waiter.cancel()
@@ -113,26 +124,38 @@ class Worker:
         except Exception as exc:
             # Logged without the image: a user's photo is not for the log.
             log.warning("worker %s: image %s could not be read: %s", self.name, job.id, exc)
-            ended = await self._store.failed(job, self.name, f"unreadable: {exc}"[:500],
-                                             self._max_attempts)
-            if ended is not None and ended.status == "failed":
-                await self._log_failed(ended)
+            await self._fail(job, f"unreadable: {exc}")
             return
         finally:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewing
-        await self._documents.apply(job.user_id, job.doc_name, draft_update(job.id, result))
+        try:
+            await self._documents.apply(job.user_id, job.doc_name, draft_update(job.id, result))
+        except ModiError as exc:  # the document is at its size limit or the user's quota
+            await self._fail(job, f"the reading could not be written to the document: {exc}")
+            return
         entry = self._actor.entry("image.read", "image", user_id=job.user_id,
                                   resource_id=str(job.id),
                                   details={"confidence": result.get("confidence")})
         if await self._store.done(job, self.name, result, entry) is None:
             log.info("worker %s: image %s was taken over by another worker", self.name, job.id)
 
+    async def _fail(self, job: Job, error: str) -> None:
+        ended = await self._store.failed(job, self.name, error[:500], self._max_attempts)
+        if ended is not None and ended.status == "failed":
+            await self._log_failed(ended)
+
     async def _renew(self, job: Job) -> None:
         while True:
             await asyncio.sleep(self._lease / 3)
-            if not await self._store.renew(job, self.name, self._lease):
+            try:
+                renewed = await self._store.renew(job, self.name, self._lease)
+            except Exception as exc:  # tried again in a third of the lease
+                log.warning("worker %s: renewing the lease of image %s failed: %s",
+                            self.name, job.id, exc)
+                continue
+            if not renewed:
                 log.warning("worker %s: lost the lease of image %s", self.name, job.id)
                 return
 

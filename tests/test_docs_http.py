@@ -132,7 +132,7 @@ async def test_json_view_lists_the_schema_roots_only(client):
     resp = await client.get("/api/v1/docs/plan", headers=_auth(pair))
     assert resp.status == 200
     data = (await resp.json())["data"]
-    assert set(data) == {"workouts", "weights", "food_logs", "favorites"}
+    assert set(data) == {"workouts", "weights", "food_logs", "favorites", "ocr_drafts"}
     assert data["workouts"]["w1"]["name"] == "squat"
 
 

@@ -126,7 +126,9 @@ async def test_what_is_neither_jpeg_nor_png_is_a_415(owner, db, data):
     b"\x89PNG\r\n\x1a\n" + b"\x00" * 200,  # PNG's signature, then nothing of a PNG
     b"\xff\xd8\xff\xe0" + b"\x13" * 500,  # JPEG's, the same
     with_size(png(), 60_000, 60_000),  # a small file declaring 3.6 gigapixels
-], ids=["truncated-png", "png-signature-only", "jpeg-signature-only", "pixel-bomb"])
+    with_size(png(), 10_000, 10_000),  # 100 million: where Pillow would only warn
+], ids=["truncated-png", "png-signature-only", "jpeg-signature-only", "pixel-bomb",
+        "pixel-bomb-below-pillows-limit"])
 async def test_a_broken_image_or_a_pixel_bomb_is_a_400(owner, db, data):
     resp = await owner.upload(data)
     assert resp.status == 400, await resp.text()
@@ -250,4 +252,14 @@ async def test_a_multipart_body_with_a_broken_part_header_is_a_400(owner, db):
         **owner.auth, "Content-Type": "multipart/form-data; boundary=b1"})
     assert resp.status == 400
     assert_error(await resp.json(), "VALIDATION_ERROR")
+    assert await _stored(db, owner.id) == 0
+
+
+async def test_after_consent_is_withdrawn_an_upload_is_a_403(client, owner, db):
+    resp = await client.put("/api/v1/users/me/consents", headers=owner.auth,
+                            json={"privacy_policy_version": None})
+    assert resp.status == 200, await resp.text()
+    resp = await owner.upload(png())
+    assert resp.status == 403
+    assert_error(await resp.json(), "FORBIDDEN")
     assert await _stored(db, owner.id) == 0
