@@ -27,7 +27,7 @@ ROW_NUMBERS = 12
 
 # OCR's usual misreadings of digits, undone only inside what looks like an amount.
 _DIGIT_FOR = str.maketrans({"O": "0", "o": "0", "D": "0", "l": "1", "I": "1", "|": "1",
-                            "S": "5", "s": "5", "B": "8"})
+                            "L": "1", "S": "5", "s": "5", "B": "8"})
 _UNIT = r"(?:mg|g|kcal|kj|cal|%)"
 # A run of digits and look-alikes, standing alone or glued to a unit: "1Og", "2OO",
 # "B g". Not part of a word ("Sodium", "Sugars"): no letter may touch it but a unit's.
@@ -61,6 +61,8 @@ _PER_100 = re.compile(r"\b(?:per|pro|par|/)\s*100\s?(?:g|ml)\b"
                       r"|\b(?:per|pro|par)\s+100\b(?!\s?[.,]?\d|\s?(?:kcal|kj|cal|mg|%))")
 # OCR's readings of "kJ" after an amount: "kl", "k)", "kI", "k1", "k]", "k|".
 _KJ_MISREAD = re.compile(r"(?<=\d)(\s?)k[jli1)\]|](?![a-z])")
+# A column headed per portion or per serving, beside a per 100 g one.
+_PORTION_COLUMN = re.compile(r"\bper\s+(?:portion|serving)\b")
 _SERVING = re.compile(
     r"(?:serving\s+size|per\s+serving|portion|per\s+portion)[^\n]{0,40}?\(?\s*"
     r"(\d+(?:[.,]\d+)?)\s?(g|ml)\b")
@@ -106,7 +108,8 @@ def parse_label(text: str, ocr_confidence: float | None = None) -> LabelReading:
     serving = _serving_g(normal)
     columns = _read_rows(normal)
     per_100_first = _PER_100.search(normal) is not None
-    values, per_100g = _values(columns, serving, per_100_first)
+    portion_column = _PORTION_COLUMN.search(normal) is not None
+    values, per_100g = _values(columns, serving, per_100_first, portion_column)
     read = sum(values[n] is not None for n in NUTRIENTS)
     confidence = read / len(NUTRIENTS) * (1.0 if ocr_confidence is None
                                           else max(0.0, min(1.0, ocr_confidence)))
@@ -161,17 +164,28 @@ def _row_end(text: str, start: int) -> int:
 def _amounts(nutrient: str, cell: str) -> list[float]:
     """The amounts of one row, one per column: grams for a macronutrient, kcal for the
     energy. Percentages (%DV) are left out."""
-    quantities = [(_number(m[1]), m[2] or "")
+    quantities = [(_number(m[1]), m[2] or "", m[1])
                   for m in itertools.islice(_QUANTITY.finditer(cell), ROW_NUMBERS)
                   if not m[3]]
     if nutrient == "calories":
-        found = _kcal(quantities)
+        found = _kcal([(v, unit) for v, unit, _ in quantities])
     else:
         # Grams where the row gives them ("Total Fat 10 % 8g": 8); a bare number (the
         # "g" lost to OCR) only where it gives none.
-        grams = [v for v, unit in quantities if unit == "g"]
-        found = grams or [v for v, unit in quantities if unit == ""][:1]
+        grams = [v for v, unit, _ in quantities if unit == "g"]
+        found = grams or [_g_read_as_9(text) for _, unit, text in quantities
+                          if unit == ""][:1]
     return [v for v in found if _plausible(nutrient, v)]
+
+
+def _g_read_as_9(text: str) -> float:
+    """A bare whole number of 100 or more that ends in 9, where grams were due, is OCR's
+    reading of "<n>g" ("Total Carbohydrate 229" for 22g): no food has 100 g of one
+    macronutrient in 100 g, and servings of over 100 g of one are rare."""
+    value = _number(text)
+    if value >= 100 and text.isdigit() and text.endswith("9"):
+        return _number(text[:-1])
+    return value
 
 
 def _kcal(quantities: list[tuple[float, str]]) -> list[float]:
@@ -204,9 +218,14 @@ def _number(text: str) -> float:
 
 
 def _values(columns: _Columns, serving: float | None, per_100_first: bool,
+            portion_column: bool = False,
             ) -> tuple[dict[str, float | None], dict[str, float | None] | None]:
     if per_100_first:  # EU: the first column per 100 g, a second one per portion
         per_100 = {n: columns.first(n) for n in NUTRIENTS}
+        if serving is None and portion_column:
+            # A portion column whose weight OCR could not read ("(30 9)"): the values
+            # are still the portion's, as printed; none is derived without the weight.
+            return {n: columns.first(n, 1) for n in NUTRIENTS}, per_100
         if serving is None:
             return per_100, per_100
         return {n: _per_serving(columns, n, serving) for n in NUTRIENTS}, per_100

@@ -188,3 +188,26 @@ def test_a_kcal_beyond_belief_beside_its_kj_is_the_kjs():
     # "/ 273" read as "13273": the kJ says 273.
     reading = parse_label("per 100 g\nEnergy 1142 kJ 13273 kcal\nFat 16 g")
     assert reading.calories == 273
+
+
+def test_a_portion_column_whose_weight_was_not_read_still_gives_the_portions_values():
+    # "(30 g)" read as "(30 9)": the portion's column is still the values.
+    reading = parse_label("Nutrition information per 100 g per portion (30 9)\n"
+                          "Energy 820 kJ / 196 kcal 246 kJ / 59 kcal\nFat 19.5 g 5.8 g\n"
+                          "Carbohydrate 3.1 g 0.9 g\nProtein 2 g")
+    assert (reading.calories, reading.fat, reading.carbs) == (59, 5.8, 0.9)
+    assert reading.protein is None  # no portion amount, no weight: nothing derived
+    assert reading.serving_size_g is None
+    assert reading.per_100g == {"calories": 196, "protein": 2, "carbs": 3.1, "fat": 19.5}
+
+
+def test_an_l_before_a_unit_is_a_1():
+    assert parse_label("Protein Lg\nTotal Fat 2g").protein == 1
+
+
+@pytest.mark.parametrize(("row", "expected"), [
+    ("Total Carbohydrate 229 8%", 22), ("Total Carbohydrate 139", 13),
+    ("Total Carbohydrate 99", 99), ("Total Carbohydrate 120", 120),
+    ("Total Carbohydrate 22.9", 22.9), ("Total Carbohydrate 229g", 229)])
+def test_a_g_read_as_9_after_a_whole_number_of_100_or_more_is_dropped(row, expected):
+    assert parse_label(row).carbs == expected
