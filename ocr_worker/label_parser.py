@@ -61,6 +61,12 @@ _PER_100 = re.compile(r"\b(?:per|pro|par|/)\s*100\s?(?:g|ml)\b"
                       r"|\b(?:per|pro|par)\s+100\b(?!\s?[.,]?\d|\s?(?:kcal|kj|cal|mg|%))")
 # OCR's readings of "kJ" after an amount: "kl", "k)", "kI", "k1", "k]", "k|".
 _KJ_MISREAD = re.compile(r"(?<=\d)(\s?)k[jli1)\]|](?![a-z])")
+# A lone 9 right after a decimal amount is its "g" misread: "Fat 15.1 9 18.9 g".
+_G_AFTER_DECIMAL = re.compile(r"(\d[.,]\d+)\s9(?![\d.,]|\s?(?:mg|g|kcal|kj|cal|%))")
+# kcal per gram (the Atwater factors), for the energy check of misread amounts.
+_ATWATER = {"protein": 4.0, "carbs": 4.0, "fat": 9.0}
+# A row's first amount bare, whole and ending in 9 or 8: maybe a "g" misread.
+_BARE_ENDING_IN_G = re.compile(r"\s*(\d+[98])(?![\d.,]|\s?(?:mg|g|kcal|kj|cal|%))")
 # A column headed per portion or per serving, beside a per 100 g one.
 _PORTION_COLUMN = re.compile(r"\bper\s+(?:portion|serving)\b")
 _SERVING = re.compile(
@@ -94,6 +100,9 @@ class _Columns:
     """Each nutrient's amounts in the order read: one per column of the label."""
 
     amounts: dict[str, list[float]] = field(default_factory=dict)
+    # A macronutrient's first amount as it would be with a trailing 9 or 8 taken for
+    # the "g" OCR misread ("Protein 39" for 3g); the energy decides (_energy_check).
+    without_g: dict[str, float] = field(default_factory=dict)
 
     def first(self, nutrient: str, column: int = 0) -> float | None:
         found = self.amounts.get(nutrient, [])
@@ -118,7 +127,10 @@ def parse_label(text: str, ocr_confidence: float | None = None) -> LabelReading:
 
 
 def _normalise(text: str) -> str:
-    fixed = _AMOUNT_LIKE.sub(_digits, text)
+    # "_" is OCR's stray underline ("Energy_ 1787 kJ"): a space, or no row name
+    # would end at it.
+    fixed = _AMOUNT_LIKE.sub(_digits, text.replace("_", " "))
+    fixed = _G_AFTER_DECIMAL.sub(r"\1 g", fixed)
     lowered = " ".join(fixed.lower().split())  # rows broken across lines: one line
     return _CALORIES_FROM_FAT.sub(" ", _KJ_MISREAD.sub(r"\1kj", lowered))
 
@@ -149,11 +161,39 @@ def _read_rows(text: str) -> _Columns:
         for match in itertools.islice(row.finditer(text), ROW_TRIES):
             if _NOT_THE_ROW.search(text[max(0, match.start() - 20):match.start()]):
                 continue
-            amounts = _amounts(nutrient, text[match.end():_row_end(text, match.end())])
+            cell = text[match.end():_row_end(text, match.end())]
+            amounts = _amounts(nutrient, cell)
             if amounts:
                 columns.amounts[nutrient] = amounts
+                bare = _BARE_ENDING_IN_G.match(cell)
+                if nutrient != "calories" and bare and _number(bare[1]) == amounts[0]:
+                    columns.without_g[nutrient] = _number(bare[1][:-1])
                 break
+    _energy_check(columns)
     return columns
+
+
+def _energy_check(columns: _Columns) -> None:
+    """Of the readings of "Protein 39" (39 g, or 3 g with its "g" read as 9), keep the
+    one that agrees with the energy: 4 kcal per g of protein and of carbohydrate, 9 per
+    g of fat. Only when the amounts as read are off by more than 15% and the other
+    reading is within it: otherwise the amounts stay as read."""
+    kcal = columns.first("calories")
+    macros = [columns.first(n) for n in _ATWATER]
+    if not columns.without_g or not kcal or any(m is None for m in macros):
+        return
+
+    def gap(values: dict[str, float]) -> float:
+        return abs(sum(_ATWATER[n] * v for n, v in values.items()) - kcal) / kcal
+
+    read = {n: columns.amounts[n][0] for n in _ATWATER}
+    options = [read]
+    for nutrient, other in columns.without_g.items():
+        options += [{**option, nutrient: other} for option in options]
+    best = min(options, key=gap)
+    if gap(read) > 0.15 and gap(best) <= 0.15:
+        for nutrient, value in best.items():
+            columns.amounts[nutrient][0] = value
 
 
 def _row_end(text: str, start: int) -> int:

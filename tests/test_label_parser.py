@@ -211,3 +211,29 @@ def test_an_l_before_a_unit_is_a_1():
     ("Total Carbohydrate 22.9", 22.9), ("Total Carbohydrate 229g", 229)])
 def test_a_g_read_as_9_after_a_whole_number_of_100_or_more_is_dropped(row, expected):
     assert parse_label(row).carbs == expected
+
+
+def test_a_g_read_as_9_is_found_by_the_energy():
+    # 4 x 3 + 4 x 40 + 9 x 10 = 262: "39" is 3 g; 39 g would make 406 kcal.
+    reading = parse_label("Calories 260\nTotal Fat 10g\nTotal Carbohydrate 40g\n"
+                          "Protein 39")
+    assert reading.protein == 3
+
+
+def test_an_amount_that_agrees_with_the_energy_is_left_as_read():
+    # 4 x 29 + 4 x 40 + 9 x 10 = 366: "29" is right, though it ends in 9.
+    reading = parse_label("Calories 366\nTotal Fat 10g\nTotal Carbohydrate 40g\n"
+                          "Protein 29")
+    assert reading.protein == 29
+
+
+def test_ocrs_stray_underline_does_not_hide_a_row_name():
+    assert parse_label("per 100 g\nEnergy_ 1787 kJ 427 kcal\nFat 23.2 g").calories == 427
+
+
+def test_a_lone_9_after_a_decimal_amount_is_its_g():
+    reading = parse_label("Nutrition information per 100 g per portion (125 g)\n"
+                          "Fat 15.1 9 18.9 g\nProtein 15.7 9 19.6 g\nCarbohydrate 1.6 9")
+    assert (reading.fat, reading.protein) == (18.9, 19.6)
+    assert reading.per_100g["fat"] == 15.1 and reading.per_100g["protein"] == 15.7
+    assert reading.per_100g["carbs"] == 1.6
