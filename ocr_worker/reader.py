@@ -92,10 +92,14 @@ class LabelReader:
       ``close()`` (or leaving ``with LabelReader() as reader:``).
     - ``gpu``: default: CUDA when torch sees it.
     - ``threads``: torch's intra-op threads (process-wide); None leaves torch's default
-      (one per core).
+      (one per core). One by default: on a machine whose cores are busy with anything
+      else, two threads made the recogniser five times slower (they wait on each other),
+      and several one-thread workers use the cores better than one two-thread worker.
     - ``max_side``: an image's longer side is scaled down to this many pixels before
       OCR (never up); None keeps the size.
-    - ``canvas_size``: EasyOCR's detector input cap, in pixels of the longer side.
+    - ``canvas_size``: the text detector's input cap, in pixels of the longer side:
+      the detector (most of the time) sees the image scaled down to it, while the
+      recogniser reads each box from the image at ``max_side``.
     - ``crop_to_label``: read only the label's region (the bright card), not the scene
       around it.
     - ``deskew``: straighten the image before OCR (rotation up to ±6° is looked for).
