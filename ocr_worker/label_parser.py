@@ -57,10 +57,12 @@ _ANY_ROW = re.compile(
 _CALORIES_FROM_FAT = re.compile(r"calories\s+from\s+fat\s*\d*")
 # "per 100 g", "/100g"; and "per 100" whose unit OCR lost, when no amount or other
 # unit follows it ("per 100 per portion", not "per 100 kcal").
-_PER_100 = re.compile(r"\b(?:per|pro|par|/)\s*100\s?(?:g|ml)\b"
+_PER_100 = re.compile(r"\b(?:per|pro|par|/)\s*100\s?(?:g|ml|9(?![.,]?\d))\b"
                       r"|\b(?:per|pro|par)\s+100\b(?!\s?[.,]?\d|\s?(?:kcal|kj|cal|mg|%))")
 # OCR's readings of "kJ" after an amount: "kl", "k)", "kI", "k1", "k]", "k|".
-_KJ_MISREAD = re.compile(r"(?<=\d)(\s?)k[jli1)\]|](?![a-z])")
+_KJ_MISREAD = re.compile(r"(?<=\d)(\s?)k\s?[jli1)\]|](?![a-z])")
+# A row name glued to its amount: "Protein59g".
+_NAME_GLUED = re.compile(r"\b(calories|energy|protein|fat|carbohydrate)(?=\d)")
 # A lone 9 right after a decimal amount is its "g" misread: "Fat 15.1 9 18.9 g".
 _G_AFTER_DECIMAL = re.compile(r"(\d[.,]\d+)\s9(?![\d.,]|\s?(?:mg|g|kcal|kj|cal|%))")
 # kcal per gram (the Atwater factors), for the energy check of misread amounts.
@@ -132,7 +134,8 @@ def _normalise(text: str) -> str:
     fixed = _AMOUNT_LIKE.sub(_digits, text.replace("_", " "))
     fixed = _G_AFTER_DECIMAL.sub(r"\1 g", fixed)
     lowered = " ".join(fixed.lower().split())  # rows broken across lines: one line
-    return _CALORIES_FROM_FAT.sub(" ", _KJ_MISREAD.sub(r"\1kj", lowered))
+    lowered = _NAME_GLUED.sub(r"\1 ", _KJ_MISREAD.sub(r"\1kj", lowered))
+    return _CALORIES_FROM_FAT.sub(" ", lowered)
 
 
 def _digits(match: re.Match[str]) -> str:

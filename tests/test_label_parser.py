@@ -237,3 +237,14 @@ def test_a_lone_9_after_a_decimal_amount_is_its_g():
     assert (reading.fat, reading.protein) == (18.9, 19.6)
     assert reading.per_100g["fat"] == 15.1 and reading.per_100g["protein"] == 15.7
     assert reading.per_100g["carbs"] == 1.6
+
+
+def test_per_100_g_with_its_g_read_as_9_and_kj_read_as_k_l():
+    reading = parse_label("Nutrition information per 100 9 per portion (30 g)\n"
+                          "Energy 1874 k L 448 kcal 562 kL/ 134 kcal\nFat 28.4 g 8.5 g")
+    assert (reading.calories, reading.fat) == (134, 8.5)
+    assert reading.per_100g["calories"] == 448
+
+
+def test_a_row_name_glued_to_its_amount():
+    assert parse_label("Calories 599\nProtein59g").protein == 59
