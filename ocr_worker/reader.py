@@ -122,7 +122,11 @@ class LabelReader:
         if work_dir is None:
             self._owned_dir = tempfile.TemporaryDirectory(prefix="modi-ocr-")
             work_dir = Path(self._owned_dir.name)
-        self._ocr = _load_easyocr(self.model_dir, work_dir, gpu, threads, quantize)
+        try:
+            self._ocr = _load_easyocr(self.model_dir, work_dir, gpu, threads, quantize)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         """Remove the temporary ``work_dir`` this reader made, if it made one. The
@@ -150,7 +154,7 @@ class LabelReader:
 
     def prepare(self, data: bytes) -> Grey:
         """The image as OCR gets it: decoded, turned upright by its EXIF orientation,
-        grey, cropped to the label, straightened and scaled down, per the knobs."""
+        grey, straightened, cropped to the label and scaled down, per the knobs."""
         import numpy as np
 
         image = _decode(data)
