@@ -75,7 +75,7 @@ def check_weights(model_dir: Path) -> None:
 
 
 def default_model_dir() -> Path:
-    import easyocr_en_models  # type: ignore[import-untyped]
+    import easyocr_en_models
 
     return Path(easyocr_en_models.model_dir())
 
@@ -171,7 +171,7 @@ def _load_easyocr(model_dir: Path, work_dir: Path, gpu: bool | None, threads: in
                   quantize: bool) -> Any:
     # easyocr reads EASYOCR_MODULE_PATH once, when first imported: set it before.
     os.environ.setdefault("EASYOCR_MODULE_PATH", str(work_dir))
-    import easyocr  # type: ignore[import-untyped]
+    import easyocr
     import torch
 
     if threads is not None:

@@ -121,10 +121,14 @@ class Worker:
         renewing = asyncio.ensure_future(self._renew(job))
         try:
             result = await asyncio.to_thread(self._read, job.data)
-        except Exception as exc:
+        except ValueError as exc:  # the photo itself (reader.UnreadableImage): no retry
+            log.warning("worker %s: image %s is unreadable: %s", self.name, job.id, exc)
+            await self._fail(job, f"unreadable: {exc}", retry=False)
+            return
+        except Exception as exc:  # the reader failed (memory, say): another attempt
             # Logged without the image: a user's photo is not for the log.
-            log.warning("worker %s: image %s could not be read: %s", self.name, job.id, exc)
-            await self._fail(job, f"unreadable: {exc}")
+            log.warning("worker %s: reading image %s failed: %s", self.name, job.id, exc)
+            await self._fail(job, f"reading failed: {exc}")
             return
         finally:
             renewing.cancel()
@@ -133,7 +137,8 @@ class Worker:
         try:
             await self._documents.apply(job.user_id, job.doc_name, draft_update(job.id, result))
         except ModiError as exc:  # the document is at its size limit or the user's quota
-            await self._fail(job, f"the reading could not be written to the document: {exc}")
+            await self._fail(job, f"the reading could not be written to the document: {exc}",
+                             retry=False)
             return
         entry = self._actor.entry("image.read", "image", user_id=job.user_id,
                                   resource_id=str(job.id),
@@ -141,8 +146,9 @@ class Worker:
         if await self._store.done(job, self.name, result, entry) is None:
             log.info("worker %s: image %s was taken over by another worker", self.name, job.id)
 
-    async def _fail(self, job: Job, error: str) -> None:
-        ended = await self._store.failed(job, self.name, error[:500], self._max_attempts)
+    async def _fail(self, job: Job, error: str, *, retry: bool = True) -> None:
+        attempts = self._max_attempts if retry else job.attempt
+        ended = await self._store.failed(job, self.name, error[:500], attempts)
         if ended is not None and ended.status == "failed":
             await self._log_failed(ended)
 

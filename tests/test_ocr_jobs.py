@@ -231,8 +231,8 @@ def test_an_upload_is_read_by_a_worker_into_the_phones_document(
 
 async def test_an_unreadable_photo_fails_with_a_reason_after_its_attempts(
         services: ServiceUrls, worker: WorkerProcess, pool, user_id):
-    """Bytes that passed no upload check (put there directly): the reader fails on
-    them, twice (MODI_OCR_MAX_ATTEMPTS=2), and the job says why."""
+    """Bytes that passed no upload check (put there directly): the reader refuses them,
+    and the job fails at once, saying why (reading them again would change nothing)."""
     image_id = uuid.uuid4()
     await pool.execute(
         "INSERT INTO images (id, user_id, doc_name, content_type, width, height, size, data)"
@@ -245,7 +245,7 @@ async def test_an_unreadable_photo_fails_with_a_reason_after_its_attempts(
 
     await eventually(failed, timeout=60)
     record = await ImageStore(pool).get(user_id, image_id)
-    assert record.error.startswith("unreadable") and record.attempts == 2, worker.log()
+    assert record.error.startswith("unreadable") and record.attempts == 1, worker.log()
     actions = await pool.fetch("SELECT action FROM audit_log WHERE resource_id = $1",
                                str(image_id))
     assert [a["action"] for a in actions] == ["image.failed"]
