@@ -223,7 +223,10 @@ def _worker(settings: Settings) -> int:
             loop.add_signal_handler(signum, stop.set)
         await run_worker(settings, read, stop=stop)
 
-    asyncio.run(work())
+    try:
+        asyncio.run(work())
+    finally:
+        reader.close()  # its temporary folder
     return 0
 
 
