@@ -263,3 +263,12 @@ async def test_after_consent_is_withdrawn_an_upload_is_a_403(client, owner, db):
     assert resp.status == 403
     assert_error(await resp.json(), "FORBIDDEN")
     assert await _stored(db, owner.id) == 0
+
+
+async def test_a_form_with_two_images_is_a_400(owner, db):
+    body = form(png())
+    body.add_field("image", io.BytesIO(png()), filename="b.png", content_type="image/png")
+    resp = await owner.client.post(IMAGES, data=body, headers=owner.auth)
+    assert resp.status == 400
+    assert assert_error(await resp.json(), "VALIDATION_ERROR")["details"]["field"] == "image"
+    assert await _stored(db, owner.id) == 0

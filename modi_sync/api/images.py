@@ -71,6 +71,8 @@ async def _read_form(request: web.Request) -> tuple[bytes, str]:
             if not isinstance(part, BodyPartReader):
                 raise ApiError.validation("image", "nested multipart bodies are not taken")
             if part.name == "image":
+                if data is not None:  # one photo per upload: 10 MB held at most
+                    raise ApiError.validation("image", "one image per upload")
                 data = await _read_part(part, MAX_IMAGE_BYTES)
             elif part.name == "doc":
                 doc_name = (await _read_part(part, _MAX_FIELD_BYTES)).decode("utf-8", "replace")
