@@ -567,3 +567,78 @@ def anchors_ready(kinds: Iterable[str]) -> str | None:
                     "(an optional dependency, built by `npm ci` with a C++ compiler): run "
                     "`bash bench/setup.sh`")
     return None
+
+
+# -- Node clients driven over stdin (the reliability benchmarks) --------------------------
+
+
+def open_fds(pid: int) -> int | None:
+    """How many file descriptors ``pid`` holds; None if it is gone."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
+def run_node(script: Path, cfg: dict, on_event=None, timeout: float = 300.0) -> dict:
+    """Run a Node client script (``node SCRIPT '<json cfg>'``) on the client core and
+    return its result line; ``on_event(event, send)`` is called, on this thread, for each
+    of its event lines, and ``send(word)`` writes a line to its stdin. The script gets
+    ``hardLimitMs`` and ends by itself; past ``timeout`` + 10 s it is killed."""
+    import queue
+
+    cfg = dict(cfg, hardLimitMs=int(timeout * 1000))
+    proc = subprocess.Popen(pinned(["node", str(script), json.dumps(cfg)], CLIENT_CORE),
+                            cwd=BENCH, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, bufsize=1)
+    lines: queue.Queue[str | None] = queue.Queue()
+    errors: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    def pump_err() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if len(errors) < 200:
+                errors.append(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    threading.Thread(target=pump_err, daemon=True).start()
+
+    def send(word: str) -> None:
+        with contextlib.suppress(BrokenPipeError, OSError):
+            assert proc.stdin is not None
+            proc.stdin.write(word + "\n")
+            proc.stdin.flush()
+
+    deadline = time.monotonic() + timeout + 10
+    result = None
+    try:
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if line is None:
+                break
+            if not line.startswith("{"):
+                continue
+            msg = json.loads(line)
+            if "event" in msg and on_event is not None:
+                on_event(msg, send)
+            elif "result" in msg:
+                result = msg["result"]
+                break
+    finally:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    if result is None:
+        return {"ok": False, "error": f"{script.name} gave no result: {''.join(errors)[-2000:]}"}
+    return result

@@ -1,0 +1,393 @@
+// The clients of the reliability benchmarks (slow_reader.py, reconnect_storm.py,
+// idle_rooms.py, soak.py): many y-websocket clients in one Node process.
+//
+// Each client speaks the y-websocket binary protocol (y-protocols' sync step 1 / step 2
+// / update over `ws`) with a real Yjs document, as bench/loadgen.mjs does. Every wait
+// has a deadline, every loop a bound, and the process exits after `hardLimitMs`
+// whatever happens.
+//
+//   node bench/faults.mjs '<json config>'
+//
+// Modes (the Python script that drives each one says what its fields mean):
+//   slow   one room of N editing clients and one more client that stops reading when
+//          stdin says "pause"; latency from send to receipt, split by phase
+//   storm  connect clients to documents with history, wait for the server to go away
+//          and come back, then reconnect every client at once on "go"; verify each
+//          holds the expected state
+//   open   open documents (connect, sync, check, close), a bounded number at once
+//   soak   W1 rate for a long time, with progress lines every `tickMs`
+//
+// Output: JSON lines on stdout; events are {"event": ...}, the last line is
+// {"result": {...}}.
+
+import WebSocket from 'ws'
+import * as Y from 'yjs'
+import * as encoding from 'lib0/encoding'
+import * as decoding from 'lib0/decoding'
+import * as readline from 'node:readline'
+
+const cfg = JSON.parse(process.argv[2])
+const REMOTE = Symbol('remote')
+const now = () => performance.now()
+const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+const hardTimer = setTimeout(() => {
+  emit({ result: { ok: false, error: `hard time limit ${cfg.hardLimitMs} ms reached` } })
+  process.exit(3)
+}, cfg.hardLimitMs ?? 300000)
+hardTimer.unref()
+
+// Words from the driving script, one a line on stdin.
+const words = []
+let wordWaiter = null
+let stdinEnded = false
+const rl = readline.createInterface({ input: process.stdin })
+rl.on('line', (line) => { words.push(line.trim()); wordWaiter?.() })
+rl.on('close', () => { stdinEnded = true; wordWaiter?.() })
+const waitFor = async (word, ms) => {
+  const until = now() + ms
+  while (now() < until) {
+    const i = words.indexOf(word)
+    if (i >= 0) { words.splice(i, 1); return true }
+    if (stdinEnded) return false
+    await new Promise((resolve) => {
+      const timer = setTimeout(resolve, Math.max(0, until - now()))
+      wordWaiter = () => { clearTimeout(timer); resolve() }
+    })
+    wordWaiter = null
+  }
+  return false
+}
+
+const urlFor = (tokenIndex, name) => {
+  const tokens = cfg.tokens ?? ['']
+  return cfg.urlTemplate.replace('{name}', encodeURIComponent(name))
+    .replace('{token}', encodeURIComponent(tokens[tokenIndex % tokens.length]))
+}
+
+const MSG_SYNC = 0
+const STEP1 = 0
+const STEP2 = 1
+const UPDATE = 2
+
+// One client. With `apply` off it never applies what the server sends (a W1 writer
+// only ever touches its own keys, so its edits stay valid without the others'), and
+// hands each update to `onRemote` instead: a client of a long soak then holds only its
+// own edits, not every tombstone of the room.
+class Peer {
+  constructor (tokenIndex, name, { apply = true } = {}) {
+    this.tokenIndex = tokenIndex
+    this.name = name
+    this.apply = apply
+    this.doc = new Y.Doc()
+    this.ws = null
+    this.synced = false
+    this.closed = false
+    this.closeInfo = null
+    this.bytesIn = 0
+    this.onRemote = null
+    this.doc.on('update', (update, origin) => {
+      if (origin !== REMOTE && this.ws !== null && this.ws.readyState === WebSocket.OPEN) {
+        this.send(UPDATE, update)
+      }
+    })
+  }
+
+  send (syncType, payload) {
+    const enc = encoding.createEncoder()
+    encoding.writeVarUint(enc, MSG_SYNC)
+    encoding.writeVarUint(enc, syncType)
+    encoding.writeVarUint8Array(enc, payload)
+    this.ws.send(encoding.toUint8Array(enc))
+  }
+
+  // Resolves with the milliseconds from creating the socket to holding the server's
+  // step 2; rejects on an error, a close or the timeout.
+  connect (timeoutMs) {
+    this.synced = false
+    this.closed = false
+    return new Promise((resolve, reject) => {
+      const t0 = now()
+      let done = false
+      const finish = (err) => {
+        if (done) return
+        done = true
+        clearTimeout(timer)
+        if (err) { ws.terminate(); reject(err) } else resolve(now() - t0)
+      }
+      const timer = setTimeout(() => finish(new Error(`${this.name}: not synced within ${timeoutMs} ms`)), timeoutMs)
+      const ws = new WebSocket(urlFor(this.tokenIndex, this.name), { perMessageDeflate: false, maxPayload: 256 * 1024 * 1024 })
+      ws.binaryType = 'nodebuffer'
+      this.ws = ws
+      this.onSynced = () => finish(null)
+      ws.on('open', () => this.send(STEP1, Y.encodeStateVector(this.doc)))
+      ws.on('message', (data) => { this.bytesIn += data.length; this.onMessage(data) })
+      ws.on('error', (err) => finish(new Error(`${this.name}: ${err.message}`)))
+      ws.on('close', (code, reason) => {
+        if (this.ws === ws) {
+          this.closed = true
+          this.closeInfo = `${code} ${reason}`
+          this.onClose?.(code)
+        }
+        finish(new Error(`${this.name}: closed ${code} ${reason}`))
+      })
+    })
+  }
+
+  onMessage (data) {
+    const dec = decoding.createDecoder(data)
+    if (decoding.readVarUint(dec) !== MSG_SYNC) return // awareness and the rest
+    const syncType = decoding.readVarUint(dec)
+    const payload = decoding.readVarUint8Array(dec)
+    if (syncType === STEP1) {
+      this.send(STEP2, Y.encodeStateAsUpdate(this.doc, payload))
+      return
+    }
+    if (syncType !== STEP2 && syncType !== UPDATE) return
+    if (this.apply) Y.applyUpdate(this.doc, payload, REMOTE)
+    this.onRemote?.(payload)
+    if (syncType === STEP2 && !this.synced) {
+      this.synced = true
+      this.onSynced?.()
+    }
+  }
+
+  // Stop reading the socket: the kernel's buffers fill, then the server's.
+  pause () { this.ws._socket?.pause() }
+  resume () { this.ws._socket?.resume() }
+
+  close () {
+    if (this.ws !== null && this.ws.readyState <= WebSocket.OPEN) this.ws.close()
+  }
+
+  destroy () {
+    if (this.ws !== null) this.ws.terminate()
+    this.doc.destroy()
+  }
+}
+
+// Connect `peers` with at most `limit` handshakes in flight (all at once if `limit` is
+// 0); a peer whose attempt fails tries again after `retryMs`, at most `attempts` times.
+async function openAll (peers, { limit = 200, timeoutMs = 60000, attempts = 1, retryMs = 250 } = {}) {
+  const times = new Array(peers.length).fill(null)
+  let next = 0
+  let failed = 0
+  let retries = 0
+  let firstError = null
+  const one = async (i) => {
+    for (let a = 1; a <= attempts; a++) {
+      try {
+        times[i] = await peers[i].connect(timeoutMs)
+        return
+      } catch (err) {
+        firstError ??= err.message
+        if (a < attempts) { retries++; await sleep(retryMs * (0.5 + Math.random())) }
+      }
+    }
+    failed++
+  }
+  const worker = async () => { while (next < peers.length) await one(next++) }
+  const width = limit > 0 ? Math.min(limit, peers.length) : peers.length
+  await Promise.all(Array.from({ length: width }, worker))
+  return { times, failed, retries, firstError }
+}
+
+const sortedOf = (values) => Float64Array.from(values).sort()
+const percentile = (sorted, p) => sorted.length === 0 ? null : sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]
+
+// A fixed-size latency histogram (0.05 ms buckets up to 60 s): a soak delivers millions.
+class Histogram {
+  constructor () { this.counts = new Uint32Array(1200000); this.n = 0; this.max = 0 }
+  add (ms) {
+    this.counts[Math.min(this.counts.length - 1, Math.max(0, Math.floor(ms * 20)))]++
+    this.n++
+    if (ms > this.max) this.max = ms
+  }
+
+  percentile (p) {
+    if (this.n === 0) return null
+    const want = Math.min(this.n, Math.floor(p * this.n) + 1)
+    let seen = 0
+    for (let b = 0; b < this.counts.length; b++) {
+      seen += this.counts[b]
+      if (seen >= want) return (b + 0.5) / 20
+    }
+    return this.max
+  }
+}
+
+// The W1 edit: `i` is the edit's number, so a receiver can tell which edit arrived.
+const w1Value = (i, extra) => ({ name: 'bench press', sets: 3, reps: 8, weight: 60 + (i % 40) / 2, i, ...extra })
+
+// Each (writer's Yjs client id, edit number) an update carries, for W1 edits.
+function editsIn (update, onEdit) {
+  for (const struct of Y.decodeUpdate(update).structs) {
+    if (!(struct instanceof Y.Item) || !(struct.content instanceof Y.ContentAny)) continue
+    for (const v of struct.content.arr) {
+      if (v !== null && typeof v === 'object' && Number.isInteger(v.i)) onEdit(struct.id.client, v.i)
+    }
+  }
+}
+
+// W1 at a fixed rate: `peers` are docs x clientsPerDoc, grouped by document; each sends
+// `rate` edits a second until `stop()`. Tracks every delivery and its latency.
+function rateLoad (peers, clientsPerDoc, rate, maxEdits, extra = {}) {
+  const n = peers.length
+  const others = clientsPerDoc - 1
+  const sentAt = peers.map(() => new Float64Array(maxEdits))
+  const seen = peers.map(() => new Uint8Array(maxEdits))
+  const sent = new Int32Array(n)
+  const byClientId = new Map(peers.map((p, ci) => [p.doc.clientID, ci]))
+  const state = { delivered: 0, duplicates: 0, unknown: 0, parseErrors: 0, stopped: false }
+  const listeners = []
+  peers.forEach((peer) => {
+    peer.onRemote = (payload) => {
+      const t = now()
+      try {
+        editsIn(payload, (clientId, seq) => {
+          const from = byClientId.get(clientId)
+          if (from === undefined || seq >= sent[from]) { state.unknown++; return }
+          if (peers[from] === peer) return // its own edit coming back in a step 2
+          if (++seen[from][seq] > others) { state.duplicates++; return }
+          state.delivered++
+          for (const l of listeners) l(from, seq, t - sentAt[from][seq], sentAt[from][seq])
+        })
+      } catch (err) {
+        state.parseErrors++
+      }
+    }
+  })
+  const timers = []
+  const t0 = now()
+  const period = 1000 / rate
+  peers.forEach((peer, ci) => {
+    const phase = Math.random() * period
+    let k = 0
+    const tick = () => {
+      if (state.stopped || sent[ci] >= maxEdits) return
+      if (!peer.closed) {
+        const seq = sent[ci]++
+        sentAt[ci][seq] = now()
+        peer.doc.getMap('workouts').set(`${ci}:${seq % 16}`, w1Value(seq, extra))
+      }
+      k++
+      timers[ci] = setTimeout(tick, Math.max(0, t0 + phase + k * period - now()))
+    }
+    timers[ci] = setTimeout(tick, phase)
+  })
+  return {
+    state,
+    sent,
+    listeners,
+    totalSent: () => sent.reduce((a, b) => a + b, 0),
+    expected: () => sent.reduce((a, b) => a + b, 0) * others,
+    stop () { state.stopped = true; timers.forEach(clearTimeout) },
+    // Drain what is still on its way, bounded.
+    async drain (ms) {
+      const until = now() + ms
+      while (state.delivered < this.expected() && now() < until) await sleep(20)
+    }
+  }
+}
+
+// A fresh client per document must hold, under each writer's keys, the last edit it made.
+async function verifyLastWrites (prefix, docs, clientsPerDoc, sent, tokenOf) {
+  const fresh = []
+  for (let d = 0; d < docs; d++) fresh.push(new Peer(tokenOf(d), `${prefix}-${d}`))
+  const open = await openAll(fresh, { limit: 50, timeoutMs: 60000 })
+  let error = open.failed > 0 ? `${open.failed} fresh clients could not sync: ${open.firstError}` : null
+  for (let d = 0; d < docs && error === null; d++) {
+    const map = fresh[d].doc.getMap('workouts')
+    for (let k = 0; k < clientsPerDoc && error === null; k++) {
+      const ci = d * clientsPerDoc + k
+      for (let slot = 0; slot < 16 && slot < sent[ci]; slot++) {
+        let last = sent[ci] - 1
+        while (last % 16 !== slot) last--
+        const v = map.get(`${ci}:${slot}`)
+        if (v === undefined || v.i !== last) {
+          error = `doc ${d}: key ${ci}:${slot} holds ${v === undefined ? 'nothing' : v.i}, its writer last wrote ${last}`
+          break
+        }
+      }
+    }
+  }
+  fresh.forEach((p) => p.destroy())
+  return { converged: error === null, convergence_error: error }
+}
+
+// -- soak -----------------------------------------------------------------------------
+
+async function soak () {
+  const { docs, clientsPerDoc, rate, durationMs, docPrefix } = cfg
+  const peers = []
+  for (let d = 0; d < docs; d++) {
+    for (let c = 0; c < clientsPerDoc; c++) peers.push(new Peer(d, `${docPrefix}-${d}`, { apply: false }))
+  }
+  const open = await openAll(peers, { limit: 50, timeoutMs: 30000 })
+  if (open.failed > 0) return { ok: false, error: `${open.failed} clients could not connect: ${open.firstError}` }
+  const maxEdits = Math.ceil(rate * durationMs / 1000) + 2
+  const load = rateLoad(peers, clientsPerDoc, rate, maxEdits)
+  const total = new Histogram()
+  let tick = []
+  load.listeners.push((from, seq, ms) => { total.add(ms); tick.push(ms) })
+  emit({ event: 'load-start' })
+  const t0 = now()
+  const tickMs = cfg.tickMs ?? 30000
+  let lastTick = t0
+  while (now() - t0 < durationMs) {
+    await sleep(Math.min(250, Math.max(0, durationMs - (now() - t0))))
+    if (now() - lastTick >= tickMs) {
+      lastTick = now()
+      const sorted = sortedOf(tick)
+      tick = []
+      emit({
+        event: 'tick',
+        t_s: (now() - t0) / 1000,
+        sent: load.totalSent(),
+        delivered: load.state.delivered,
+        closed: peers.filter((p) => p.closed).length,
+        p50_ms: percentile(sorted, 0.5),
+        p99_ms: percentile(sorted, 0.99)
+      })
+    }
+  }
+  load.stop()
+  emit({ event: 'load-end' })
+  await load.drain(cfg.drainMs ?? 15000)
+  const closed = peers.filter((p) => p.closed)
+  const result = {
+    ok: closed.length === 0 && load.state.delivered === load.expected() && load.state.parseErrors === 0,
+    clients: peers.length,
+    elapsed_s: (now() - t0) / 1000,
+    edits_sent: load.totalSent(),
+    deliveries: load.state.delivered,
+    deliveries_expected: load.expected(),
+    duplicates: load.state.duplicates,
+    unknown: load.state.unknown,
+    parse_errors: load.state.parseErrors,
+    closed: closed.length,
+    first_close: closed[0]?.closeInfo ?? null,
+    latency_p50_ms: total.percentile(0.5),
+    latency_p99_ms: total.percentile(0.99),
+    latency_max_ms: total.max
+  }
+  if (!result.ok) {
+    result.error = closed.length ? `${closed.length} clients were closed (${result.first_close})`
+      : `${result.deliveries} of ${result.deliveries_expected} deliveries arrived`
+  }
+  Object.assign(result, await verifyLastWrites(docPrefix, docs, clientsPerDoc, load.sent, (d) => d))
+  result.ok = result.ok && result.converged
+  peers.forEach((p) => p.destroy())
+  return result
+}
+
+const modes = { soak }
+try {
+  const result = await modes[cfg.mode]()
+  emit({ result })
+  process.exit(0)
+} catch (err) {
+  emit({ result: { ok: false, error: String(err?.stack ?? err) } })
+  process.exit(1)
+}
