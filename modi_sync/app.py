@@ -17,7 +17,18 @@ from storage.food_cache import FoodCache
 from storage.session_events import RESTORED, RESTRICTED, SessionEvent
 
 from .accounts import Accounts
-from .api import auth, documents, export, food_logs, foods, health, images, openapi, users
+from .api import (
+    auth,
+    documents,
+    export,
+    food_logs,
+    foods,
+    health,
+    images,
+    metrics,
+    openapi,
+    users,
+)
 from .api.middleware import add_standard_headers, cors_middleware, error_middleware
 from .app_keys import (
     ACCESS_TOKENS,
@@ -111,16 +122,19 @@ async def _close_sockets(app: web.Application) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[cors_middleware, error_middleware], client_max_size=settings.max_body_bytes
+        middlewares=[metrics.metrics_middleware, cors_middleware, error_middleware],
+        client_max_size=settings.max_body_bytes
     )
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_storage_ctx)
     app.cleanup_ctx.append(_sync_ctx)
+    app.cleanup_ctx.append(metrics.metrics_listener)
     app.cleanup_ctx.append(scheduled_retention)
     app.cleanup_ctx.append(scheduled_popular)
     app.on_shutdown.append(_close_sockets)
     app.on_response_prepare.append(add_standard_headers)
     app.add_routes(health.routes)
+    app.add_routes(metrics.routes)
     app.add_routes(auth.routes)
     app.add_routes(documents.routes)
     app.add_routes(users.routes)

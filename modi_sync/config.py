@@ -37,6 +37,9 @@ class Settings:
     log_format: str = "text"
     log_level: str = "INFO"
     access_log: str = "auto"
+    metrics_listen: str = "127.0.0.1:9464"  # host:port of /metrics' own listener; "off"
+    metrics_token: str | None = None  # with it, /metrics on the public port too (Bearer)
+    worker_metrics_listen: str = "127.0.0.1:9465"  # the OCR worker's own; "off"
 
     access_token_ttl: int = 15 * 60
     refresh_token_ttl: int = 7 * 24 * 3600
@@ -116,6 +119,9 @@ ENVIRONMENT: dict[str, str] = {
     "MODI_LOG_FORMAT": "log_format",
     "MODI_LOG_LEVEL": "log_level",
     "MODI_ACCESS_LOG": "access_log",
+    "MODI_METRICS_LISTEN": "metrics_listen",
+    "MODI_METRICS_TOKEN": "metrics_token",
+    "MODI_WORKER_METRICS_LISTEN": "worker_metrics_listen",
     "MODI_ACCESS_TOKEN_TTL": "access_token_ttl",
     "MODI_REFRESH_TOKEN_TTL": "refresh_token_ttl",
     "MODI_RATE_LIMIT_AUTH": "rate_limit_auth",
@@ -241,6 +247,8 @@ def _validate(settings: Settings) -> None:
               "max_user_bytes", "max_awareness_clients", "max_awareness_bytes",
               "audit_retention_days", "ocr_queue_max", "ocr_lease_seconds",
               "ocr_max_attempts", "ocr_poll_seconds", "image_retention_days")
+    if settings.worker_metrics_listen != "off":
+        listen_address(settings.worker_metrics_listen, "MODI_WORKER_METRICS_LISTEN")
     if settings.gc_full_seconds < 0:
         raise ConfigError("MODI_GC_FULL_SECONDS must be 0 (off) or more")
     if settings.audit_ip not in ("truncated", "full", "off"):
@@ -271,12 +279,25 @@ def _validate_server(settings: Settings) -> None:
     _positive(settings, "port", "max_body_bytes", "max_frame_bytes",
               "max_connections_per_user", "max_send_queue_bytes", "keepalive_seconds",
               "login_free_failures", "login_backoff_max")
+    if settings.metrics_listen != "off":
+        listen_address(settings.metrics_listen, "MODI_METRICS_LISTEN")
+    if settings.metrics_token is not None and len(settings.metrics_token) < 16:
+        raise ConfigError("MODI_METRICS_TOKEN is shorter than 16 characters: use a random one")
     if settings.retention_interval_seconds < 0:
         raise ConfigError("MODI_RETENTION_INTERVAL must be 0 (off) or more")
     if settings.foods_autoload not in ("auto", "on", "off"):
         raise ConfigError("MODI_FOODS_AUTOLOAD must be 'auto', 'on' or 'off'")
     if settings.popular_interval_seconds < 0:
         raise ConfigError("MODI_POPULAR_INTERVAL must be 0 (off) or more")
+
+
+def listen_address(value: str, variable: str) -> tuple[str, int]:
+    """A metrics listener's ``host:port`` as (host, port); an IPv6 host in brackets."""
+    host, _, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{variable} must be 'off' or host:port, e.g. 127.0.0.1:9464")
+    return host, int(port)
 
 
 def _validate_secrets(settings: Settings) -> None:

@@ -20,19 +20,23 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from prometheus_client import start_http_server
 from pycrdt import Doc, Map
 
 from modi_sync.audit import Actor
-from modi_sync.config import Settings
+from modi_sync.config import Settings, listen_address
 from modi_sync.documents import Documents, open_documents
 from modi_sync.errors import ModiError
 from modi_sync.runtime import Storage, open_storage
 from modi_sync.sync.listener import RedisListener
 from storage.images import Ended, ImageStore, Job, subscribe_wakeups, wakeups
+
+from .metrics import JOBS, READ_SECONDS, REGISTRY
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +103,7 @@ class Worker:
         """Fail the jobs whose workers died too often, then claim and read one job;
         whether there was one."""
         for ended in await self._store.fail_abandoned(self._max_attempts):
+            JOBS.labels("failed").inc()
             await self._log_failed(ended)
         self._wake.clear()  # an upload from now on wakes the idle wait
         job = await self._store.claim(self.name, lease_seconds=self._lease,
@@ -119,8 +124,10 @@ class Worker:
     async def _process(self, job: Job) -> None:
         log.info("worker %s: reading image %s (attempt %d)", self.name, job.id, job.attempt)
         renewing = asyncio.ensure_future(self._renew(job))
+        started = time.perf_counter()
         try:
             result = await asyncio.to_thread(self._read, job.data)
+            READ_SECONDS.observe(time.perf_counter() - started)
         except ValueError as exc:  # the photo itself (reader.UnreadableImage): no retry
             log.warning("worker %s: image %s is unreadable: %s", self.name, job.id, exc)
             await self._fail(job, f"unreadable: {exc}", retry=False)
@@ -145,12 +152,16 @@ class Worker:
                                   details={"confidence": result.get("confidence")})
         if await self._store.done(job, self.name, result, entry) is None:
             log.info("worker %s: image %s was taken over by another worker", self.name, job.id)
+        else:
+            JOBS.labels("done").inc()
 
     async def _fail(self, job: Job, error: str, *, retry: bool = True) -> None:
         attempts = self._max_attempts if retry else job.attempt
         ended = await self._store.failed(job, self.name, error[:500], attempts)
-        if ended is not None and ended.status == "failed":
-            await self._log_failed(ended)
+        if ended is not None:
+            JOBS.labels("failed" if ended.status == "failed" else "retry").inc()
+            if ended.status == "failed":
+                await self._log_failed(ended)
 
     async def _renew(self, job: Job) -> None:
         while True:
@@ -172,5 +183,27 @@ class Worker:
 
 
 async def run_worker(settings: Settings, read: Read, *, stop: asyncio.Event) -> None:
-    async with open_storage(settings) as storage, open_documents(storage) as documents:
-        await Worker(storage, documents, read).run(stop=stop)
+    with _metrics_listener(settings):
+        async with open_storage(settings) as storage, open_documents(storage) as documents:
+            await Worker(storage, documents, read).run(stop=stop)
+
+
+@contextlib.contextmanager
+def _metrics_listener(settings: Settings) -> Iterator[None]:
+    """prometheus-client's own HTTP server, in a thread: the worker serves nothing else.
+    A port already taken is logged, and the worker works on."""
+    if settings.worker_metrics_listen == "off":
+        yield
+        return
+    host, port = listen_address(settings.worker_metrics_listen, "MODI_WORKER_METRICS_LISTEN")
+    try:
+        server, thread = start_http_server(port, host, registry=REGISTRY)
+    except OSError as exc:
+        log.warning("metrics not served on %s: %s", settings.worker_metrics_listen, exc)
+        yield
+        return
+    try:
+        yield
+    finally:
+        server.shutdown()
+        thread.join(5)

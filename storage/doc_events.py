@@ -2,8 +2,9 @@
 
 One message carries every change one instance published at once (a group commit's
 updates go out as one message, not one per update): the sending instance's id (16
-bytes) and the message's number in its sequence (8 bytes; 0 for one outside it: a
-deletion, published by whoever erased the document), then records of one byte of
+bytes), the message's number in its sequence (8 bytes; 0 for one outside it: a
+deletion, published by whoever erased the document) and when it was sent (Unix time,
+a float64: the receiver's bus lag), then records of one byte of
 kind, the owner's user id (16 bytes), the length of the document's name (1 byte) and
 of the update (4 bytes), the name, and for an update the Yjs update itself. Documents
 travel by (user, name), not by row id: a receiver may hold a room for a document that
@@ -21,6 +22,7 @@ instance that starts listening, and ``A``, the answer of each instance that hear
 from __future__ import annotations
 
 import struct
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -35,7 +37,7 @@ UPDATE = b"U"
 DELETED = b"D"
 HELLO = b"H"
 ACK = b"A"
-_HEADER = struct.Struct(">16sQ")  # sender, its message number
+_HEADER = struct.Struct(">16sQd")  # sender, its message number, sent at
 _RECORD = struct.Struct(">c16sBI")  # kind, user id, name length, update length
 _MESSAGE_BYTES = 1 << 20  # a batch larger than this is split over several messages
 
@@ -54,6 +56,7 @@ class DocMessage:
     sender: uuid.UUID  # the publishing instance
     number: int  # its place in the sender's sequence, from 1 (0: outside it)
     events: list[DocEvent]
+    sent_at: float = 0.0  # the sender's clock (Unix time)
 
 
 def encode(
@@ -62,9 +65,10 @@ def encode(
     """(kind, key, update) records as messages of about ``_MESSAGE_BYTES`` at most,
     numbered from ``first`` on (all 0 if ``first`` is 0)."""
     messages: list[bytes] = []
+    now = time.time()
 
     def header() -> bytes:
-        return _HEADER.pack(instance.bytes, first + len(messages) if first else 0)
+        return _HEADER.pack(instance.bytes, first + len(messages) if first else 0, now)
 
     parts, size = [header()], 0
     for kind, (user_id, name), update in records:
@@ -161,5 +165,5 @@ async def doc_events(pubsub: PubSub, ignore: uuid.UUID) -> AsyncIterator[DocMess
         data = message.get("data")
         if message.get("type") != "message" or data[:16] == own or len(data) < _HEADER.size:
             continue
-        sender, number = _HEADER.unpack_from(data)
-        yield DocMessage(uuid.UUID(bytes=sender), number, decode(data))
+        sender, number, sent_at = _HEADER.unpack_from(data)
+        yield DocMessage(uuid.UUID(bytes=sender), number, decode(data), sent_at)

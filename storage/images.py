@@ -142,7 +142,9 @@ UPDATE images SET worker = NULL, lease_until = NULL, error = $4,
 WHERE user_id = $1 AND id = $2 AND worker = $3 AND status = 'processing'
 RETURNING id, user_id, doc_name, status, error
 """
-_OPEN = "SELECT count(*) FROM images WHERE status IN ('queued', 'processing')"
+# Served by the partial index images_open: the scrape reads only the open jobs.
+_OPEN = ("SELECT status, count(*) FROM images WHERE status IN ('queued', 'processing') "
+         "GROUP BY status")
 _PURGE = "DELETE FROM images WHERE created_at < $1"
 
 
@@ -195,9 +197,9 @@ class ImageStore:
             "SELECT data FROM images WHERE user_id = $1 AND id = $2", user_id, image_id)
         return data
 
-    async def open_jobs(self) -> int:
-        result: int = await self._pool.fetchval(_OPEN)
-        return result
+    async def open_jobs(self) -> dict[str, int]:
+        """The jobs queued and being read, by status (the metrics' queue depth)."""
+        return {row["status"]: row["count"] for row in await self._pool.fetch(_OPEN)}
 
     # -- the workers' side ------------------------------------------------------------------
 

@@ -123,6 +123,7 @@ def settings(services: ServiceUrls, tmp_path: Path) -> Settings:
         rate_limit_auth="100000/60",
         rate_limit_refresh="100000/60",
         rate_limit_user="100000/60",
+        metrics_listen="off",  # tests/test_metrics.py gives its own a free port
     )
 
 

@@ -8,8 +8,10 @@ import asyncio
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,13 +21,14 @@ from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from storage.audit import AuditEntry
 from storage.images import ImageStore, Job, NewImage, wake_workers
 from storage.users import UserStore
 
-from .conftest import JWT_SECRET, ServerProcess, ServiceUrls
+from .conftest import JWT_SECRET, ServerProcess, ServiceUrls, free_port
 from .test_interop import node  # noqa: F401 - the fixture
 from .yclient import eventually
 
@@ -136,12 +139,35 @@ class WorkerProcess:
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.log_path = log_path
+        self.metrics_port = free_port()
+        env = dict(env, MODI_WORKER_METRICS_LISTEN=f"127.0.0.1:{self.metrics_port}")
         with log_path.open("ab") as log:
             self.proc = subprocess.Popen([sys.executable, "-m", "modi_sync.cli", "worker"],
                                          env=env, stdout=log, stderr=subprocess.STDOUT)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-3000:]
+
+    def wait_listening(self, timeout: float = 180.0) -> None:
+        """Its metrics listener opens once the reader is loaded."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log()
+            try:
+                socket.create_connection(("127.0.0.1", self.metrics_port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.2)  # a process's port: no event to wait on
+        raise AssertionError(f"the worker did not start: {self.log()}")
+
+    def ended(self, outcome: str) -> float:
+        """How many jobs this worker ended so, from its metrics listener."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:  # loopback only
+            text = resp.read().decode()
+        return next((s.value for family in text_string_to_metric_families(text)
+                     for s in family.samples if s.name == "modi_ocr_jobs_ended_total"
+                     and s.labels == {"outcome": outcome}), 0.0)
 
     def stop(self) -> int:
         self.proc.terminate()
@@ -161,6 +187,7 @@ def worker(services: ServiceUrls, tmp_path_factory: pytest.TempPathFactory,
     env = dict(os.environ, DATABASE_URL=services.database_url, REDIS_URL=services.redis_url,
                JWT_SECRET=JWT_SECRET, MODI_OCR_POLL_SECONDS="300", MODI_OCR_MAX_ATTEMPTS="2")
     process = WorkerProcess(env, tmp_path_factory.mktemp("worker") / "worker.log")
+    process.wait_listening()
     yield process
     assert process.stop() == 0, process.log()
 
@@ -234,6 +261,7 @@ async def test_an_unreadable_photo_fails_with_a_reason_after_its_attempts(
     """Bytes that passed no upload check (put there directly): the reader refuses them,
     and the job fails at once, saying why (reading them again would change nothing)."""
     image_id = uuid.uuid4()
+    failed_before = worker.ended("failed")
     await pool.execute(
         "INSERT INTO images (id, user_id, doc_name, content_type, width, height, size, data)"
         " VALUES ($1, $2, 'default', 'image/png', 1, 1, 4, 'junk')", image_id, user_id)
@@ -244,6 +272,7 @@ async def test_an_unreadable_photo_fails_with_a_reason_after_its_attempts(
                                    image_id) == "failed"
 
     await eventually(failed, timeout=60)
+    await eventually(lambda: worker.ended("failed") == failed_before + 1)
     record = await ImageStore(pool).get(user_id, image_id)
     assert record.error.startswith("unreadable") and record.attempts == 1, worker.log()
     actions = await pool.fetch("SELECT action FROM audit_log WHERE resource_id = $1",

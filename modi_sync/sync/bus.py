@@ -33,10 +33,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import deque
 
 from storage.doc_events import ACK, HELLO, UPDATE, DocChannel, DocKey, DocMessage
+
+from ..metrics import BUS_LAG
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +117,14 @@ class UpdatePublisher:
         self._control.append(self._hello)
         self._wakeup.set()
 
+    @property
+    def backlog(self) -> int:
+        """Stored updates waiting to be published."""
+        return len(self._pending)
+
     def heard(self, message: DocMessage) -> None:
         """A message of another instance: someone listens."""
+        BUS_LAG.observe(max(0.0, time.time() - message.sent_at))  # clocks may disagree
         self._heard += 1
         self.others = True
         for event in message.events:

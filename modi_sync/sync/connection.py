@@ -33,6 +33,8 @@ from aiohttp import WSCloseCode, web
 
 from storage.rate_limits import Limit
 
+from ..metrics import CLIENTS_DROPPED
+
 log = logging.getLogger(__name__)
 
 
@@ -99,6 +101,14 @@ class Connection:
         self._queued = 0  # their bytes
 
     @property
+    def waiting_bytes(self) -> int:
+        """What this peer has not read yet: queued for the end of the turn, and held by
+        the transport."""
+        transport = self._transport
+        held = transport.get_write_buffer_size() if transport is not None else 0
+        return self._queued + held
+
+    @property
     def closing(self) -> bool:
         return self._closing is not None or self.ws.closed
 
@@ -151,6 +161,7 @@ class Connection:
         waiting = more + self._transport.get_write_buffer_size()
         if waiting <= self._max_queue_bytes:
             return False
+        CLIENTS_DROPPED.inc()
         self.abort(f"it stopped reading ({waiting} bytes waiting)")
         return True
 

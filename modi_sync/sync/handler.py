@@ -26,6 +26,7 @@ from storage.rate_limits import Limit
 from ..access import authenticate
 from ..app_keys import REGISTRY, SETTINGS, WRITER
 from ..contract import CloseCode
+from ..metrics import RATE_LIMITED
 from .connection import Connection
 from .protocol import MESSAGE_QUERY_AWARENESS, ProtocolError, parse_message
 from .quota import QuotaExceeded
@@ -49,6 +50,8 @@ OVERSIZE_LINGER_SECONDS = 2.0
 
 # Seconds of one connection's messages after which the loop serves others once.
 YIELD_AFTER = 0.001
+
+SYNC_ROUTE = "/sync/{name}"  # the route's template, as the HTTP metrics name it
 
 # What closes a connection, and how: (close code, reason).
 _CLOSES: dict[type[Exception], tuple[int, str]] = {
@@ -149,6 +152,7 @@ async def _receive_loop(request: web.Request, conn: Connection, room: Room) -> N
             return
         if not conn.budget.take():
             log.info("closing a connection that sent too many messages")
+            RATE_LIMITED.labels(SYNC_ROUTE).inc()
             conn.close(CloseCode.TRY_AGAIN_LATER, "too many messages")
             return
         if msg.type is WSMsgType.PING:

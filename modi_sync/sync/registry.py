@@ -27,6 +27,7 @@ from uuid import UUID
 from storage.doc_events import DELETED, UPDATE, DocEvent
 
 from ..contract import CloseCode
+from ..metrics import CATCH_UPS
 from .loader import DocumentLoader
 from .names import DocumentNames
 from .quota import Usage
@@ -294,6 +295,7 @@ class RoomRegistry:
         reload (``_caught_up``); one that finds the room gone and a new load waiting
         makes the room, from data as new as the load's.
         """
+        CATCH_UPS.inc()
         self._names.forget_all()  # a document may have been made unheard
         keys = [*self.rooms, *self._loading]
         if keys:

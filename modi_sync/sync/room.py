@@ -32,6 +32,7 @@ from pycrdt import (
 )
 
 from ..contract import CloseCode
+from ..metrics import UPDATES_FANNED_OUT, UPDATES_RECEIVED
 from .connection import Connection, frame
 from .pending import lacks
 from .protocol import (
@@ -207,6 +208,7 @@ class Room:
         """
         if update == EMPTY:  # e.g. the step 2 of a client with nothing new
             return None
+        UPDATES_RECEIVED.inc()
         _check_count(update, 3)  # a client's structs take three bytes at least
         if self.stored_bytes + len(update) > self._limits.max_bytes:
             raise DocumentTooLarge(f"document would exceed {self._limits.max_bytes} bytes")
@@ -337,9 +339,12 @@ class Room:
 
     def _broadcast(self, message: bytes, origin: Any) -> None:
         data = frame(message)  # framed once, written to every peer as it is
+        sent = 0
         for conn in self.connections:
             if conn is not origin:
                 conn.send_frame(data)
+                sent += 1
+        UPDATES_FANNED_OUT.inc(sent)
 
     def write_failed(self) -> None:
         """Storage failed: what is in memory may not be stored, so this room must go.

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
+
+from ..metrics import COMMIT_BATCH, COMMIT_FAILURES, COMMIT_SECONDS, UPDATES_STORED
 
 if TYPE_CHECKING:
     from storage.doc_events import DocKey
@@ -116,12 +119,14 @@ class GroupCommitWriter:
 
     async def _store(self, batch: list[Queued]) -> None:
         last_ticket = self._committed + len(batch)
+        started = time.perf_counter()
         try:
             rows = await self._make_documents(self._merged(batch))
             seqs = await self._update_log.append_many(
                 [_row_id(target) for target, _, _ in rows], [update for _, update, _ in rows]
             )
         except Exception:
+            COMMIT_FAILURES.inc()
             log.exception("storing %d updates failed; their rooms are reset", len(batch))
             self._failed.append((self._committed + 1, last_ticket))
             self._committed = last_ticket
@@ -129,6 +134,9 @@ class GroupCommitWriter:
                 target.write_failed()
             self._wake_waiters(WriteFailed())
             return
+        COMMIT_SECONDS.observe(time.perf_counter() - started)
+        COMMIT_BATCH.observe(len(batch))
+        UPDATES_STORED.inc(len(batch))
         self._committed = last_ticket
         stored: list[tuple[DocKey, bytes]] = []
         for (target, update, origin), seq in zip(rows, seqs, strict=True):
