@@ -316,6 +316,90 @@ async function verifyLastWrites (prefix, docs, clientsPerDoc, sent, tokenOf) {
   return { converged: error === null, convergence_error: error }
 }
 
+// -- slow: one client stops reading ------------------------------------------------------
+
+// `clients` peers edit one room at `rate`; one more peer joins and reads until stdin says
+// "pause", then stops reading; "dropped" marks the moment the server dropped it (the
+// driver reads that from the server's log) and lets the peer read again, so it sees the
+// reset; "stop" ends the load. Latency is split by the phase its edit was sent in.
+async function slow () {
+  const { clients, rate, docPrefix } = cfg
+  const docName = `${docPrefix}-0`
+  const peers = Array.from({ length: clients }, () => new Peer(0, docName, { apply: false }))
+  const laggard = new Peer(0, docName, { apply: false })
+  const open = await openAll([...peers, laggard], { limit: 50, timeoutMs: 30000 })
+  if (open.failed > 0) return { ok: false, error: `${open.failed} clients could not connect: ${open.firstError}` }
+  let laggardUpdates = 0
+  laggard.onRemote = () => { laggardUpdates++ }
+  let laggardClosedAt = null
+  laggard.onClose = () => { laggardClosedAt = now() }
+  laggard.ws.on('error', () => { laggardClosedAt ??= now() })
+  const maxEdits = Math.ceil(rate * (cfg.maxSeconds ?? 600)) + 2
+  const load = rateLoad(peers, clients, rate, maxEdits, { notes: 'n'.repeat(cfg.editBytes ?? 0) })
+  const marks = { start: now(), pause: null, dropped: null, stop: null }
+  const samples = { before: [], while: [], after: [] }
+  load.listeners.push((from, seq, ms, sentAt) => {
+    const phase = marks.pause === null || sentAt < marks.pause ? 'before'
+      : marks.dropped === null || sentAt < marks.dropped ? 'while' : 'after'
+    samples[phase].push(ms)
+  })
+  emit({ event: 'load-start' })
+  const limit = (cfg.maxSeconds ?? 600) * 1000
+  let bytesAtPause = null
+  if (await waitFor('pause', limit)) {
+    marks.pause = now()
+    bytesAtPause = laggard.bytesIn
+    laggard.pause()
+    emit({ event: 'paused' })
+    if (await waitFor('dropped', limit)) {
+      marks.dropped = now()
+      laggard.resume()
+      emit({ event: 'marked' })
+    }
+    await waitFor('stop', limit)
+  }
+  marks.stop = now()
+  load.stop()
+  await load.drain(cfg.drainMs ?? 15000)
+  // The laggard, reading again, must find its connection gone (bounded wait).
+  const until = now() + 10000
+  while (laggardClosedAt === null && now() < until) await sleep(50)
+  const stats = (values) => {
+    const sorted = sortedOf(values)
+    return { n: sorted.length, p50_ms: percentile(sorted, 0.5), p99_ms: percentile(sorted, 0.99), max_ms: sorted.length ? sorted[sorted.length - 1] : null }
+  }
+  const closed = peers.filter((p) => p.closed)
+  const result = {
+    ok: true,
+    clients,
+    edits_sent: load.totalSent(),
+    deliveries: load.state.delivered,
+    deliveries_expected: load.expected(),
+    parse_errors: load.state.parseErrors,
+    closed: closed.length,
+    first_close: closed[0]?.closeInfo ?? null,
+    phases: { before: stats(samples.before), while: stats(samples.while), after: stats(samples.after) },
+    while_s: marks.dropped === null ? null : (marks.dropped - marks.pause) / 1000,
+    laggard_bytes_at_pause: bytesAtPause,
+    laggard_bytes_read: laggard.bytesIn,
+    laggard_updates_read: laggardUpdates,
+    laggard_closed: laggardClosedAt !== null,
+    laggard_close: laggard.closeInfo
+  }
+  const errors = []
+  if (marks.dropped === null) errors.push('the server never dropped the client that stopped reading')
+  if (closed.length) errors.push(`${closed.length} reading clients were closed (${result.first_close})`)
+  if (result.deliveries !== result.deliveries_expected) errors.push(`${result.deliveries} of ${result.deliveries_expected} deliveries arrived`)
+  if (!result.laggard_closed) errors.push('the client that stopped reading still had its connection when it read again')
+  Object.assign(result, await verifyLastWrites(docPrefix, 1, clients, load.sent, () => 0))
+  if (!result.converged) errors.push(result.convergence_error)
+  result.ok = errors.length === 0
+  result.error = errors.join('; ') || null
+  peers.forEach((p) => p.destroy())
+  laggard.destroy()
+  return result
+}
+
 // -- soak -----------------------------------------------------------------------------
 
 async function soak () {
@@ -382,7 +466,7 @@ async function soak () {
   return result
 }
 
-const modes = { soak }
+const modes = { slow, soak }
 try {
   const result = await modes[cfg.mode]()
   emit({ result })
