@@ -282,6 +282,8 @@ GETS: dict[str, Row] = {
     "/health": public(plain("/health"), OK),
     "/ready": public(plain("/ready"), OK),
     "/api/v1/openapi.json": public(plain("/api/v1/openapi.json"), OK),
+    # No MODI_METRICS_TOKEN here: off the public port for everyone (tests/test_metrics.py).
+    "/metrics": public(plain("/metrics"), NOT_FOUND),
     "/api/v1/docs": private(plain("/api/v1/docs"), OK, OK),
     "/api/v1/docs/{name}": private(plain("/api/v1/docs/{name}"), READ, NOT_FOUND),
     "/api/v1/docs/{name}/update": private(plain("/api/v1/docs/{name}/update"), READ, NOT_FOUND),

@@ -146,6 +146,12 @@ SPEC: dict[str, Any] = {
         "/ready": {"get": _op("PostgreSQL and Redis answer", "200", _data({"type": "object"}),
                               503)},
         "/api/v1/openapi.json": {"get": _op("this document", "200", {"type": "object"})},
+        "/metrics": {"get": {
+            **_op("Prometheus metrics; here only with MODI_METRICS_TOKEN (else 404), which "
+                  "the caller sends as a Bearer token; by default they are served on "
+                  "MODI_METRICS_LISTEN instead", "200", None, 401, 404),
+            "security": [{"bearer": []}],
+        }},
         "/api/v1/auth/register": {"post": _op(
             "create an account", "201", _ref("TokenPair"), 409, body="Register")},
         "/api/v1/auth/login": {"post": _op(
