@@ -108,6 +108,17 @@ def hwm_kb(pid: int) -> int | None:
     return _status_kb(pid, "VmHWM")
 
 
+def reset_hwm(pid: int) -> bool:
+    """Reset ``pid``'s VmHWM to its present RSS (``clear_refs`` 5), so that the peak read
+    later is that of what came after, not of its start-up; False if not allowed."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def pss_kb(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -334,8 +345,9 @@ class ModiServer:
     def wait_stored(self, timeout: float = 0.0) -> bool:
         return True  # every update is stored before any other client sees it
 
-    def start(self, timeout: float = 120.0) -> None:
-        self.port = free_port()
+    def start(self, timeout: float = 120.0, port: int | None = None) -> None:
+        """Start on a free port, or on ``port`` (a restart its clients come back to)."""
+        self.port = port or free_port()
         cmd = [_python(), "-m", "modi_sync.cli", "serve", "--port", str(self.port),
                "--data-dir", str(self.data_dir)]
         with self.log_path.open("ab") as log:

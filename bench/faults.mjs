@@ -400,6 +400,120 @@ async function slow () {
   return result
 }
 
+// -- storm: everyone reconnects at once -------------------------------------------------
+
+const svEqual = (doc, expectedB64) => {
+  const have = Y.decodeStateVector(Y.encodeStateVector(doc))
+  const want = Y.decodeStateVector(Buffer.from(expectedB64, 'base64'))
+  if (have.size !== want.size) return false
+  for (const [client, clock] of want) if (have.get(client) !== clock) return false
+  return true
+}
+
+// Which peers do not hold `expected[d]` ({keys, sv}: the key count of `workouts` and the
+// state vector, base64) of their document.
+const mismatched = (peers, clientsPerDoc, expected) => peers.filter((p, i) => {
+  const want = expected[Math.floor(i / clientsPerDoc)]
+  return p.doc.getMap('workouts').size !== want.keys || !svEqual(p.doc, want.sv)
+}).length
+
+// `docs` x `clientsPerDoc` peers sync documents that have history (`before`), then wait
+// for "go": by then the server has gone away and come back, with more stored
+// (`after`); every peer reconnects at that moment, all at once, and must end up with
+// exactly `after`.
+async function storm () {
+  const { docs, clientsPerDoc, docPrefix, before, after } = cfg
+  const peers = []
+  for (let d = 0; d < docs; d++) {
+    for (let c = 0; c < clientsPerDoc; c++) peers.push(new Peer(d, `${docPrefix}-${d}`))
+  }
+  const first = await openAll(peers, { limit: 200, timeoutMs: 60000 })
+  const firstBad = mismatched(peers, clientsPerDoc, before)
+  emit({ event: 'connected', failed: first.failed, mismatched: firstBad })
+  if (first.failed > 0 || firstBad > 0) {
+    peers.forEach((p) => p.destroy())
+    return { ok: false, error: `first sync: ${first.failed} failed (${first.firstError}), ${firstBad} hold the wrong state` }
+  }
+  if (!await waitFor('go', cfg.waitGoMs ?? 300000)) {
+    peers.forEach((p) => p.destroy())
+    return { ok: false, error: 'no "go"' }
+  }
+  const stillOpen = peers.filter((p) => !p.closed).length
+  const cpu = process.cpuUsage()
+  const t0 = now()
+  const storm = await openAll(peers, { limit: 0, timeoutMs: cfg.connectTimeoutMs ?? 60000, attempts: cfg.attempts ?? 20, retryMs: 250 })
+  const allSynced = (now() - t0) / 1000
+  const used = process.cpuUsage(cpu)
+  emit({ event: 'synced' })
+  const bad = mismatched(peers, clientsPerDoc, after)
+  const times = sortedOf(storm.times.filter((t) => t !== null))
+  const result = {
+    ok: storm.failed === 0 && bad === 0 && stillOpen === 0,
+    clients: peers.length,
+    open_when_go: stillOpen,
+    failed: storm.failed,
+    retries: storm.retries,
+    first_error: storm.firstError,
+    mismatched: bad,
+    all_synced_s: allSynced,
+    sync_p50_ms: percentile(times, 0.5),
+    sync_p99_ms: percentile(times, 0.99),
+    sync_max_ms: times.length ? times[times.length - 1] : null,
+    client_cpu_pct: 100 * (used.user + used.system) / 1000 / Math.max(allSynced * 1000, 1e-6)
+  }
+  if (!result.ok) {
+    result.error = stillOpen ? `${stillOpen} clients were never disconnected`
+      : `${storm.failed} clients did not sync (${storm.firstError}), ${bad} hold the wrong state`
+  }
+  peers.forEach((p) => p.destroy())
+  return result
+}
+
+// -- open: documents opened and closed -------------------------------------------------
+
+// Open `docs` documents named `${docPrefix}-${i}` (token `i % tokens`), at most
+// `concurrency` at once: each peer connects, syncs, checks it holds `keys` entries in
+// `workouts`, and closes before the next one opens.
+async function openDocs () {
+  const { docs, docPrefix, keys } = cfg
+  let next = 0
+  let failed = 0
+  let wrong = 0
+  let firstError = null
+  const t0 = now()
+  const worker = async () => {
+    while (next < docs) {
+      const i = next++
+      const peer = new Peer(i, `${docPrefix}-${i}`)
+      try {
+        await peer.connect(cfg.connectTimeoutMs ?? 60000)
+        if (keys != null && peer.doc.getMap('workouts').size !== keys) wrong++
+      } catch (err) {
+        failed++
+        firstError ??= err.message
+      }
+      await new Promise((resolve) => {
+        if (peer.closed || peer.ws === null) { resolve(); return }
+        const timer = setTimeout(resolve, 5000)
+        peer.ws.once('close', () => { clearTimeout(timer); resolve() })
+        peer.close()
+      })
+      peer.destroy()
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(cfg.concurrency ?? 100, docs) }, worker))
+  const seconds = (now() - t0) / 1000
+  return {
+    ok: failed === 0 && wrong === 0,
+    error: failed || wrong ? `${failed} failed (${firstError}), ${wrong} held the wrong number of entries` : null,
+    docs,
+    failed,
+    wrong,
+    seconds,
+    opens_per_s: docs / seconds
+  }
+}
+
 // -- soak -----------------------------------------------------------------------------
 
 async function soak () {
@@ -466,7 +580,7 @@ async function soak () {
   return result
 }
 
-const modes = { slow, soak }
+const modes = { slow, storm, open: openDocs, soak }
 try {
   const result = await modes[cfg.mode]()
   emit({ result })
