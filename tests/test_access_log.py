@@ -101,3 +101,28 @@ async def test_the_access_log_setting(services, tmp_path, http, stopped,
     assert ("modi_sync.access" in log and "GET /api/v1/docs 200 " in log) is lines
     assert (" GET /sync/gym 101 " in log) is lines
     assert user["access_token"] not in log
+
+
+async def test_a_sync_connections_lines_name_its_document_and_connection(
+        services, tmp_path, http, stopped):
+    """A line logged while a socket's messages are handled says whose document and
+    which connection, in whichever module it is written."""
+    server = _server(services, tmp_path, MODI_LOG_FORMAT="json")
+    stopped.append(server)
+    await asyncio.to_thread(server.start)
+    user = await asyncio.to_thread(server.register)
+    conn = await YClient(http, f"{server.ws_url}/sync/gym?token={user['access_token']}"
+                         ).connect()
+    await conn.wait_synced()
+    await conn.send_raw(b"\x00\x02\xff")  # an update message whose update is cut short
+    assert await conn.wait_closed() == 1003
+
+    def closing() -> list[dict]:
+        lines = [orjson.loads(line) for line in server.log_path.read_text().splitlines()
+                 if line.startswith("{")]
+        return [line for line in lines if line["message"].startswith("closing a connection")]
+
+    await eventually(closing)
+    (line,) = closing()
+    assert line["doc"] == f"{user['user']['id']}/gym"
+    assert len(line["conn"]) == 12 and int(line["conn"], 16) >= 0

@@ -27,7 +27,7 @@ import contextlib
 import logging
 import struct
 import time
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from aiohttp import WSCloseCode, web
 
@@ -77,7 +77,7 @@ class MessageBudget:
 
 
 class Connection:
-    __slots__ = ("ws", "user_id", "awareness", "heard", "pinged",
+    __slots__ = ("id", "ws", "user_id", "awareness", "heard", "pinged",
                  "budget", "_transport", "_max_queue_bytes", "_closing", "_out", "_queued")
 
     def __init__(
@@ -88,6 +88,7 @@ class Connection:
         max_queue_bytes: int,
         message_limit: Limit,
     ) -> None:
+        self.id = uuid4().hex[:12]  # names it in the logs (modi_sync/logs.py)
         self.ws = ws
         self.user_id = user_id
         self.awareness: dict[int, int] = {}  # awareness client it speaks for -> state bytes

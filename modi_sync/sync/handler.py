@@ -26,6 +26,7 @@ from storage.rate_limits import Limit
 from ..access import authenticate
 from ..app_keys import REGISTRY, SETTINGS, WRITER
 from ..contract import CloseCode
+from ..logs import bind_connection
 from ..metrics import RATE_LIMITED
 from .connection import Connection
 from .protocol import MESSAGE_QUERY_AWARENESS, ProtocolError, parse_message
@@ -120,6 +121,7 @@ async def sync_endpoint(request: web.Request) -> web.StreamResponse:
     await ws.prepare(request)
     conn = Connection(request, ws, claims.user_id, settings.max_send_queue_bytes,
                       Limit.parse(settings.ws_message_limit))
+    bind_connection(f"{claims.user_id}/{name}", conn.id)  # on every line of this task
     try:
         room = await registry.join((claims.user_id, name), conn)
     except TooManyConnections:

@@ -27,6 +27,7 @@ from uuid import UUID
 from storage.doc_events import DELETED, UPDATE, DocEvent
 
 from ..contract import CloseCode
+from ..logs import doc_field
 from ..metrics import CATCH_UPS
 from .loader import DocumentLoader
 from .names import DocumentNames
@@ -238,7 +239,7 @@ class RoomRegistry:
             await self._writer.wait_committed(room.last_ticket)
         if not room.connections and self.rooms.get(room.key) is room:
             self._discard(room)
-            log.debug("room %s/%s left memory", *room.key)
+            log.debug("room %s/%s left memory", *room.key, extra=doc_field(room.key))
             self._compact_if_due(room, leaving=True)  # the next load reads one row
 
     def _discard(self, room: Room) -> None:
@@ -310,7 +311,8 @@ class RoomRegistry:
             return  # gone from memory, or nothing stored: nothing to miss
         if isinstance(stored, Exception):
             # Cannot tell what it lacks: its clients reconnect to a fresh load.
-            log.warning("reading %s/%s again failed (%s); closing its room", *key, stored)
+            log.warning("reading %s/%s again failed (%s); closing its room", *key, stored,
+                        extra=doc_field(key))
             room.write_failed()
             return
         room.catch_up(stored)
@@ -354,7 +356,8 @@ class RoomRegistry:
             result = await auto.compact(room.doc_id)
         except Exception:
             # Not retried while the room stays in memory: a failure here repeats.
-            log.exception("automatic compaction of %s/%s failed", *room.key)
+            log.exception("automatic compaction of %s/%s failed", *room.key,
+                          extra=doc_field(room.key))
             return
         room.compacted(result.updates_before - result.updates_after,
                        result.bytes_before - result.bytes_after)
@@ -365,7 +368,7 @@ class RoomRegistry:
         self._compacting.discard(room.key)
         log.info("compacted %s/%s: %d updates, %d bytes -> %d, %d", *room.key,
                  result.updates_before, result.bytes_before,
-                 result.updates_after, result.bytes_after)
+                 result.updates_after, result.bytes_after, extra=doc_field(room.key))
         if self.rooms.get(room.key) is room and auto.min_interval <= 0:
             self._maybe_compact(room)  # what arrived meanwhile may be over the line again
 

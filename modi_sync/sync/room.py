@@ -32,6 +32,7 @@ from pycrdt import (
 )
 
 from ..contract import CloseCode
+from ..logs import doc_field
 from ..metrics import UPDATES_FANNED_OUT, UPDATES_RECEIVED
 from .connection import Connection, frame
 from .pending import lacks
@@ -166,7 +167,8 @@ class Room:
                 for update in self._loaded or ():
                     doc.apply_update(update)
         except Exception as exc:  # storage holds bytes that are not an update
-            log.exception("the stored updates of %s/%s do not load", *self.key)
+            log.exception("the stored updates of %s/%s do not load", *self.key,
+                          extra=doc_field(self.key))
             self._break(CloseCode.INTERNAL_ERROR, "document unavailable")
             raise DocumentUnavailable(str(exc)) from exc
         self._doc, self._loaded = doc, None
@@ -273,7 +275,7 @@ class Room:
 
     def _too_much_pending(self, origin: Any) -> None:
         log.warning("%s/%s: %d bytes of updates wait for dependencies; reloading the room",
-                    *self.key, self._pending_bytes)
+                    *self.key, self._pending_bytes, extra=doc_field(self.key))
         if isinstance(origin, Connection):
             origin.close(CloseCode.POLICY, "updates do not integrate")
         self._break(CloseCode.INTERNAL_ERROR, "document reloaded")
@@ -324,7 +326,8 @@ class Room:
         try:
             diff = self._apply(self.doc, update)
         except Exception:
-            log.exception("a stored update does not apply; reloading the room")
+            log.exception("a stored update of %s/%s does not apply; reloading the room",
+                          *self.key, extra=doc_field(self.key))
             self.write_failed()
             return False
         if diff is not None and diff != EMPTY:

@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ..logs import doc_field
 from ..metrics import COMMIT_BATCH, COMMIT_FAILURES, COMMIT_SECONDS, UPDATES_STORED
 
 if TYPE_CHECKING:
@@ -152,7 +153,8 @@ class GroupCommitWriter:
             except Exception:
                 # Stored, but not sent: the room resets and its clients resync. This
                 # task must go on, or every update after it would wait forever.
-                log.exception("fan-out of stored updates failed; resetting the room")
+                log.exception("fan-out of stored updates of %s/%s failed; resetting the room",
+                              *target.key, extra=doc_field(target.key))
                 target.write_failed()
         self._wake_waiters(None)
         if self._publish is not None and stored:
@@ -193,7 +195,8 @@ class GroupCommitWriter:
             return rows
         for target in new:
             if target.doc_id is None:
-                log.info("not storing an update of %s/%s: its user is gone", *target.key)
+                log.info("not storing an update of %s/%s: its user is gone", *target.key,
+                         extra=doc_field(target.key))
                 target.write_failed()
         return [row for row in rows if row[0].doc_id is not None]
 
