@@ -29,6 +29,10 @@ def test_environment_values_are_converted_and_flags_win():
     ("JWT_SECRET", "x" * 31),
     ("JWT_SECRET", "é" * 15),  # 30 bytes: the length is counted in bytes
     ("MODI_JWT_PREVIOUS_SECRETS", "y" * 40 + ",short"),
+    ("MODI_METRICS_LISTEN", "9464"),  # no host
+    ("MODI_METRICS_LISTEN", "127.0.0.1:99999"),
+    ("MODI_METRICS_TOKEN", "short"),
+    ("MODI_WORKER_METRICS_LISTEN", "localhost"),
 ])
 def test_unusable_values_are_refused(variable, value):
     with pytest.raises(ConfigError):
@@ -78,3 +82,8 @@ def test_every_setting_reads_back_from_the_text_of_its_default():
         value = getattr(load_settings({var: text}, server=False), name)
         assert value == default and type(value) is type(default), name
     assert {f.name for f in fields(Settings)} == set(ENVIRONMENT.values())
+
+
+def test_a_metrics_listener_may_be_off_or_on_ipv6():
+    assert load_settings({"MODI_METRICS_LISTEN": "off"}).metrics_listen == "off"
+    assert load_settings({"MODI_METRICS_LISTEN": "[::1]:9464"}).metrics_listen == "[::1]:9464"
