@@ -65,6 +65,7 @@ class Settings:
     max_user_bytes: int = 256 * 1024 * 1024
     room_idle_seconds: float = 30.0
     keepalive_seconds: float = 15.0
+    awareness_timeout_seconds: float = 30.0  # y-protocols' outdatedTimeout
     bus_recheck_seconds: float = 5.0
     auto_compact_updates: int = 500
     auto_compact_bytes: int = 4 * 1024 * 1024
@@ -144,6 +145,7 @@ ENVIRONMENT: dict[str, str] = {
     "MODI_MAX_USER_BYTES": "max_user_bytes",
     "MODI_ROOM_IDLE_SECONDS": "room_idle_seconds",
     "MODI_KEEPALIVE_SECONDS": "keepalive_seconds",
+    "MODI_AWARENESS_TIMEOUT": "awareness_timeout_seconds",
     "MODI_BUS_RECHECK_SECONDS": "bus_recheck_seconds",
     "MODI_AUTO_COMPACT_UPDATES": "auto_compact_updates",
     "MODI_AUTO_COMPACT_BYTES": "auto_compact_bytes",
@@ -246,7 +248,8 @@ def _validate(settings: Settings) -> None:
               "bus_recheck_seconds", "max_pending_bytes", "max_documents_per_user",
               "max_user_bytes", "max_awareness_clients", "max_awareness_bytes",
               "audit_retention_days", "ocr_queue_max", "ocr_lease_seconds",
-              "ocr_max_attempts", "ocr_poll_seconds", "image_retention_days")
+              "ocr_max_attempts", "ocr_poll_seconds", "image_retention_days",
+              "awareness_timeout_seconds")
     if settings.worker_metrics_listen != "off":
         listen_address(settings.worker_metrics_listen, "MODI_WORKER_METRICS_LISTEN")
     if settings.gc_full_seconds < 0:

@@ -17,6 +17,10 @@ failed to go out still used its number).
 Two more kinds say who listens (see modi_sync/sync/bus.py): ``H`` (hello), sent by an
 instance that starts listening, and ``A``, the answer of each instance that heard it
 (its key holds the greeted instance's id).
+
+Awareness (presence, cursors) crosses instances too, and is never stored: ``W``
+carries a y-protocols awareness update of a document's clients, ``Q`` asks the
+instances holding the document to send theirs (a room just loaded knows of none).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ UPDATE = b"U"
 DELETED = b"D"
 HELLO = b"H"
 ACK = b"A"
+AWARENESS = b"W"
+AWARENESS_QUERY = b"Q"
 _HEADER = struct.Struct(">16sQd")  # sender, its message number, sent at
 _RECORD = struct.Struct(">c16sBI")  # kind, user id, name length, update length
 _MESSAGE_BYTES = 1 << 20  # a batch larger than this is split over several messages

@@ -37,13 +37,26 @@ import time
 import uuid
 from collections import deque
 
-from storage.doc_events import ACK, HELLO, UPDATE, DocChannel, DocKey, DocMessage
+from storage.doc_events import (
+    ACK,
+    AWARENESS,
+    AWARENESS_QUERY,
+    HELLO,
+    UPDATE,
+    DocChannel,
+    DocKey,
+    DocMessage,
+)
 
 from ..metrics import BUS_LAG
 
 log = logging.getLogger(__name__)
 
 _Record = tuple[bytes, DocKey, bytes]
+
+# Awareness waiting to go out, at most: it is ephemeral, and a client renews its state
+# every 15 s, so what is dropped when Redis lags is soon said again.
+MAX_EPHEMERAL = 10_000
 
 
 class UpdatePublisher:
@@ -61,6 +74,7 @@ class UpdatePublisher:
         self._hello: _Record = (HELLO, (instance, ""), b"")
         self._pending: deque[tuple[DocKey, bytes]] = deque()
         self._control: list[_Record] = []  # hellos and answers, sent before updates
+        self._ephemeral: deque[_Record] = deque(maxlen=MAX_EPHEMERAL)  # awareness
         self._max_pending = max_pending
         self._recheck = recheck
         self._hello_timeout = hello_timeout
@@ -92,6 +106,18 @@ class UpdatePublisher:
             log.warning("Redis is not keeping up: %d updates not sent to other instances",
                         overflow)
         self._wakeup.set()
+
+    def publish_awareness(self, key: DocKey, update: bytes) -> None:
+        """An awareness update of ``key``'s clients here, for the other instances."""
+        if self.others:
+            self._ephemeral.append((AWARENESS, key, update))
+            self._wakeup.set()
+
+    def query_awareness(self, key: DocKey) -> None:
+        """Ask the instances holding ``key`` for its clients' awareness."""
+        if self.others:
+            self._ephemeral.append((AWARENESS_QUERY, key, b""))
+            self._wakeup.set()
 
     async def start(self) -> None:
         """Say hello and wait for the other instances' answers; call it once subscribed."""
@@ -167,6 +193,11 @@ class UpdatePublisher:
                 if self._control:
                     control, self._control = self._control, []
                     await self._channel.publish(control)
+                    self._failed = False
+                if self._ephemeral:
+                    ephemeral = list(self._ephemeral)
+                    self._ephemeral.clear()
+                    await self._channel.publish(ephemeral)
                     self._failed = False
                 while self._pending:
                     batch = [self._pending.popleft()

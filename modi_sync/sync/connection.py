@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _FIN_BINARY = 0x82
 _PING = b"\x89\x00"  # a final ping frame without payload
+SHARES = Limit(10, 1)  # awareness updates a connection may send other instances, per s
 
 
 def frame(message: bytes) -> bytes:
@@ -77,8 +78,8 @@ class MessageBudget:
 
 
 class Connection:
-    __slots__ = ("id", "ws", "user_id", "awareness", "heard", "pinged",
-                 "budget", "_transport", "_max_queue_bytes", "_closing", "_out", "_queued")
+    __slots__ = ("id", "ws", "user_id", "awareness", "heard", "pinged", "budget", "shares",
+                 "share_due", "_transport", "_max_queue_bytes", "_closing", "_out", "_queued")
 
     def __init__(
         self,
@@ -95,6 +96,10 @@ class Connection:
         self.heard = True  # something arrived since the last keep-alive sweep
         self.pinged = False  # the last sweep sent a ping
         self.budget = MessageBudget(message_limit)
+        # Its awareness updates sent to the other instances: a cursor moving sends many,
+        # the bus carries at most SHARES of them, then the latest state once due.
+        self.shares = MessageBudget(SHARES)
+        self.share_due = False  # its latest state is to be shared when the budget allows
         self._transport = request.transport
         self._max_queue_bytes = max_queue_bytes
         self._closing: asyncio.Task[bool] | None = None

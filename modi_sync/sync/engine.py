@@ -69,6 +69,8 @@ class SyncEngine:
                 partial(_compact, update_log, settings), settings.auto_compact_updates,
                 settings.auto_compact_bytes, settings.auto_compact_interval),
             instance=self.instance,
+            awareness_bus=self.publisher,
+            awareness_timeout=settings.awareness_timeout_seconds,
         )
         self._gaps = Gaps(self.instance)
         self._listeners = [

@@ -21,10 +21,10 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 from uuid import UUID
 
-from storage.doc_events import DELETED, UPDATE, DocEvent
+from storage.doc_events import AWARENESS, AWARENESS_QUERY, DELETED, UPDATE, DocEvent, DocKey
 
 from ..contract import CloseCode
 from ..logs import doc_field
@@ -66,6 +66,15 @@ class AutoCompaction:
     min_interval: float = 60.0  # seconds between two compactions of one document
 
 
+AWARENESS_SWEEP_SECONDS = 1.0  # how often silent awareness states are looked for
+
+
+class AwarenessBus(Protocol):
+    def publish_awareness(self, key: DocKey, update: bytes) -> None: ...
+
+    def query_awareness(self, key: DocKey) -> None: ...
+
+
 class RoomRegistry:
     def __init__(
         self,
@@ -78,7 +87,12 @@ class RoomRegistry:
         quota: Quota | None = None,
         auto_compaction: AutoCompaction | None = None,
         instance: uuid.UUID | None = None,
+        awareness_bus: AwarenessBus | None = None,
+        awareness_timeout: float = 30.0,
     ) -> None:
+        """``awareness_bus``: carries awareness to and from the other instances. A state
+        not renewed within ``awareness_timeout`` seconds is removed (y-protocols' clients
+        renew theirs every 15 s)."""
         self.instance = instance or uuid.uuid4()  # tells our bus messages from others'
         self._loader = DocumentLoader(update_log, self._loaded, self._listed)
         self._writer = writer
@@ -97,6 +111,10 @@ class RoomRegistry:
         self._names = DocumentNames()  # of the users with rooms here
         self._usage: dict[UUID, Usage] = {}  # of the users with rooms here, once read
         self._rooms_of: Counter[UUID] = Counter()
+        self._bus = awareness_bus
+        self._awareness_timeout = awareness_timeout
+        self._aware: set[RoomKey] = set()  # rooms holding awareness states
+        self._sweep: asyncio.TimerHandle | None = None
 
     def connections_of(self, user_id: UUID) -> int:
         return self._per_user[user_id]
@@ -173,7 +191,11 @@ class RoomRegistry:
             key, doc_id, updates, self._writer,
             limits=self._limits, usage_of=self._usage.get,
             on_broken=self._discard, on_grown=self._maybe_compact,
+            share_awareness=self._bus.publish_awareness if self._bus else None,
+            on_awareness=self._holds_awareness,
         )
+        if self._bus is not None:
+            self._bus.query_awareness(key)  # the other instances' clients, at once
         self.rooms[key] = room
         self._rooms_of[key[0]] += 1
         self._schedule_idle(room)  # until someone joins
@@ -287,6 +309,29 @@ class RoomRegistry:
                 room.apply_stored(event.update)
             elif event.kind == DELETED:
                 self.drop_document(event.key)
+            elif event.kind == AWARENESS:
+                room.apply_remote_awareness(event.update)
+            elif event.kind == AWARENESS_QUERY and self._bus is not None:
+                update = room.local_awareness()
+                if update is not None:
+                    self._bus.publish_awareness(event.key, update)
+
+    def _holds_awareness(self, room: Room) -> None:
+        self._aware.add(room.key)
+        if self._sweep is None:
+            self._sweep = asyncio.get_running_loop().call_later(
+                AWARENESS_SWEEP_SECONDS, self._sweep_awareness)
+
+    def _sweep_awareness(self) -> None:
+        """Expire the awareness states that went silent, in the rooms holding any."""
+        self._sweep = None
+        for key in list(self._aware):
+            room = self.rooms.get(key)
+            if room is None or not room.expire_awareness(self._awareness_timeout):
+                self._aware.discard(key)
+        if self._aware:
+            self._sweep = asyncio.get_running_loop().call_later(
+                AWARENESS_SWEEP_SECONDS, self._sweep_awareness)
 
     def catch_up(self) -> None:
         """Messages of the bus may have been missed: read every room from storage again.
@@ -387,6 +432,8 @@ class RoomRegistry:
         for handle in self._idle.values():
             handle.cancel()
         self._idle.clear()
+        if self._sweep is not None:
+            self._sweep.cancel()
         for room in list(self.rooms.values()):
             room.close_all(CloseCode.GOING_AWAY, "server shutting down")
             self._compact_if_due(room, leaving=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,7 @@ from pycrdt import (
 from ..contract import CloseCode
 from ..logs import doc_field
 from ..metrics import UPDATES_FANNED_OUT, UPDATES_RECEIVED
-from .connection import Connection, frame
+from .connection import SHARES, Connection, frame
 from .pending import lacks
 from .protocol import (
     ProtocolError,
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 RoomKey = tuple[UUID, str]
 EMPTY = b"\x00\x00"  # a Yjs v1 update that changes nothing
 EMPTY_STATE = b"\x00"  # the state vector of an empty document (a fresh client's)
+REMOTE = "another instance"  # the origin of awareness states heard on the bus
 _EMPTY_STEP1 = sync_step1_message(EMPTY_STATE)
 
 
@@ -120,7 +122,12 @@ class Room:
         on_broken: Callable[[Room], None],
         on_grown: Callable[[Room], None] | None = None,
         usage_of: Callable[[UUID], Usage | None] | None = None,
+        share_awareness: Callable[[RoomKey, bytes], None] | None = None,
+        on_awareness: Callable[[Room], None] | None = None,
     ) -> None:
+        """``share_awareness``: sends an awareness update of this room's clients to the
+        other instances (bus.py); ``on_awareness``: told when the room holds awareness
+        states, which expire unless renewed (``expire_awareness``)."""
         self.key = key
         self.doc_id = doc_id  # None until the document's first update is stored
         self.connections: set[Connection] = set()
@@ -139,6 +146,8 @@ class Room:
         self._observing = False  # subscribed on the first change: subscriptions cost memory
         self._awareness: Awareness | None = None  # made on first use: most rooms never need it
         self._awareness_owner: dict[int, Connection] = {}  # who speaks for each client id
+        self._share_awareness = share_awareness
+        self._on_awareness = on_awareness
         # Client updates not (all) integrated yet, and their bytes.
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -458,6 +467,81 @@ class Room:
             self._awareness_owner[client_id] = conn
         conn.awareness = spoken
         self._broadcast(message, conn)
+        self._share(conn, payload)
+        if self._on_awareness is not None:
+            self._on_awareness(self)
+
+    def _share(self, conn: Connection, payload: bytes) -> None:
+        """Send a connection's awareness update to the other instances, within its
+        budget; past it, its latest state goes once the budget has room again."""
+        if self._share_awareness is None:
+            return
+        if conn.shares.take():
+            self._share_awareness(self.key, payload)
+        elif not conn.share_due:
+            conn.share_due = True
+            asyncio.get_running_loop().call_later(
+                1 / SHARES.requests * SHARES.window_seconds, self._share_due, conn)
+
+    def _share_due(self, conn: Connection) -> None:
+        conn.share_due = False
+        if conn in self.connections:
+            update = self.local_awareness(conn)
+            if update is not None:
+                self._share(conn, update)
+
+    def local_awareness(self, conn: Connection | None = None) -> bytes | None:
+        """The awareness update of the clients of ``conn`` (of every connection here if
+        None), or None if they have no state."""
+        owners = self._awareness_owner
+        ids = [cid for cid, owner in owners.items() if conn is None or owner is conn]
+        if self._awareness is None or not ids:
+            return None
+        known = [cid for cid in ids if cid in self._awareness.states]
+        return self._awareness.encode_awareness_update(known) if known else None
+
+    def apply_remote_awareness(self, update: bytes) -> None:
+        """An awareness update of this document's clients on another instance: pass it
+        on to the connections here. The other instance checked it against its limits."""
+        awareness = self.awareness
+        try:
+            awareness.apply_awareness_update(update, REMOTE)
+        except Exception as exc:  # an instance of another version, say
+            log.warning("an awareness update from another instance does not apply: %s",
+                        exc, extra=doc_field(self.key))
+            return
+        for cid in [cid for cid in awareness.meta if cid not in awareness.states
+                    and cid not in self._awareness_owner]:
+            awareness.meta.pop(cid, None)  # left: no clock kept for it
+        self._broadcast(create_awareness_message(update), None)
+        if self._on_awareness is not None:
+            self._on_awareness(self)
+
+    def expire_awareness(self, timeout: float) -> bool:
+        """Remove the states not renewed within ``timeout`` seconds, telling the
+        connections here: a frozen tab's (the other instances are told too), or those of
+        another instance's clients (that instance died, say; each instance expires those
+        itself). Whether any states remain."""
+        if self._awareness is None:
+            return False
+        awareness = self._awareness
+        oldest = (time.time() - timeout) * 1000  # pycrdt's clock: wall time, in ms
+        stale = [cid for cid in awareness.states if awareness.meta[cid]["lastUpdated"] <= oldest]
+        if not stale:
+            return bool(awareness.states)
+        awareness.remove_awareness_states(stale, REMOTE)
+        removal = awareness.encode_awareness_update(stale)
+        self._broadcast(create_awareness_message(removal), None)
+        local = False
+        for cid in stale:
+            awareness.meta.pop(cid, None)
+            owner = self._awareness_owner.pop(cid, None)
+            if owner is not None:
+                owner.awareness.pop(cid, None)
+                local = True
+        if local and self._share_awareness is not None:
+            self._share_awareness(self.key, removal)
+        return bool(awareness.states)
 
     def awareness_message(self) -> bytes | None:
         """Every known awareness state, for a new or asking connection."""
@@ -486,7 +570,9 @@ class Room:
         gone = [cid for cid in owned if cid in awareness.states]
         if gone:
             awareness.remove_awareness_states(gone, None)
-            self._broadcast(create_awareness_message(
-                awareness.encode_awareness_update(gone)), None)
+            removal = awareness.encode_awareness_update(gone)
+            self._broadcast(create_awareness_message(removal), None)
+            if self._share_awareness is not None:  # a departure is never held back
+                self._share_awareness(self.key, removal)
         for cid in owned:
             awareness.meta.pop(cid, None)
