@@ -10,6 +10,7 @@ another went through the server. Install the packages with
 from __future__ import annotations
 
 import json
+import os
 import queue
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import ServerProcess
+from .conftest import JWT_SECRET, ServerProcess, ServiceUrls
 from .nginx import NGINX, NginxProcess
 
 pytestmark = pytest.mark.interop
@@ -412,3 +413,57 @@ def test_a_provider_whose_update_is_over_the_frame_limit_is_told_1009(
     node.connect(server, "a", "default", token)
     node.edit({"op": "blob", "id": "a", "root": "workouts", "key": "big", "size": 32 << 20})
     assert node.call("wait_close", id="a")["closes"][0] == 1009
+
+
+def test_presence_crosses_instances_and_leaves_by_close_silence_or_sigkill(
+        services: ServiceUrls, node: NodeDriver, tmp_path: Path):
+    """Devices of one user on two `modi-sync serve` processes, with the real provider:
+    each sees the other's state; a clean close, a state no longer renewed, and an
+    instance killed with SIGKILL each remove the state on the other instance within
+    its awareness timeout (3 s here, far below the providers' own 30 s)."""
+    env = dict(os.environ, DATABASE_URL=services.database_url, REDIS_URL=services.redis_url,
+               JWT_SECRET=JWT_SECRET, MODI_AWARENESS_TIMEOUT="3", MODI_METRICS_LISTEN="off")
+    one, two = (ServerProcess(tmp_path / n, env) for n in ("one", "two"))
+    for server in (one, two):
+        server.data_dir.mkdir()
+        server.start()
+    try:
+        token = one.register()["access_token"]
+        ids = {cid: node.call("connect", id=cid, url=srv.ws_url + "/sync", name="default",
+                              token=token)["client_id"]
+               for cid, srv in (("phone", one), ("tab", one), ("laptop", two))}
+        for cid in ("phone", "laptop"):  # live: renewed well within the timeout
+            node.call("set_awareness", id=cid, state={"device": cid}, renew_ms=500)
+        node.call("set_awareness", id="tab", state={"device": "tab"})  # never renewed
+        seen = node.call("wait_awareness", id="laptop", client_id=ids["phone"])["states"]
+        assert seen[str(ids["phone"])] == {"device": "phone"}
+        node.call("wait_awareness", id="phone", client_id=ids["laptop"])
+
+        # Silence: the tab's state goes after the timeout, on both instances.
+        node.call("wait_awareness", id="laptop", client_id=ids["tab"])
+        node.call("wait_awareness", id="laptop", client_id=ids["tab"], absent=True,
+                  timeout_ms=6000)
+        node.call("wait_awareness", id="phone", client_id=ids["tab"], absent=True,
+                  timeout_ms=6000)
+        node.call("destroy", id="tab")
+
+        # A clean close: gone at once on the other instance.
+        node.call("connect", id="watch", url=one.ws_url + "/sync", name="default",
+                  token=token)
+        node.call("wait_awareness", id="watch", client_id=ids["laptop"])
+        node.call("destroy", id="laptop")
+        node.call("wait_awareness", id="watch", client_id=ids["laptop"], absent=True,
+                  timeout_ms=2000)
+
+        # SIGKILL: the killed instance's clients leave the other's view by the timeout.
+        ids["laptop"] = node.call("connect", id="laptop", url=two.ws_url + "/sync",
+                                  name="default", token=token)["client_id"]
+        node.call("set_awareness", id="laptop", state={"device": "laptop"}, renew_ms=500)
+        node.call("wait_awareness", id="laptop", client_id=ids["phone"])
+        one.kill()
+        node.call("wait_awareness", id="laptop", client_id=ids["phone"], absent=True,
+                  timeout_ms=6000)
+    finally:
+        for server in (one, two):
+            if server.proc is not None and server.proc.poll() is None:
+                server.kill()

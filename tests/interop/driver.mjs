@@ -195,10 +195,32 @@ const commands = {
     return { sent: c.sent }
   },
 
+  // Set the provider's awareness state; with renew_ms, set it again that often (a
+  // y-protocols client renews every 15 s by itself; tests use a shorter timeout).
+  set_awareness ({ id, state, renew_ms: renewMs = 0 }) {
+    const c = client(id)
+    clearInterval(c.renew)
+    c.provider.awareness.setLocalState(state)
+    if (renewMs > 0) c.renew = setInterval(() => c.provider.awareness.setLocalState(state), renewMs)
+    return {}
+  },
+
+  // Wait until the provider knows a state of awareness client `client_id` (or knows
+  // none, with absent: true); the states it knows.
+  async wait_awareness ({ id, client_id: clientId, absent = false, timeout_ms: timeoutMs = 15000 }) {
+    const c = client(id)
+    const states = c.provider.awareness.getStates()
+    await until(() => states.has(clientId) === !absent, timeoutMs,
+      () => `${id}: awareness of ${clientId} ${absent ? 'still there' : 'missing'}`,
+      [[c.provider.awareness, 'change']])
+    return { states: Object.fromEntries(states) }
+  },
+
   // Forget a client for good: no reconnect, nothing more sent.
   destroy ({ id }) {
     const c = client(id)
     clearInterval(c.stream)
+    clearInterval(c.renew)
     c.provider.destroy()
     c.doc.destroy()
     clients.delete(id)
