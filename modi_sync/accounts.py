@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from uuid import UUID
 
+from storage import connection_leases
 from storage.consents import Consent
 from storage.erasure import Erased, erase_account
 from storage.food_cache import bump_version
@@ -160,6 +161,7 @@ class Accounts:
         erased = await erase_account(storage.pool, user_id, logged)
         await storage.refresh_tokens.forget_user(user_id)
         await storage.rate_limiter.forget(str(user_id))
+        await connection_leases.forget_user(storage.redis, user_id)
         subjects = [subject("login", str(user_id)), subject("password", str(user_id))]
         if erased is not None:
             subjects.append(subject("login", erased.email.lower()))

@@ -17,6 +17,7 @@ from functools import partial
 from pycrdt import Doc
 from redis.asyncio import Redis
 
+from storage.connection_leases import ConnectionLeases
 from storage.doc_events import DocChannel, DocMessage, doc_events, subscribe_doc_events
 from storage.session_events import SessionEvent, session_events, subscribe_session_events
 from storage.update_log import Compaction, UpdateLog
@@ -82,6 +83,8 @@ class SyncEngine:
             self._listeners.append(RedisListener(
                 redis, subscribe_session_events, session_events, sessions_ended,
                 "sessions-ended"))
+        self.leases = ConnectionLeases(redis, self.instance,
+                                       limit=settings.max_connections_per_user)
         self._keepalive = (KeepAlive(self.registry.connections, settings.keepalive_seconds)
                            if keepalive else None)
 
@@ -96,6 +99,7 @@ class SyncEngine:
         for listener in self._listeners:
             await listener.start()
         await self.publisher.start()  # subscribed: say hello, and wait for the others' answers
+        self.leases.start()
         if self._keepalive is not None:
             self._keepalive.start()
 
@@ -106,6 +110,7 @@ class SyncEngine:
     async def stop(self) -> None:
         if self._keepalive is not None:
             self._keepalive.stop()
+        await self.leases.stop()
         for listener in self._listeners:
             await listener.stop()
         await self.writer.stop()  # every update received before the stop is stored

@@ -24,20 +24,21 @@ from pycrdt import YMessageType, YSyncMessageType
 from storage.rate_limits import Limit
 
 from ..access import authenticate
-from ..app_keys import REGISTRY, SETTINGS, WRITER
+from ..app_keys import ENGINE, REGISTRY, SETTINGS, WRITER
 from ..contract import CloseCode
 from ..logs import bind_connection
 from ..metrics import RATE_LIMITED
 from .connection import Connection
 from .protocol import MESSAGE_QUERY_AWARENESS, ProtocolError, parse_message
 from .quota import QuotaExceeded
-from .registry import TooManyConnections
+from .registry import RoomRegistry, TooManyConnections
 from .room import (
     AwarenessTooLarge,
     DocumentTooLarge,
     DocumentUnavailable,
     InvalidUpdate,
     Room,
+    RoomKey,
     TooManyAwarenessClients,
     UpdatesDoNotIntegrate,
 )
@@ -51,6 +52,10 @@ OVERSIZE_LINGER_SECONDS = 2.0
 
 # Seconds of one connection's messages after which the loop serves others once.
 YIELD_AFTER = 0.001
+
+# How long a socket waits for its place under the per-user limit before it is let in
+# with each instance's own limit alone (Redis slow or away).
+LEASE_SECONDS = 1.0
 
 SYNC_ROUTE = "/sync/{name}"  # the route's template, as the HTTP metrics name it
 
@@ -122,27 +127,46 @@ async def sync_endpoint(request: web.Request) -> web.StreamResponse:
     conn = Connection(request, ws, claims.user_id, settings.max_send_queue_bytes,
                       Limit.parse(settings.ws_message_limit))
     bind_connection(f"{claims.user_id}/{name}", conn.id)  # on every line of this task
+    leases = request.app[ENGINE].leases
     try:
-        room = await registry.join((claims.user_id, name), conn)
+        placed = await asyncio.wait_for(leases.take(claims.user_id, conn.id), LEASE_SECONDS)
+    except Exception as exc:  # Redis away: each instance's own limit still holds
+        log.warning("the connection limit across instances is not checked: %r", exc)
+        placed = None
+    try:
+        if placed is False:  # the user's sockets on every instance are at the limit
+            conn.close(CloseCode.POLICY, "too many connections")
+        else:
+            await _serve(request, conn, registry, (claims.user_id, name))
+    finally:
+        if placed:  # before the close handshake: a reconnect at once finds its place
+            try:
+                await leases.give_back(claims.user_id, conn.id)
+            except Exception as exc:  # its lease ends by itself
+                log.info("giving back a connection lease failed: %r", exc)
+        await conn.finish()
+    if ws.oversized:
+        await ws.linger(request)
+    return ws
+
+
+async def _serve(request: web.Request, conn: Connection, registry: RoomRegistry,
+                 key: RoomKey) -> None:
+    """Join the document's room and take the connection's messages until it closes."""
+    try:
+        room = await registry.join(key, conn)
     except TooManyConnections:
         conn.close(CloseCode.POLICY, "too many connections")
-        await conn.finish()
-        return ws
+        return
     except Exception:
-        log.exception("loading document %s failed", name)
+        log.exception("loading document %s failed", key[1])
         conn.close(CloseCode.INTERNAL_ERROR, "document unavailable")
-        await conn.finish()
-        return ws
-
+        return
     try:
         room.greet(conn)
         await _receive_loop(request, conn, room)
     finally:
         registry.leave(room, conn)
-        await conn.finish()
-    if ws.oversized:
-        await ws.linger(request)
-    return ws
 
 
 async def _receive_loop(request: web.Request, conn: Connection, room: Room) -> None:
