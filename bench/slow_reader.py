@@ -18,7 +18,8 @@ after it was dropped), side by side. It exits 1 if the client is not dropped wit
 was closed or missed an edit, if a fresh client does not hold each writer's last edit,
 or if the p99 while the client was not read is over ``--max-slowdown`` times the p99
 before it (and 50 ms more): a server that waited on the slow socket would stall the
-room for seconds.
+room for seconds. ``--quick`` reports that comparison without judging it: its phases
+are too short for a p99.
 
     .venv/bin/python bench/slow_reader.py [--clients 10] [--budget-kb 1024] [--quick]
 """
@@ -144,11 +145,16 @@ def main() -> int:
         failures.append(f"dropped with {drop['bytes_waiting']} bytes waiting, within its budget")
     phases_ = result.get("phases") or {}
     before, during = phases_.get("before") or {}, phases_.get("while") or {}
+    slowdown = None
     if before.get("p99_ms") is not None and during.get("p99_ms") is not None:
         bound = max(args.max_slowdown * before["p99_ms"], before["p99_ms"] + 50.0)
         if during["p99_ms"] > bound:
-            failures.append(f"p99 {during['p99_ms']:.1f} ms while the client was not read, "
-                            f"{before['p99_ms']:.1f} ms before")
+            slowdown = (f"p99 {during['p99_ms']:.1f} ms while the client was not read, "
+                        f"{before['p99_ms']:.1f} ms before")
+    # A quick run's phases hold a few hundred deliveries, whose p99 is one or two
+    # stalls of a shared machine: reported, not judged.
+    if slowdown and not args.quick:
+        failures.append(slowdown)
 
     print(f"\nslow reader: {args.clients} reading clients of one document, {args.rate:g} "
           f"edits/s each with {args.edit_bytes} bytes of notes, one more client stops "
@@ -180,6 +186,8 @@ def main() -> int:
     print(f"edits sent {result.get('edits_sent')}, deliveries {result.get('deliveries')} of "
           f"{result.get('deliveries_expected')}, reading clients closed {result.get('closed')}, "
           f"converged {result.get('converged')}")
+    if slowdown and args.quick:
+        print(f"not judged in --quick: {slowdown}")
     print("verdict: " + ("ok" if not failures else "FAILED: " + "; ".join(failures)))
     if args.json:
         Path(args.json).write_text(json.dumps({"drop": drop, "clients": result,
