@@ -36,7 +36,7 @@ def render(upstream_ports: list[int], port: int, run_dir: Path,
     """
     conf = DEPLOY_CONF.read_text()
     servers = " ".join(f"server 127.0.0.1:{p};" for p in upstream_ports)
-    conf = _replace_once(conf, "server api:8080;", servers)
+    conf = _replace_once(conf, "server api:8080 resolve;", servers)
     conf = _replace_once(conf, "listen 80;", f"listen 127.0.0.1:{port};")
     if terminator is not None:
         conf = _replace_once(conf, "set_real_ip_from 172.28.0.1;",
