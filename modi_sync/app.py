@@ -28,6 +28,7 @@ from .api import (
     metrics,
     openapi,
     users,
+    webapp,
 )
 from .api.middleware import add_standard_headers, cors_middleware, error_middleware
 from .app_keys import (
@@ -144,4 +145,5 @@ def create_app(settings: Settings) -> web.Application:
     app.add_routes(images.routes)
     app.add_routes(openapi.routes)
     app.router.add_get("/sync/{name:" + DOC_NAME + "}", sync_endpoint)
+    webapp.add_routes(app)  # the web client at /app/ (docs/webapp.md)
     return app

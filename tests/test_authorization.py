@@ -300,6 +300,10 @@ GETS: dict[str, Row] = {
     # The owner's document has no food log: an empty summary, of the owner's alone.
     "/api/v1/food-logs/daily-summary": private(
         plain("/api/v1/food-logs/daily-summary?date=2026-01-01&doc={name}"), OK, NOT_FOUND),
+    # The web client's static files (docs/webapp.md): the same for everyone.
+    "/app": public(plain("/app"), OK),  # a redirect to /app/, followed
+    "/app/": public(plain("/app/"), OK),
+    "/app/{file}": public(plain("/app/sw.js"), OK),
 }
 TABLE: dict[tuple[str, str], Row] = {
     **{("GET", path): row for path, row in GETS.items()},
