@@ -436,8 +436,12 @@ function refreshSummarySoon () {
 async function renderSummary () {
   if (!session || !sync) return
   const note = $('macros-note')
+  const key = `magni.summary.${session.user.id}`
+  if (!lastSummary) try { lastSummary = JSON.parse(localStorage.getItem(key)) } catch {}
+  if (lastSummary?.date !== today()) lastSummary = null
   if (!navigator.onLine) {
-    note.textContent = lastSummary ? `Offline: as of ${lastSummary.at}. Updating needs network.` : 'Needs network.'
+    if (lastSummary) showMacros(lastSummary.total)
+    note.textContent = lastSummary ? `Offline: as the server had them at ${lastSummary.at}. Updating needs network.` : 'Needs network.'
     return
   }
   let total = { calories: 0, protein: 0, carbs: 0, fat: 0, entries: 0 }
@@ -449,11 +453,16 @@ async function renderSummary () {
       return
     }
   }
-  lastSummary = { total, at: new Date().toLocaleTimeString() }
+  lastSummary = { total, date: today(), at: new Date().toLocaleTimeString() }
+  localStorage.setItem(key, JSON.stringify(lastSummary))
+  showMacros(total)
+  note.textContent = `${total.entries} ${total.entries === 1 ? 'food' : 'foods'} logged today, as the server has them.`
+}
+
+function showMacros (total) {
   for (const k of ['calories', 'protein', 'carbs', 'fat']) {
     $('m-' + k).textContent = k === 'calories' ? `${total[k]} kcal` : `${total[k]} g`
   }
-  note.textContent = `${total.entries} ${total.entries === 1 ? 'food' : 'foods'} logged today, as the server has them.`
 }
 
 // -- rendering ----------------------------------------------------------------------------
@@ -572,6 +581,7 @@ $('logout').addEventListener('click', async () => {
   if (data && data.pending.count === 0) {
     // nothing is waiting for the server: leave no copy of the user's data in this browser
     await data.persistence.clearData().catch(() => {})
+    localStorage.removeItem(`magni.summary.${data.user.id}`)
   }
   signOut('You are signed out.', true)
 })
