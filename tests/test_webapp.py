@@ -138,18 +138,14 @@ def test_the_installed_package_finds_the_built_files():
     assert "index.html" in _built()
 
 
-def test_the_build_without_node_fails_saying_what_is_missing(tmp_path: Path):
+def test_the_build_without_node_fails_saying_what_is_missing(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch):
     """setup.py's hook, with no node or npm on PATH."""
     hook = runpy.run_path(str(ROOT / "setup.py"), run_name="setup_hook")
-    bare = tmp_path / "bin"
-    bare.mkdir()
-    saved = os.environ["PATH"]
-    os.environ["PATH"] = str(bare)
-    try:
-        with pytest.raises(SystemExit) as stopped:
-            hook["build_web_client"]()
-    finally:
-        os.environ["PATH"] = saved
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("MODI_SKIP_WEB_BUILD", raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        hook["build_web_client"]()
     assert "Node" in str(stopped.value) and "npm" in str(stopped.value)
 
 
