@@ -20,6 +20,10 @@ from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 
+# Seconds between tries to subscribe again after a loss: the first, and the most.
+RETRY_FIRST = 0.1
+RETRY_MOST = 2.0
+
 
 class _Connection(Protocol):
     """What is used of a subscription's connection (redis-py leaves these untyped)."""
@@ -93,14 +97,33 @@ class RedisListener:
                             self._handle(item)
                         except Exception:
                             log.exception("%s: handling a message failed", self._name)
+                    # A closed subscription ends its messages without an error: going
+                    # round again at once would spin, holding the event loop for good.
+                    log.warning("%s: subscription ended; resubscribing", self._name)
                 except (RedisError, OSError) as exc:
                     log.warning("%s: subscription lost (%s); resubscribing", self._name, exc)
-                    await asyncio.sleep(1.0)
-                    with contextlib.suppress(RedisError, OSError):
-                        await self._close(pubsub)
-                        pubsub = await self._subscribe(self._redis)
-                        self._watch(pubsub)
-                        if self._resubscribed is not None:
-                            self._resubscribed()
+                pubsub = await self._resubscribe(pubsub)
         finally:
             await self._close(pubsub)
+
+    async def _resubscribe(self, lost: PubSub) -> PubSub:
+        """A new subscription, once Redis answers again; tried every few seconds at most."""
+        with contextlib.suppress(RedisError, OSError):
+            await self._close(lost)
+        delay = RETRY_FIRST
+        while True:
+            await asyncio.sleep(delay)  # a backoff, not a wait for a condition
+            delay = min(delay * 2, RETRY_MOST)
+            try:
+                # A ping first: a subscribe that fails keeps its connection out of the
+                # pool (the half-made subscription is never handed back to be closed),
+                # and one per try would drain the pool that every request shares.
+                await self._redis.ping()
+                pubsub = await self._subscribe(self._redis)
+            except (RedisError, OSError):
+                continue
+            self._watch(pubsub)
+            log.warning("%s: subscribed again", self._name)
+            if self._resubscribed is not None:
+                self._resubscribed()
+            return pubsub
