@@ -16,7 +16,10 @@ import time
 from collections.abc import Awaitable, Callable
 from uuid import UUID
 
+from storage.outage import is_outage
 from storage.refresh_tokens import SessionState
+
+from .errors import Unavailable
 
 _PRUNE_AT = 4096  # entries; past this, expired ones are dropped
 
@@ -40,7 +43,13 @@ class SessionStates:
         if reading is None:  # concurrent callers share one read
             reading = asyncio.ensure_future(self._read_and_keep(session))
             self._reading[session] = reading
-        return await asyncio.shield(reading)
+        try:
+            return await asyncio.shield(reading)
+        except Exception as exc:
+            if is_outage(exc):
+                # Fail closed: a session whose revocation cannot be read is not let in.
+                raise Unavailable("cannot check the session now, try again") from exc
+            raise
 
     def forget(self, user_id: UUID) -> None:
         """The user's sessions ended: the next check of any of them reads Redis again.

@@ -32,7 +32,7 @@ from ..app_keys import (
     USERS,
 )
 from ..passwords import hash_password, verify_password
-from .errors import ApiError, json_response
+from .errors import ApiError, json_response, outage_unavailable
 from .validation import (
     consent_version_field,
     email_field,
@@ -112,6 +112,7 @@ def _login_subject(app: web.Application, email: str, user: User | None,
 
 
 @routes.post("/api/v1/auth/register")
+@outage_unavailable
 async def register(request: web.Request) -> web.Response:
     await _limit_by_address(request, "auth", request.app[SETTINGS].rate_limit_auth)
     body = await json_body(request)
@@ -125,6 +126,7 @@ async def register(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/auth/login")
+@outage_unavailable
 async def login(request: web.Request) -> web.Response:
     await _limit_by_address(request, "auth", request.app[SETTINGS].rate_limit_auth)
     body = await json_body(request)
@@ -150,6 +152,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/auth/refresh")
+@outage_unavailable
 async def refresh(request: web.Request) -> web.Response:
     await _limit_by_address(request, "refresh", request.app[SETTINGS].rate_limit_refresh)
     token = string_field(await json_body(request), "refresh_token", max_len=512)
@@ -168,6 +171,7 @@ async def refresh(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/auth/logout")
+@outage_unavailable
 async def logout(request: web.Request) -> web.Response:
     await _limit_by_address(request, "refresh", request.app[SETTINGS].rate_limit_refresh)
     token = string_field(await json_body(request), "refresh_token", max_len=512)
@@ -200,6 +204,7 @@ async def check_password(request: web.Request, user_id: UUID, password: str) -> 
 
 
 @routes.post("/api/v1/auth/password")
+@outage_unavailable
 async def change_password(request: web.Request) -> web.Response:
     claims = await authenticated_user(request)
     body = await json_body(request)
@@ -218,6 +223,7 @@ async def change_password(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/v1/auth/account")
+@outage_unavailable
 async def delete_account(request: web.Request) -> web.Response:
     claims = await authenticated_user(request)
     password = password_field(await json_body(request))

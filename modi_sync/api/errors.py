@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from storage.outage import is_outage
 
 from ..errors import (
     Conflict,
@@ -80,7 +84,45 @@ def from_domain(error: ModiError) -> ApiError:
     if isinstance(error, RateLimited):
         return ApiError(429, str(error), {"retry_after": error.retry_after},
                         headers={"Retry-After": str(error.retry_after)})
+    if isinstance(error, Unavailable):
+        return unavailable(str(error))
     return ApiError(status, str(error))
+
+
+# How soon a client may try again after a 503: PostgreSQL restarts in about a second.
+UNAVAILABLE_RETRY_AFTER = 1
+
+
+def unavailable(message: str = "storage unavailable, try again") -> ApiError:
+    return ApiError(503, message, headers={"Retry-After": str(UNAVAILABLE_RETRY_AFTER)})
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def outage_unavailable(handler: Handler) -> Handler:
+    """The route answers 503 UNAVAILABLE while PostgreSQL or Redis is out of reach.
+
+    For the routes that cannot do without Redis (logins: their limits, backoff and
+    tokens all live there), so that clients are told to come back, not of a bug.
+    """
+
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except Exception as exc:
+            if is_outage(exc):
+                raise unavailable() from exc
+            raise
+
+    return guarded
+
+
+def from_unexpected(error: Exception) -> ApiError:
+    """The envelope of an exception nothing else mapped: 503 when PostgreSQL or Redis is
+    out of reach (a retry may work, and it is not a bug), else 500."""
+    return unavailable() if is_outage(error) else ApiError(500, "internal error")
 
 
 def error_response(error: ApiError) -> web.Response:
