@@ -197,6 +197,40 @@ class RedisServer:
 
 
 @contextlib.contextmanager
+def small_tmpfs(size_mb: int) -> Any:
+    """A tmpfs of ``size_mb`` mounted on a new dir, unmounted (lazily if still busy)
+    and removed afterwards, whatever happened. Yields None where mounting is refused."""
+    with private_dir("modi-faults-tmpfs-") as path:
+        mounted = subprocess.run(  # noqa: S603 - mount(8) with our own arguments
+            ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(path)],
+            capture_output=True, text=True, timeout=30)
+        if mounted.returncode != 0:
+            yield None, mounted.stderr.strip()
+            return
+        try:
+            yield path, ""
+        finally:
+            if subprocess.run(["umount", str(path)], capture_output=True,  # noqa: S603
+                              timeout=30).returncode != 0:
+                subprocess.run(["umount", "-l", str(path)], capture_output=True,  # noqa: S603
+                               timeout=30)
+
+
+def fill(path: Path) -> int:
+    """Write zeros to ``path`` until its file system has no room left; the bytes written."""
+    chunk = bytes(1 << 20)
+    written = 0
+    with path.open("wb", buffering=0) as filler:
+        for size in (1 << 20, 1 << 12, 1):
+            try:
+                while True:
+                    written += filler.write(chunk[:size])
+            except OSError:  # ENOSPC: the next, smaller size fits what is left
+                continue
+    return written
+
+
+@contextlib.contextmanager
 def private_dir(prefix: str) -> Any:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)  # PostgreSQL's own user passes through it
@@ -220,13 +254,14 @@ class Scribe:
 
     def __init__(self, session: aiohttp.ClientSession, url: Callable[[], str], tag: str,
                  *, interval: float = 0.02, backoff: float = 0.2,
-                 writes: bool = True) -> None:
+                 writes: bool = True, payload: int = 0) -> None:
         self.tag = tag
         self.url = url
         self.session = session
         self.interval = interval
         self.backoff = backoff
         self.writes = writes
+        self.payload = payload  # bytes of random text per value (0: the value is a number)
         self.client = YClient(session, url())
         self.written: dict[str, float] = {}  # key -> loop time written
         self.first_seen: dict[str, float] = {}  # another's key -> loop time first held
@@ -261,7 +296,8 @@ class Scribe:
         n = 0
         while self._writing:
             key = f"{self.tag}-{n}"
-            self._map[key] = n  # sent at once if connected, else with the next sync
+            value: int | str = n if not self.payload else os.urandom(self.payload // 2).hex()
+            self._map[key] = value  # sent at once if connected, else with the next sync
             self.written[key] = loop.time()
             n += 1
             await asyncio.sleep(self.interval)  # the pace of the writer, not a wait

@@ -21,19 +21,23 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pycrdt import Doc, Map
 
 from modi_sync.contract import CloseCode
 
 from .conftest import JWT_SECRET, ServerProcess, ServiceUrls, _private_dir
 from .faults import (
+    ROOT,
     DebianCluster,
     PgServer,
     RedisServer,
     Scribe,
     embedded_dsn,
     embedded_pg,
+    fill,
     keys,
     private_dir,
+    small_tmpfs,
     stored_state,
 )
 from .yclient import YClient, eventually
@@ -73,6 +77,27 @@ async def _http(method: str, url: str, body: Any = None,
             http.request(method, url, json=body, headers=headers) as resp:
         text = await resp.text()
         return resp.status, (json.loads(text) if text else None)
+
+
+def _one_key_update(key: str) -> bytes:
+    doc = Doc()
+    doc.get(ROOT, type=Map)[key] = "over http"
+    return doc.get_update()
+
+
+async def _post_update(server: ServerProcess, token: str, key: str) -> tuple[int, Any]:
+    """``POST /api/v1/docs/{DOC}/update`` of an update that adds ``key``."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http, \
+            http.post(f"{server.http_url}/api/v1/docs/{DOC}/update",
+                      data=_one_key_update(key),
+                      headers={"Authorization": f"Bearer {token}",
+                               "Content-Type": "application/octet-stream"}) as resp:
+        return resp.status, await resp.json()
+
+
+async def _posted(server: ServerProcess, token: str, key: str) -> bool:
+    """Sent again until stored, as an app's background sync does after a 503."""
+    return (await _post_update(server, token, key))[0] == 200
 
 
 async def _status(url: str) -> int:
@@ -186,9 +211,8 @@ async def test_postgres_restarted_while_clients_write(pg_setup: PgSetup) -> None
             await eventually(lambda: all(CloseCode.INTERNAL_ERROR in s.closes for s in scribes))
             await eventually(lambda: all(len(s.written) >= written_before[s.tag] + 100
                                          for s in scribes))
-            # A write over HTTP meanwhile (an empty update, refused either way).
-            outage_post = await _http("POST", f"{server.http_url}/api/v1/docs/{DOC}/update",
-                                      token=token)
+            # A write over HTTP meanwhile: refused, so the app sends it again later.
+            outage_post = await _post_update(server, token, "http-0")
 
             up_started = loop.time()
             figures.outage_s = up_started - down
@@ -199,7 +223,8 @@ async def test_postgres_restarted_while_clients_write(pg_setup: PgSetup) -> None
 
             for scribe in scribes:
                 scribe.stop_writing()
-            written = {k for s in scribes for k in s.written}
+            await eventually(lambda: _posted(server, token, "http-0"))
+            written = {k for s in scribes for k in s.written} | {"http-0"}
             await eventually(lambda: all(s.held() >= written for s in everyone), timeout=30)
             figures.converged_after_s = loop.time() - up
         finally:
@@ -372,3 +397,97 @@ def _database_url(server: ServerProcess) -> str:
 
 async def _docs_status(server: ServerProcess, token: str, status: int) -> bool:
     return (await _http("GET", server.http_url + "/api/v1/docs", token=token))[0] == status
+
+
+# -- PostgreSQL's disk full -----------------------------------------------------------------
+
+
+@pytest.fixture
+def full_disk_setup(services: ServiceUrls) -> Iterator[tuple[DebianCluster, ServerProcess]]:
+    """A Debian PostgreSQL on a 64 MB tmpfs (1 MB WAL segments, so that it fits with
+    room to spare), and a server on it; unmounted afterwards, whatever happened."""
+    with small_tmpfs(64) as (root, refused):
+        if root is None:
+            pytest.skip(f"mounting a tmpfs is not permitted here: {refused}")
+        cluster = DebianCluster(root, wal_segment_mb=1)
+        cluster.start()
+        try:
+            cluster.create_database()
+            with private_dir("modi-faults-full-") as data_dir:
+                server = ServerProcess(data_dir, _server_env(DATABASE_URL=cluster.dsn,
+                                                             REDIS_URL=services.redis_url))
+                server.start()
+                try:
+                    yield cluster, server
+                finally:
+                    _stop(server)
+        finally:
+            (root / "filler").unlink(missing_ok=True)
+            if cluster.running():
+                cluster.stop("immediate")
+
+
+async def test_postgres_disk_full_while_clients_write(
+    full_disk_setup: tuple[DebianCluster, ServerProcess],
+) -> None:
+    """Fill PostgreSQL's disk under three writing clients: their writes fail and they
+    are closed with 1011; once the filler goes, the server stores again by itself,
+    every client's updates are stored, and what a new client is sent is what the
+    stored rows make (nothing half-stored)."""
+    cluster, server = full_disk_setup
+    figures = Figures("postgres-disk-full")
+    user = server.register()
+    token = user["access_token"]
+    loop = asyncio.get_running_loop()
+    filler = cluster.root / "filler"
+    async with aiohttp.ClientSession() as http:
+        scribes = [Scribe(http, _sync_url(server, token), f"w{i}", payload=512)
+                   for i in range(WRITERS)]
+        watcher = Scribe(http, _sync_url(server, token), "watch", writes=False)
+        everyone = [*scribes, watcher]
+        try:
+            for scribe in everyone:
+                scribe.start()
+            await eventually(lambda: len(watcher.held()) >= 60, timeout=20)
+
+            filled = await asyncio.to_thread(fill, filler)
+            full = loop.time()
+            await eventually(lambda: all(CloseCode.INTERNAL_ERROR in s.closes for s in scribes),
+                             timeout=30)
+            written_before = {s.tag: len(s.written) for s in scribes}
+            await eventually(lambda: all(len(s.written) >= written_before[s.tag] + 100
+                                         for s in scribes))
+            outage_post = await _post_update(server, token, "http-0")
+
+            filler.unlink()
+            freed = loop.time()
+            figures.outage_s = freed - full
+            assert cluster.running(), "PostgreSQL itself stopped on the full disk"
+            await eventually(lambda: _ready_is(server, 200), timeout=30)
+            figures.ready_after_s = loop.time() - freed
+            for scribe in scribes:
+                scribe.stop_writing()
+            await eventually(lambda: _posted(server, token, "http-0"))
+            written = {k for s in scribes for k in s.written} | {"http-0"}
+            await eventually(lambda: all(s.held() >= written for s in everyone), timeout=30)
+            figures.converged_after_s = loop.time() - freed
+        finally:
+            for scribe in everyone:
+                await scribe.close()
+
+    assert server.proc is not None and server.proc.poll() is None, "the server restarted"
+    codes = _codes(everyone)
+    figures.closes = str(codes)
+    assert set(codes) <= {CloseCode.INTERNAL_ERROR}, codes
+    stored = keys(await stored_state(cluster.dsn, user["user"]["id"], DOC))
+    figures.written = len(written)
+    figures.lost = len(written - stored)
+    assert written <= stored, f"lost: {sorted(written - stored)[:10]}"
+    assert await _fresh_keys(server, token) == stored
+    print(f"filler: {filled / 2**20:.1f} MiB")
+    figures.show()
+    # A small row may still fit a page's free space on a full disk: then it was stored
+    # (200, and "http-0" is among the stored keys checked above), else it is a 503.
+    if outage_post[0] != 200:
+        _check_outage_answer(*outage_post)
+
