@@ -321,6 +321,61 @@ async def test_batches_not_published_while_alone_leave_a_gap(redis):
         await listener.aclose()
 
 
+async def test_listeners_a_recheck_finds_are_shown_the_gap_without_waiting_for_an_update(
+        redis):
+    """An instance that believed itself alone skipped what it did not send; another's
+    hello was lost. Its recheck finds the listener, and it says hello at once: the
+    hello's number shows the gap even if no update ever follows."""
+    own = await subscribe_doc_events(redis)  # the instance's own subscription
+    instance = uuid.uuid4()
+    publisher = UpdatePublisher(DocChannel(redis, instance), instance, recheck=0.2,
+                                hello_timeout=0.1)
+    listener = None
+    try:
+        await publisher.start()
+        publisher.others = False  # alone, as far as it knows
+        publisher.publish([((uuid.uuid4(), "default"), _update("unsent"))])
+        listener = await subscribe_doc_events(redis)  # its hello went to nobody
+        heard = doc_events(listener, ignore=uuid.uuid4())
+        message = await asyncio.wait_for(anext(heard), 5)
+        assert message.sender == instance and message.events[0].kind == HELLO
+        assert Gaps(uuid.uuid4()).missed(message)  # so the listener reads from storage
+    finally:
+        await publisher.stop()
+        await own.aclose()
+        if listener is not None:
+            await listener.aclose()
+
+
+async def test_updates_unpublished_after_a_hello_show_as_a_gap_once_someone_answers(redis):
+    """Redis came back: an instance alone so far says hello (its subscription is back)
+    and stores more before anyone answers. Those updates skip a number after the hello,
+    and the answer makes it say hello again: the gap reaches the listener at once."""
+    own = await subscribe_doc_events(redis)
+    instance, other = uuid.uuid4(), uuid.uuid4()
+    publisher = UpdatePublisher(DocChannel(redis, instance), instance, hello_timeout=0.1)
+    listener = await subscribe_doc_events(redis)
+    heard = doc_events(listener, ignore=other)
+    gaps = Gaps(other)
+    try:
+        await publisher.start()
+        assert not gaps.missed(await asyncio.wait_for(anext(heard), 5))  # its first hello
+        publisher.others = False
+        key = (uuid.uuid4(), "default")
+        publisher.publish([(key, _update("while alone"))])
+        publisher.subscribed_again()
+        again = await asyncio.wait_for(anext(heard), 5)
+        assert again.events[0].kind == HELLO and gaps.missed(again)
+        publisher.publish([(key, _update("after the hello"))])  # still alone: unsent
+        publisher.heard(DocMessage(other, 1, [DocEvent(ACK, (instance, ""), b"")]))
+        answer = await asyncio.wait_for(anext(heard), 5)
+        assert answer.events[0].kind == HELLO and gaps.missed(answer)
+    finally:
+        await publisher.stop()
+        await own.aclose()
+        await listener.aclose()
+
+
 def _update(key: str) -> bytes:
     """An update of another client: ``key`` set in the workouts map."""
     doc = Doc()

@@ -152,7 +152,7 @@ class UpdatePublisher:
         """A message of another instance: someone listens."""
         BUS_LAG.observe(max(0.0, time.time() - message.sent_at))  # clocks may disagree
         self._heard += 1
-        self.others = True
+        self._someone_listens()
         for event in message.events:
             if event.kind == HELLO:
                 self._control.append((ACK, (message.sender, ""), b""))
@@ -193,19 +193,24 @@ class UpdatePublisher:
                 if self._control:
                     control, self._control = self._control, []
                     await self._channel.publish(control)
-                    self._failed = False
+                    self._published_again()
+                    # Numbered after any skip so far: what goes unpublished from now
+                    # on must skip a number again, after this message.
+                    self._skipped = False
                 if self._ephemeral:
                     ephemeral = list(self._ephemeral)
                     self._ephemeral.clear()
                     await self._channel.publish(ephemeral)
-                    self._failed = False
+                    self._published_again()
                 while self._pending:
                     batch = [self._pending.popleft()
                              for _ in range(min(len(self._pending), 1000))]
                     await self._channel.publish((UPDATE, key, u) for key, u in batch)
-                    self._failed = False
+                    self._published_again()
             except Exception as exc:
-                log.warning("publishing to other instances failed: %s", exc)
+                if not self._failed:  # once per outage, not once per batch
+                    log.warning("publishing to other instances failed: %s; their clients "
+                                "get these updates from storage once Redis is back", exc)
                 self._failed = True
             if self._recheck_due:
                 self._recheck_due = False
@@ -216,11 +221,28 @@ class UpdatePublisher:
                 finally:
                     self._schedule_recheck()
 
+    def _published_again(self) -> None:
+        if self._failed:
+            log.warning("publishing to other instances works again")
+            self._failed = False
+
     async def _recheck_listeners(self) -> None:
         heard = self._heard
         listeners = await self._channel.subscribers()
         if heard == self._heard:  # a hello heard while the question was out wins
-            self.others = listeners > 1  # this instance's own subscription is one
+            if listeners > 1:  # this instance's own subscription is one
+                self._someone_listens()
+            else:
+                self.others = False
+
+    def _someone_listens(self) -> None:
+        """Another instance listens (again). If updates went unpublished meanwhile, the
+        number they skipped must reach it now, in a hello: no later update may follow
+        to show the gap, and it reads from storage only when it sees one."""
+        if not self.others and self._skipped:
+            self._control.append(self._hello)
+            self._wakeup.set()
+        self.others = True
 
 
 class Gaps:
