@@ -189,10 +189,14 @@ const commands = {
     return {}
   },
 
+  // Stop the stream; the next one of this client numbers its entries from 0 again.
   stop_stream ({ id }) {
     const c = client(id)
+    const sent = c.sent
     clearInterval(c.stream)
-    return { sent: c.sent }
+    c.stream = null
+    c.sent = 0
+    return { sent }
   },
 
   // Set the provider's awareness state; with renew_ms, set it again that often (a
