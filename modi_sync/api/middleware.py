@@ -14,7 +14,7 @@ from aiohttp.typedefs import Handler
 from ..access import rate_limit_headers
 from ..app_keys import RATE_VERDICT, REQUEST_ID, SETTINGS
 from ..errors import ModiError
-from .errors import ApiError, error_response, from_domain
+from .errors import ApiError, error_response, from_domain, from_unexpected
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise
         message = "request body too large" if exc.status == 413 else exc.reason
         return error_response(ApiError(exc.status, message, headers=_allow_header(exc)))
-    except Exception:
-        log.exception("unexpected error", extra={"request_id": request[REQUEST_ID]})
-        return error_response(ApiError(500, "internal error"))
+    except Exception as exc:
+        error = from_unexpected(exc)
+        if error.status == 500:
+            log.exception("unexpected error", extra={"request_id": request[REQUEST_ID]})
+        else:  # PostgreSQL or Redis out of reach: the service's state, not a bug
+            log.warning("storage unavailable: %s", exc,
+                        extra={"request_id": request[REQUEST_ID]})
+        return error_response(error)
 
 
 def _allow_header(exc: web.HTTPException) -> dict[str, str]:
