@@ -15,9 +15,11 @@ PACKAGES = ("modi_sync", "storage", "ocr_worker")
 
 
 def _copied_by_the_dockerfile() -> list[str]:
-    """The sources of deploy/Dockerfile's COPY lines."""
+    """The sources of deploy/Dockerfile's COPY lines from the build context (not those
+    from an earlier stage: ``--from``)."""
     lines = (ROOT / "deploy" / "Dockerfile").read_text().splitlines()
-    return [src for line in lines if line.startswith("COPY ") for src in line.split()[1:-1]]
+    return [src for line in lines if line.startswith("COPY ") and "--from=" not in line
+            for src in line.split()[1:-1]]
 
 
 def test_the_wheel_holds_every_module_and_migration(tmp_path: Path):
@@ -25,8 +27,10 @@ def test_the_wheel_holds_every_module_and_migration(tmp_path: Path):
     app = tmp_path / "app"
     app.mkdir()
     for name in _copied_by_the_dockerfile():
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
         if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, app / name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(ROOT / name, app / name, ignore=shutil.ignore_patterns(
+                "__pycache__", "webapp_dist"))  # the image gets the client from its stage
         else:
             shutil.copy(ROOT / name, app / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
