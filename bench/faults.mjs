@@ -575,6 +575,7 @@ async function soak () {
       : `${result.deliveries} of ${result.deliveries_expected} deliveries arrived`
   }
   Object.assign(result, await verifyLastWrites(docPrefix, docs, clientsPerDoc, load.sent, (d) => d))
+  if (!result.converged) result.error = [result.error, result.convergence_error].filter(Boolean).join('; ')
   result.ok = result.ok && result.converged
   peers.forEach((p) => p.destroy())
   return result

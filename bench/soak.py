@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import idle_rooms  # noqa: E402
 from common import (  # noqa: E402
     BENCH,
     CLIENT_CORE,
@@ -57,6 +59,7 @@ from common import (  # noqa: E402
 )
 
 PREFIX = "soak"
+IDLE_SECONDS = 5.0
 _ROWS = """SELECT d.name, count(u.seq), coalesce(sum(octet_length(u.data)), 0)
              FROM documents d LEFT JOIN doc_updates u ON u.doc_id = d.id
             WHERE d.name LIKE $1 GROUP BY d.name"""
@@ -125,7 +128,8 @@ class Sampler:
     the compactions it logged; the documents' own memory at the first sample after
     ``warmup`` seconds and at the end."""
 
-    def __init__(self, server: ModiServer, every: float, warmup: float) -> None:
+    def __init__(self, server: ModiServer, every: float, warmup: float,
+                 census: bool = False) -> None:
         assert server.proc is not None
         self.server = server
         self.pid = server.proc.pid
@@ -136,6 +140,8 @@ class Sampler:
         self.ticks: list[dict] = []
         self.docs_kb_first: int | None = None
         self.docs_kb_last: int | None = None
+        self.take_census = census
+        self.census_first: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.t0 = 0.0
@@ -168,6 +174,8 @@ class Sampler:
                 if self.docs_kb_first is None and entry["t_s"] >= self.warmup:
                     self.docs_kb_first = docs_memory_kb(self.dsn)
                     entry["docs_kb"] = self.docs_kb_first
+                    if self.take_census:
+                        self.census_first = census(self.pid, self.server.data_dir / "c1.json")
             except Exception as exc:  # noqa: BLE001 - a failed sample is reported, not fatal
                 print(f"  sample failed: {exc}", file=sys.stderr, flush=True)
 
@@ -185,6 +193,23 @@ class Sampler:
         entry = self.sample()
         self.docs_kb_last = docs_memory_kb(self.dsn)
         entry["docs_kb"] = self.docs_kb_last
+
+
+def diagnose(server: ModiServer, census_first: dict[str, int]) -> dict:
+    """idle_rooms.py's diagnosis at the end of the load (the clients gone, the rooms
+    still in memory), then malloc_trim again once the rooms left memory."""
+    assert server.proc is not None
+    found = idle_rooms.diagnose(server.proc.pid, server.data_dir, census_first)
+    time.sleep(IDLE_SECONDS + 10)
+    found["rooms_gone_kb"] = rss_kb(server.proc.pid)
+    idle_rooms.in_server(server.proc.pid, "(int)malloc_trim(0)")
+    time.sleep(1.0)
+    found["rooms_gone_trimmed_kb"] = rss_kb(server.proc.pid)
+    return found
+
+
+def census(pid: int, path: Path) -> dict[str, int]:
+    return idle_rooms.census(pid, path)
 
 
 def _mid3(values: list[float]) -> float:
@@ -289,6 +314,10 @@ def main() -> int:
                         help="MODI_AUTO_COMPACT_UPDATES")
     parser.add_argument("--compact-interval", type=float, default=30.0,
                         help="MODI_AUTO_COMPACT_INTERVAL, seconds")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="with gdb (idle_rooms.py's): a census of the server's objects "
+                        "after the warm-up and at the end, then malloc_trim with the rooms "
+                        "in memory and again once they left, with RSS after each")
     parser.add_argument("--quick", action="store_true",
                         help="30 s, 5 documents x 2 clients, samples every 3 s")
     parser.add_argument("--json", metavar="FILE", help="also write every figure here")
@@ -315,12 +344,18 @@ def main() -> int:
         "MODI_AUTO_COMPACT_UPDATES": str(args.compact_updates),
         "MODI_AUTO_COMPACT_INTERVAL": str(args.compact_interval),
         "MODI_LOG_LEVEL": "INFO",  # each automatic compaction logs a line: counted
+        # The fresh clients that check convergence at the end use the tokens issued at
+        # the start; the clients stay connected, so the rooms never go idle meanwhile.
+        "MODI_ACCESS_TOKEN_TTL": str(int(duration) + 900),
+        "MODI_ROOM_IDLE_SECONDS": str(IDLE_SECONDS),
     }, src=modi_source(args.modi_rev))
     result: dict = {}
+    diagnosis: dict = {}
     try:
         server.start()
         tokens = [server.register()["access_token"] for _ in range(args.docs)]
-        sampler = Sampler(server, args.sample_seconds, warmup)
+        sampler = Sampler(server, args.sample_seconds, warmup,
+                          census=args.diagnose and shutil.which("gdb") is not None)
 
         def on_event(msg: dict, send) -> None:
             if msg["event"] == "load-start":
@@ -340,15 +375,29 @@ def main() -> int:
             sampler.stop()
         summary, failures = judge(sampler.samples, warmup, sampler.docs_kb_first,
                                   sampler.docs_kb_last)
+        if args.diagnose and shutil.which("gdb"):
+            diagnosis = diagnose(server, sampler.census_first)
     finally:
         server.cleanup()
     if not result.get("ok"):
         failures.append(f"the clients: {result.get('error')}")
     report(sampler.samples, summary, result, args, failures)
+    if diagnosis:
+        mb = lambda kb: "–" if kb is None else f"{kb / 1024:.1f}"  # noqa: E731
+        print("\n| diagnosis (gdb in the server) | RSS, MB |")
+        print("|---|---:|")
+        for key, label in (("rss_kb", "at the end, clients gone, rooms in memory"),
+                           ("after_gc_collect_kb", "after a full gc.collect()"),
+                           ("after_malloc_trim_kb", "after malloc_trim(0)"),
+                           ("rooms_gone_kb", "once the rooms left memory"),
+                           ("rooms_gone_trimmed_kb", "then after malloc_trim(0)")):
+            print(f"| {label} | {mb(diagnosis.get(key))} |")
+        print("\nobjects the collector tracks, end minus after the warm-up: " + ", ".join(
+            f"{name} {count:+d}" for name, count in diagnosis["objects_grown"]))
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"samples": sampler.samples, "summary": summary, "clients": result,
-             "failures": failures, "warmup_s": warmup}, indent=2))
+             "failures": failures, "warmup_s": warmup, "diagnosis": diagnosis}, indent=2))
     return 0 if not failures else 1
 
 
