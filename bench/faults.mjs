@@ -337,9 +337,11 @@ async function slow () {
   const maxEdits = Math.ceil(rate * (cfg.maxSeconds ?? 600)) + 2
   const load = rateLoad(peers, clients, rate, maxEdits, { notes: 'n'.repeat(cfg.editBytes ?? 0) })
   const marks = { start: now(), pause: null, dropped: null, stop: null }
-  const samples = { before: [], while: [], after: [] }
+  const samples = { warmup: [], before: [], while: [], after: [] }
+  const warmupUntil = marks.start + (cfg.warmupMs ?? 0) // the first edits pay for JIT and caches
   load.listeners.push((from, seq, ms, sentAt) => {
-    const phase = marks.pause === null || sentAt < marks.pause ? 'before'
+    const phase = sentAt < warmupUntil ? 'warmup'
+      : marks.pause === null || sentAt < marks.pause ? 'before'
       : marks.dropped === null || sentAt < marks.dropped ? 'while' : 'after'
     samples[phase].push(ms)
   })
@@ -378,7 +380,7 @@ async function slow () {
     parse_errors: load.state.parseErrors,
     closed: closed.length,
     first_close: closed[0]?.closeInfo ?? null,
-    phases: { before: stats(samples.before), while: stats(samples.while), after: stats(samples.after) },
+    phases: { warmup: stats(samples.warmup), before: stats(samples.before), while: stats(samples.while), after: stats(samples.after) },
     while_s: marks.dropped === null ? null : (marks.dropped - marks.pause) / 1000,
     laggard_bytes_at_pause: bytesAtPause,
     laggard_bytes_read: laggard.bytesIn,

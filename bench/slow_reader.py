@@ -12,14 +12,14 @@ is read from the server's log, which names the reason and the bytes waiting. The
 goes on for ``--after`` seconds more.
 
 Latency, from an edit's send to its receipt at each other reading client, is reported
-per phase (the edits sent before the client stopped reading, while it was not read,
-after it was dropped), side by side. It exits 1 if the client is not dropped within
-``--drop-timeout`` seconds or for another reason than its budget, if a reading client
-was closed or missed an edit, if a fresh client does not hold each writer's last edit,
-or if the p99 while the client was not read is over ``--max-slowdown`` times the p99
-before it (and 50 ms more): a server that waited on the slow socket would stall the
-room for seconds. ``--quick`` reports that comparison without judging it: its phases
-are too short for a p99.
+per phase (the edits sent before the client stopped reading, less the first ``--warmup``
+seconds; while it was not read; after it was dropped), side by side. It exits 1 if the
+client is not dropped within ``--drop-timeout`` seconds or for another reason than its
+budget, if a reading client was closed or missed an edit, if a fresh client does not
+hold each writer's last edit, or if the p99 while the client was not read is over
+``--max-slowdown`` times the p99 before it (and 50 ms more): a server that waited on the
+slow socket would stall the room for seconds. ``--quick`` reports that comparison
+without judging it: its phases are too short for a p99.
 
     .venv/bin/python bench/slow_reader.py [--clients 10] [--budget-kb 1024] [--quick]
 """
@@ -74,6 +74,8 @@ def main() -> int:
     parser.add_argument("--budget-kb", type=int, default=1024,
                         help="MODI_MAX_SEND_QUEUE_BYTES, in KiB")
     parser.add_argument("--before", type=float, default=20.0, help="seconds before it stops")
+    parser.add_argument("--warmup", type=float, default=3.0,
+                        help="the first seconds of edits, left out of the before phase")
     parser.add_argument("--after", type=float, default=20.0, help="seconds after the drop")
     parser.add_argument("--drop-timeout", type=float, default=120.0)
     parser.add_argument("--max-slowdown", type=float, default=3.0)
@@ -88,7 +90,7 @@ def main() -> int:
         # Larger edits, so the kernel's buffers (up to tcp_wmem's 4 MB on the server's
         # side) and then the budget fill within seconds.
         args.clients, args.rate, args.edit_bytes = 3, 10.0, 16384
-        args.before, args.after, args.drop_timeout = 3.0, 3.0, 40.0
+        args.before, args.after, args.drop_timeout, args.warmup = 3.0, 3.0, 40.0, 1.0
     missing = node_ready()
     if missing:
         print(missing, file=sys.stderr)
@@ -129,7 +131,7 @@ def main() -> int:
 
         cfg = {"mode": "slow", "urlTemplate": server.url_template(), "tokens": [token],
                "docPrefix": "slow", "clients": args.clients, "rate": args.rate,
-               "editBytes": args.edit_bytes,
+               "editBytes": args.edit_bytes, "warmupMs": int(args.warmup * 1000),
                "maxSeconds": args.before + args.drop_timeout + args.after + 30}
         result = run_node(BENCH / "faults.mjs", cfg, on_event,
                           timeout=args.before + args.drop_timeout + args.after + 120)
