@@ -24,6 +24,7 @@ import WebSocket from 'ws'
 import * as Y from 'yjs'
 import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
+import * as awarenessProtocol from 'y-protocols/awareness'
 import * as readline from 'node:readline'
 
 const cfg = JSON.parse(process.argv[2])
@@ -331,6 +332,18 @@ async function slow () {
   if (open.failed > 0) return { ok: false, error: `${open.failed} clients could not connect: ${open.firstError}` }
   let laggardUpdates = 0
   laggard.onRemote = () => { laggardUpdates++ }
+  // It stops reading, not talking: like a y-websocket provider renewing its awareness
+  // state (every 15 s there; every 10 s here, so that each 15 s keep-alive sweep hears
+  // it), so what drops it is its send budget, not the keep-alive.
+  const awareness = new awarenessProtocol.Awareness(laggard.doc)
+  awareness.setLocalState({ user: 'laggard' })
+  const renew = setInterval(() => {
+    if (laggard.ws.readyState !== WebSocket.OPEN) return
+    const enc = encoding.createEncoder()
+    encoding.writeVarUint(enc, 1) // awareness
+    encoding.writeVarUint8Array(enc, awarenessProtocol.encodeAwarenessUpdate(awareness, [laggard.doc.clientID]))
+    laggard.ws.send(encoding.toUint8Array(enc))
+  }, cfg.renewMs ?? 10000)
   let laggardClosedAt = null
   laggard.onClose = () => { laggardClosedAt = now() }
   laggard.ws.on('error', () => { laggardClosedAt ??= now() })
@@ -361,6 +374,8 @@ async function slow () {
     await waitFor('stop', limit)
   }
   marks.stop = now()
+  clearInterval(renew)
+  awareness.destroy()
   load.stop()
   await load.drain(cfg.drainMs ?? 15000)
   // The laggard, reading again, must find its connection gone (bounded wait).

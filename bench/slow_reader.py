@@ -1,15 +1,17 @@
 """A client that stops reading: dropped at its send budget, the others not slowed (issue 24).
 
-Starts ``modi-sync serve`` on loopback with its embedded PostgreSQL and Redis, in a fresh
-data dir, pinned with everything it starts to CPU core 0; the clients (bench/faults.mjs,
-one Node process) run on core 1. ``--clients`` clients of one account edit one document
-at ``--rate`` W1 edits a second each, every edit carrying ``--edit-bytes`` of notes so
-that the bytes owed to a client that does not read add up within seconds. One more
-client of the room reads along, then, after ``--before`` seconds, stops reading (its
-socket paused: the kernel's buffers fill, then the server's). The server must drop it
-once what waits for it passes ``MODI_MAX_SEND_QUEUE_BYTES`` (``--budget-kb``): the drop
-is read from the server's log, which names the reason and the bytes waiting. The load
-goes on for ``--after`` seconds more.
+Starts ``modi-sync serve`` on loopback with its embedded PostgreSQL and Redis, in a
+fresh data dir, pinned with everything it starts to CPU core 0; the clients
+(bench/faults.mjs, one Node process) run on core 1. ``--clients`` clients of one account
+edit one document at ``--rate`` W1 edits a second each, every edit carrying
+``--edit-bytes`` of notes so that the bytes owed to a client that does not read add up
+within seconds. One more client of the room reads along, then, after ``--before``
+seconds, stops reading (its socket paused: the kernel's buffers fill, then the server's)
+but goes on renewing its awareness state as a y-websocket provider does, so the
+keep-alive still hears from it. The server must drop it once what waits for it passes
+``MODI_MAX_SEND_QUEUE_BYTES`` (``--budget-kb``): the drop is read from the server's log,
+which names the reason and the bytes waiting. The load goes on for ``--after`` seconds
+more.
 
 Latency, from an edit's send to its receipt at each other reading client, is reported
 per phase (the edits sent before the client stopped reading, less the first ``--warmup``
