@@ -54,15 +54,19 @@ class ConnectionLeases:
         self._take = redis.register_script(_TAKE_SCRIPT)
         self._held: dict[str, UUID] = {}  # member -> user, the leases of this instance
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def start(self) -> None:
+        self._stopping.clear()
         self._task = asyncio.create_task(self._renew_forever(), name="connection-leases")
 
     async def stop(self) -> None:
+        """Stop renewing, after the renewal under way (a Redis command is never cut
+        short: redis-py cannot always tell a cancelled command's connection apart)."""
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
+            self._task = None
 
     async def take(self, user_id: UUID, connection: str) -> bool:
         """A place for one more socket of the user, on any instance; False at the limit."""
@@ -92,7 +96,10 @@ class ConnectionLeases:
 
     async def _renew_forever(self) -> None:
         while True:
-            await asyncio.sleep(self._lease_ms / 3000)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._lease_ms / 3000)
+            if self._stopping.is_set():
+                return
             try:
                 await self.renew()
             except Exception as exc:  # Redis away: tried again a third of a lease later
