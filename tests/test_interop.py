@@ -422,7 +422,8 @@ def test_presence_crosses_instances_and_leaves_by_close_silence_or_sigkill(
     instance killed with SIGKILL each remove the state on the other instance within
     its awareness timeout (3 s here, far below the providers' own 30 s)."""
     env = dict(os.environ, DATABASE_URL=services.database_url, REDIS_URL=services.redis_url,
-               JWT_SECRET=JWT_SECRET, MODI_AWARENESS_TIMEOUT="3", MODI_METRICS_LISTEN="off")
+               JWT_SECRET=JWT_SECRET, MODI_AWARENESS_TIMEOUT="3", MODI_METRICS_LISTEN="off",
+               MODI_RATE_LIMIT_AUTH="100000/60")  # the suite's clients share one address
     one, two = (ServerProcess(tmp_path / n, env) for n in ("one", "two"))
     for server in (one, two):
         server.data_dir.mkdir()

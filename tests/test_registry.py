@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
@@ -12,6 +13,7 @@ import asyncpg
 import pytest
 from pycrdt import Doc, Map
 
+from modi_sync.sync.memory import MemoryReturn
 from modi_sync.sync.registry import DocumentNotFound, RoomRegistry
 from modi_sync.sync.room import Room, RoomLimits
 from modi_sync.sync.writer import GroupCommitWriter
@@ -20,7 +22,7 @@ from storage.update_log import StoredDocument, UpdateLog
 from storage.users import UserStore
 
 from .test_room import RecordingConnection
-from .yclient import eventually
+from .yclient import eventually, stays_false
 
 
 class CountingLog(UpdateLog):
@@ -204,3 +206,24 @@ async def test_a_room_written_here_is_loaded_after_it_leaves_memory(update_log, 
     finally:
         await registry.close()
         await writer.stop()
+
+
+async def test_rooms_leaving_in_a_wave_give_their_memory_back_in_one_trim():
+    """glibc keeps what freed rooms held until malloc_trim: one trim a while after a
+    wave of rooms left, and never more often than every ``every`` seconds."""
+    calls: list[float] = []
+
+    def trim(pad: int) -> int:
+        calls.append(time.monotonic())
+        return 1
+
+    memory = MemoryReturn(delay=0.05, every=0.3, trim=trim)
+    for _ in range(100):
+        memory.rooms_left()
+    await eventually(lambda: len(calls) == 1)
+    memory.rooms_left()  # the next wave, soon after: waits for ``every``
+    await eventually(lambda: len(calls) == 2)
+    assert calls[1] - calls[0] >= 0.3
+    memory.rooms_left()
+    memory.stop()  # the server stopping: no trim is left behind
+    assert await stays_false(lambda: len(calls) > 2, seconds=0.5)

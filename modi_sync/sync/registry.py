@@ -30,6 +30,7 @@ from ..contract import CloseCode
 from ..logs import doc_field
 from ..metrics import CATCH_UPS
 from .loader import DocumentLoader
+from .memory import MemoryReturn
 from .names import DocumentNames
 from .quota import Usage
 from .room import Room, RoomKey, RoomLimits
@@ -115,6 +116,7 @@ class RoomRegistry:
         self._awareness_timeout = awareness_timeout
         self._aware: set[RoomKey] = set()  # rooms holding awareness states
         self._sweep: asyncio.TimerHandle | None = None
+        self.memory = MemoryReturn()
 
     def connections_of(self, user_id: UUID) -> int:
         return self._per_user[user_id]
@@ -261,6 +263,7 @@ class RoomRegistry:
             await self._writer.wait_committed(room.last_ticket)
         if not room.connections and self.rooms.get(room.key) is room:
             self._discard(room)
+            self.memory.rooms_left()
             log.debug("room %s/%s left memory", *room.key, extra=doc_field(room.key))
             self._compact_if_due(room, leaving=True)  # the next load reads one row
 
@@ -434,6 +437,7 @@ class RoomRegistry:
         self._idle.clear()
         if self._sweep is not None:
             self._sweep.cancel()
+        self.memory.stop()
         for room in list(self.rooms.values()):
             room.close_all(CloseCode.GOING_AWAY, "server shutting down")
             self._compact_if_due(room, leaving=True)
