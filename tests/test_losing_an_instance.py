@@ -6,14 +6,14 @@ stored state holds every edit any provider saw."""
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import JWT_SECRET, ServerProcess, ServiceUrls, free_port
+from .conftest import JWT_SECRET, ServerProcess, ServiceUrls
+from .faults import RedisServer
 from .nginx import NGINX, NginxProcess
 from .test_interop import NodeDriver, node  # noqa: F401 - node: the fixture
 
@@ -25,43 +25,11 @@ COUNT = 80  # edits per provider and phase
 INTERVAL_MS = 25  # 2 s of streaming per phase
 
 
-class PrivateRedis:
-    """A redis-server of this test alone, on a free port, restartable on the same port."""
-
-    def __init__(self, run_dir: Path) -> None:
-        self.run_dir = run_dir
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.run_dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            done = subprocess.run(["redis-cli", "-p", str(self.port), "ping"],
-                                  capture_output=True, text=True, check=False)
-            if done.stdout.strip() == "PONG":
-                return
-            time.sleep(0.05)  # a process's port: no event to wait on
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def cluster(services: ServiceUrls, tmp_path: Path
-            ) -> Iterator[tuple[list[ServerProcess], NginxProcess, PrivateRedis]]:
-    redis = PrivateRedis(tmp_path / "redis")
+            ) -> Iterator[tuple[list[ServerProcess], NginxProcess, RedisServer]]:
+    (tmp_path / "redis").mkdir()
+    redis = RedisServer(tmp_path / "redis")
     redis.start()
     env = dict(os.environ, DATABASE_URL=services.database_url, REDIS_URL=redis.url,
                JWT_SECRET=JWT_SECRET, MODI_METRICS_LISTEN="off",
