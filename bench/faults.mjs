@@ -513,7 +513,8 @@ async function openDocs () {
         if (peer.closed || peer.ws === null) { resolve(); return }
         const timer = setTimeout(resolve, 5000)
         peer.ws.once('close', () => { clearTimeout(timer); resolve() })
-        peer.close()
+        if (cfg.drop) peer.ws.terminate() // a phone losing its network: no close frame
+        else peer.close()
       })
       peer.destroy()
     }

@@ -160,7 +160,9 @@ def diagnose(pid: int, data_dir: Path, before: dict[str, int]) -> dict:
     found["objects_grown"] = sorted(((k, v) for k, v in grown.items() if v),
                                     key=lambda kv: -abs(kv[1]))[:15]
     found["rss_kb"] = rss_kb(pid)
-    run_python(pid, "import gc; gc.collect()")
+    # The server freezes what survives a young collection (modi_sync/collector.py):
+    # a full collection must unfreeze first to see the cycles among those.
+    run_python(pid, "import gc; gc.unfreeze(); gc.collect(); gc.freeze()")
     time.sleep(1.0)
     found["after_gc_collect_kb"] = rss_kb(pid)
     in_server(pid, "(int)malloc_trim(0)")
@@ -187,6 +189,8 @@ def main() -> int:
     parser.add_argument("--wait", type=float, default=10.0,
                         help="seconds past the idle timeout before RSS is read")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--drop", action="store_true",
+                        help="the clients drop their TCP connection instead of closing")
     parser.add_argument("--diagnose", action="store_true",
                         help="with gdb: a census of the server's objects at the baseline and "
                         "after, then a full collection and malloc_trim, with RSS after each")
@@ -228,7 +232,7 @@ def main() -> int:
         def open_docs(prefix: str, count: int) -> dict:
             cfg = {"mode": "open", "urlTemplate": server.url_template(), "tokens": tokens,
                    "docs": count, "docPrefix": prefix, "keys": args.updates,
-                   "concurrency": args.concurrency}
+                   "concurrency": args.concurrency, "drop": args.drop}
             return run_node(BENCH / "faults.mjs", cfg, timeout=600)
 
         figures["start_rss_kb"] = rss_kb(pid)

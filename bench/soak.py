@@ -205,6 +205,10 @@ def diagnose(server: ModiServer, census_first: dict[str, int]) -> dict:
     idle_rooms.in_server(server.proc.pid, "(int)malloc_trim(0)")
     time.sleep(1.0)
     found["rooms_gone_trimmed_kb"] = rss_kb(server.proc.pid)
+    idle_rooms.run_python(server.proc.pid, "import gc; gc.unfreeze(); gc.collect(); gc.freeze()")
+    idle_rooms.in_server(server.proc.pid, "(int)malloc_trim(0)")
+    time.sleep(1.0)
+    found["rooms_gone_collected_kb"] = rss_kb(server.proc.pid)
     return found
 
 
@@ -387,10 +391,12 @@ def main() -> int:
         print("\n| diagnosis (gdb in the server) | RSS, MB |")
         print("|---|---:|")
         for key, label in (("rss_kb", "at the end, clients gone, rooms in memory"),
-                           ("after_gc_collect_kb", "after a full gc.collect()"),
+                           ("after_gc_collect_kb", "after a full collection (unfrozen)"),
                            ("after_malloc_trim_kb", "after malloc_trim(0)"),
                            ("rooms_gone_kb", "once the rooms left memory"),
-                           ("rooms_gone_trimmed_kb", "then after malloc_trim(0)")):
+                           ("rooms_gone_trimmed_kb", "then after malloc_trim(0)"),
+                           ("rooms_gone_collected_kb",
+                            "then after a full collection of the frozen objects and a trim")):
             print(f"| {label} | {mb(diagnosis.get(key))} |")
         print("\nobjects the collector tracks, end minus after the warm-up: " + ", ".join(
             f"{name} {count:+d}" for name, count in diagnosis["objects_grown"]))
