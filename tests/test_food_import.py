@@ -289,13 +289,28 @@ def test_the_progress_bar_is_drawn_on_a_terminal_only(tmp_path):
         bar = Progress(terminal, "importing x.csv", total_bytes=200)
         bar.update(100, 10)
         bar.update(200, 20, final=True)
-    drawn = os.read(leader, 4096).decode()
-    os.close(leader)
+    drawn = _read_all(leader)
     assert "importing x.csv [###############" in drawn and "100% 20 rows" in drawn
     read, write = os.pipe()
     os.close(read)
     with os.fdopen(write, "w") as pipe:
         assert not progress_wanted(pipe)
+
+
+def _read_all(leader: int) -> str:
+    """Everything written to a pty whose other end is closed: one read may return only
+    the first of several writes, and the end reads as EIO on Linux."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return b"".join(chunks).decode()
 
 
 async def test_the_command_draws_no_bar_into_a_pipe(services, tmp_path):
