@@ -219,11 +219,11 @@ async def test_rooms_leaving_in_a_wave_give_their_memory_back_in_one_trim():
 
     memory = MemoryReturn(delay=0.05, every=0.3, trim=trim)
     for _ in range(100):
-        memory.rooms_left()
+        memory.freed()
     await eventually(lambda: len(calls) == 1)
-    memory.rooms_left()  # the next wave, soon after: waits for ``every``
+    memory.freed()  # the next wave, soon after: waits for ``every``
     await eventually(lambda: len(calls) == 2)
     assert calls[1] - calls[0] >= 0.3
-    memory.rooms_left()
+    memory.freed()
     memory.stop()  # the server stopping: no trim is left behind
     assert await stays_false(lambda: len(calls) > 2, seconds=0.5)

@@ -263,7 +263,7 @@ class RoomRegistry:
             await self._writer.wait_committed(room.last_ticket)
         if not room.connections and self.rooms.get(room.key) is room:
             self._discard(room)
-            self.memory.rooms_left()
+            self.memory.freed()
             log.debug("room %s/%s left memory", *room.key, extra=doc_field(room.key))
             self._compact_if_due(room, leaving=True)  # the next load reads one row
 
@@ -409,6 +409,7 @@ class RoomRegistry:
             return
         room.compacted(result.updates_before - result.updates_after,
                        result.bytes_before - result.bytes_after)
+        self.memory.freed()  # the rows read and merged: megabytes, for a large document
         usage = self._usage.get(room.key[0])
         if usage is not None:
             usage.removed(result.bytes_before - result.bytes_after)
