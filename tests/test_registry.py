@@ -223,7 +223,9 @@ async def test_rooms_leaving_in_a_wave_give_their_memory_back_in_one_trim():
     await eventually(lambda: len(calls) == 1)
     memory.freed()  # the next wave, soon after: waits for ``every``
     await eventually(lambda: len(calls) == 2)
-    assert calls[1] - calls[0] >= 0.3
+    # The trims run in a worker thread, which may start a little late: the first one
+    # late by more than the second makes the gap look short by that much (CI saw 0.29995).
+    assert calls[1] - calls[0] >= 0.3 - 0.05
     memory.freed()
     memory.stop()  # the server stopping: no trim is left behind
     assert await stays_false(lambda: len(calls) > 2, seconds=0.5)
