@@ -80,9 +80,13 @@ async def insert_documents(dsn: str, user_id: str, names: list[str], count: int)
                 doc_id = await conn.fetchval(
                     "INSERT INTO documents (user_id, name) VALUES ($1, $2) RETURNING id",
                     uuid.UUID(user_id), name)
+                # Numbered per document, as the group commit numbers them.
                 await conn.copy_records_to_table(
-                    "doc_updates", records=[(doc_id, u) for u in updates],
-                    columns=["doc_id", "data"])
+                    "doc_updates", columns=["user_id", "doc_id", "seq", "data"],
+                    records=[(uuid.UUID(user_id), doc_id, seq, u)
+                             for seq, u in enumerate(updates, 1)])
+                await conn.execute("UPDATE documents SET last_seq = $1 WHERE id = $2",
+                                   len(updates), doc_id)
     finally:
         await conn.close()
     return total

@@ -1,4 +1,7 @@
-"""What the popular list's note costs the group commit: one batch's statement with the
+"""Measured on the schema before migration 006 (doc_updates without user_id and per-document
+seq): run it on a checkout of that time (e.g. 3c52265); its figures are in docs/performance.md.
+
+What the popular list's note costs the group commit: one batch's statement with the
 note (storage/update_log.py's ``_APPEND``) against the same statement without it.
 
 Starts an embedded PostgreSQL in a fresh directory (the server's own kind, fsync and

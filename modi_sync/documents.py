@@ -206,7 +206,7 @@ class Documents:
         applied like any other; its size, or None if there was nothing to change."""
         info = await self.info(user_id, name)
         room = await self._room(user_id, name)
-        past = await self._update_log.updates_as_of(info.doc_id, at)
+        past = await self._update_log.updates_as_of(info.doc_id, at, info.user_id)
         update = await asyncio.to_thread(restore_update, [room.doc.get_update()], past)
         if update is None:
             return None
@@ -243,18 +243,19 @@ class Documents:
     async def compact(self, info: DocumentInfo, *, snapshot_every: timedelta | None,
                       dry_run: bool = False) -> Compaction:
         return await compact_document(self._update_log, info.doc_id,
-                                      snapshot_every=snapshot_every, dry_run=dry_run)
+                                      snapshot_every=snapshot_every, dry_run=dry_run,
+                                      user_id=info.user_id)
 
     async def snapshots(self, info: DocumentInfo) -> list[Snapshot]:
-        return await self._update_log.snapshots(info.doc_id)
+        return await self._update_log.snapshots(info.doc_id, info.user_id)
 
     async def purge_snapshots(self, older_than: datetime) -> int:
         return await self._update_log.purge_snapshots(older_than)
 
     async def purge_document_snapshots(self, info: DocumentInfo, *, keep_latest: bool) -> int:
         """Drop the document's snapshots (but its newest with ``keep_latest``)."""
-        return await self._update_log.purge_document_snapshots(info.doc_id,
-                                                               keep_latest=keep_latest)
+        return await self._update_log.purge_document_snapshots(
+            info.doc_id, keep_latest=keep_latest, user_id=info.user_id)
 
     # -- rooms ------------------------------------------------------------------------------
 

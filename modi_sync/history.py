@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from typing import Any
+from uuid import UUID
 
 from pycrdt import Array, Doc, Map, Text
 
@@ -54,13 +55,14 @@ def merge(updates: list[bytes]) -> bytes:
 
 
 async def compact_document(
-    update_log: UpdateLog, doc_id: int, *, snapshot_every: timedelta | None, dry_run: bool = False
+    update_log: UpdateLog, doc_id: int, *, snapshot_every: timedelta | None, dry_run: bool = False,
+    user_id: UUID | None = None,
 ) -> Compaction:
     async def merge_in_thread(updates: list[bytes]) -> bytes:
         return await asyncio.to_thread(merge, updates)
 
     return await update_log.compact(doc_id, merge_in_thread, snapshot_every=snapshot_every,
-                             dry_run=dry_run)
+                                    dry_run=dry_run, user_id=user_id)
 
 
 def restore_update(current: list[bytes], past: list[bytes]) -> bytes | None:

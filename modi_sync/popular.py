@@ -136,7 +136,7 @@ class PopularAggregator:
             done = len(taken)
         finally:  # failed or cancelled: what was not recounted is noted again
             if done < len(taken):
-                await self._counts.note_changed([d.doc_id for d in taken[done:]])
+                await self._counts.note_changed([(d.user_id, d.doc_id) for d in taken[done:]])
 
     async def _recount(self, counts: CountsPass, chunk: list[ChangedDocument],
                        first: date, last: date, report: PassReport) -> None:
@@ -144,10 +144,11 @@ class PopularAggregator:
                                                      ("food_logs",))
         # A document left out is gone (its rows went with it), was deleted and made
         # again under its name (the new one has a note of its own), or does not load.
-        rows = {d.doc_id: count_food_logs(contents[d.doc_id]["food_logs"], first, last)
+        rows = {(d.user_id, d.doc_id): count_food_logs(contents[d.doc_id]["food_logs"], first,
+                                                       last)
                 for d in chunk if d.doc_id in contents}
         report.rows += await counts.replace(rows)
-        report.read.extend(rows)
+        report.read.extend(doc_id for _, doc_id in rows)
 
 
 # -- the schedule -----------------------------------------------------------------------

@@ -102,8 +102,9 @@ def _migration_files() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-async def migrate(pool: asyncpg.Pool) -> list[str]:
-    """Apply the migrations not yet applied; return their file names.
+async def migrate(pool: asyncpg.Pool, *, until: int | None = None) -> list[str]:
+    """Apply the migrations not yet applied (up to version ``until``, for a test of a
+    migration on data of the schema before it); return their file names.
 
     An advisory lock serialises instances that start at the same moment: the second
     one waits, then finds everything applied.
@@ -120,7 +121,7 @@ async def migrate(pool: asyncpg.Pool) -> list[str]:
             )
             done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
             for version, name, sql in _migration_files():
-                if version in done:
+                if version in done or (until is not None and version > until):
                     continue
                 async with conn.transaction():
                     await conn.execute(sql)

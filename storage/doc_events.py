@@ -6,7 +6,10 @@ bytes), the message's number in its sequence (8 bytes; 0 for one outside it: a
 deletion, published by whoever erased the document) and when it was sent (Unix time,
 a float64: the receiver's bus lag), then records of one byte of
 kind, the owner's user id (16 bytes), the length of the document's name (1 byte) and
-of the update (4 bytes), the name, and for an update the Yjs update itself. Documents
+of the update (4 bytes), the update's seq in its document (8 bytes; 0 for every other
+kind), the name, and for an update the Yjs update itself. The seq tells a receiver
+how far its room of the document is applied, so that a catch-up after a gap reloads
+only the rooms behind their document's counter (``RoomRegistry.catch_up``). Documents
 travel by (user, name), not by row id: a receiver may hold a room for a document that
 had no row when it was loaded. Updates
 are published only after they are stored, so a receiver never has to store them. A
@@ -44,7 +47,7 @@ ACK = b"A"
 AWARENESS = b"W"
 AWARENESS_QUERY = b"Q"
 _HEADER = struct.Struct(">16sQd")  # sender, its message number, sent at
-_RECORD = struct.Struct(">c16sBI")  # kind, user id, name length, update length
+_RECORD = struct.Struct(">c16sBIQ")  # kind, user id, name length, update length, seq
 _MESSAGE_BYTES = 1 << 20  # a batch larger than this is split over several messages
 
 DocKey = tuple[uuid.UUID, str]  # (owner's user id, document name)
@@ -55,6 +58,7 @@ class DocEvent:
     kind: bytes
     key: DocKey
     update: bytes
+    seq: int = 0  # an update's seq in its document (``UPDATE``); 0 otherwise
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +69,11 @@ class DocMessage:
     sent_at: float = 0.0  # the sender's clock (Unix time)
 
 
-def encode(
-    instance: uuid.UUID, records: Iterable[tuple[bytes, DocKey, bytes]], first: int = 0
-) -> list[bytes]:
-    """(kind, key, update) records as messages of about ``_MESSAGE_BYTES`` at most,
+Record = tuple[bytes, DocKey, bytes, int]  # (kind, key, update, seq)
+
+
+def encode(instance: uuid.UUID, records: Iterable[Record], first: int = 0) -> list[bytes]:
+    """(kind, key, update, seq) records as messages of about ``_MESSAGE_BYTES`` at most,
     numbered from ``first`` on (all 0 if ``first`` is 0)."""
     messages: list[bytes] = []
     now = time.time()
@@ -77,13 +82,13 @@ def encode(
         return _HEADER.pack(instance.bytes, first + len(messages) if first else 0, now)
 
     parts, size = [header()], 0
-    for kind, (user_id, name), update in records:
+    for kind, (user_id, name), update, seq in records:
         if size >= _MESSAGE_BYTES:
             messages.append(b"".join(parts))
             parts, size = [header()], 0
         raw_name = name.encode()  # at most 64 ASCII characters (a document name)
-        parts += (_RECORD.pack(kind, user_id.bytes, len(raw_name), len(update)), raw_name,
-                  update)
+        parts += (_RECORD.pack(kind, user_id.bytes, len(raw_name), len(update), seq),
+                  raw_name, update)
         size += _RECORD.size + len(raw_name) + len(update)
     if size:
         messages.append(b"".join(parts))
@@ -96,20 +101,20 @@ def decode(data: bytes) -> list[DocEvent]:
     events: list[DocEvent] = []
     at = _HEADER.size
     while at + _RECORD.size <= len(data):
-        kind, user_id, name_length, length = _RECORD.unpack_from(data, at)
+        kind, user_id, name_length, length, seq = _RECORD.unpack_from(data, at)
         at += _RECORD.size
         if at + name_length + length > len(data):
             break
         name = bytes(view[at:at + name_length]).decode()
         at += name_length
         events.append(DocEvent(kind, (uuid.UUID(bytes=user_id), name),
-                               bytes(view[at:at + length])))
+                               bytes(view[at:at + length]), seq))
         at += length
     return events
 
 
 async def publish_deleted(redis: Redis, instance: uuid.UUID, key: DocKey) -> None:
-    (message,) = encode(instance, [(DELETED, key, b"")])
+    (message,) = encode(instance, [(DELETED, key, b"", 0)])
     await redis.publish(CHANNEL, message)
 
 
@@ -128,7 +133,7 @@ class DocChannel:
             redis.connection_pool.make_connection())  # type: ignore[no-untyped-call]
         self._sent = 0  # the number of the last message sent, or that failed to go out
 
-    async def publish(self, records: Iterable[tuple[bytes, DocKey, bytes]]) -> int:
+    async def publish(self, records: Iterable[Record]) -> int:
         """Send the records; return how many subscribers the last message reached."""
         receivers = 0
         for message in encode(self._instance, records, self._sent + 1):

@@ -32,27 +32,37 @@ _UNLOCK = "SELECT pg_advisory_unlock($1::bigint)"
 # ours. A document written after this statement is noted again, for the next pass.
 _TAKE = """
 WITH taken AS (
-    DELETE FROM food_log_changes WHERE doc_id IN (
-        SELECT doc_id FROM food_log_changes LIMIT $1 FOR UPDATE SKIP LOCKED
+    DELETE FROM food_log_changes WHERE (user_id, doc_id) IN (
+        SELECT user_id, doc_id FROM food_log_changes LIMIT $1 FOR UPDATE SKIP LOCKED
     )
-    RETURNING doc_id
+    RETURNING user_id, doc_id
 )
-SELECT d.id, d.user_id, d.name FROM taken t JOIN documents d ON d.id = t.doc_id
-ORDER BY d.id
+SELECT d.id, d.user_id, d.name
+FROM taken t JOIN documents d ON d.user_id = t.user_id AND d.id = t.doc_id
+ORDER BY d.user_id, d.id
 """
 # Notes given back (a pass that failed): documents deleted meanwhile are left out.
+# Every statement names (user_id, doc_id), the tables' key.
 _NOTE = """
-INSERT INTO food_log_changes (doc_id)
-SELECT d.id FROM documents d WHERE d.id = ANY($1::bigint[]) ORDER BY d.id
+INSERT INTO food_log_changes (user_id, doc_id)
+SELECT d.user_id, d.id
+FROM unnest($1::uuid[], $2::bigint[]) AS n(user_id, doc_id)
+JOIN documents d ON d.user_id = n.user_id AND d.id = n.doc_id
+ORDER BY d.user_id, d.id
 ON CONFLICT DO NOTHING
 """
-_CLEAR = "DELETE FROM food_log_counts WHERE doc_id = ANY($1::bigint[])"
+_CLEAR = """
+DELETE FROM food_log_counts c
+USING unnest($1::uuid[], $2::bigint[]) AS n(user_id, doc_id)
+WHERE c.user_id = n.user_id AND c.doc_id = n.doc_id
+"""
 # The JOIN leaves out the rows of a document deleted since it was read.
 _INSERT = """
-INSERT INTO food_log_counts (doc_id, food_id, day, logs)
-SELECT c.doc_id, c.food_id, c.day, c.logs
-FROM unnest($1::bigint[], $2::uuid[], $3::date[], $4::int[]) AS c(doc_id, food_id, day, logs)
-JOIN documents d ON d.id = c.doc_id
+INSERT INTO food_log_counts (user_id, doc_id, food_id, day, logs)
+SELECT c.user_id, c.doc_id, c.food_id, c.day, c.logs
+FROM unnest($1::uuid[], $2::bigint[], $3::uuid[], $4::date[], $5::int[])
+    AS c(user_id, doc_id, food_id, day, logs)
+JOIN documents d ON d.user_id = c.user_id AND d.id = c.doc_id
 """
 _PRUNE = "DELETE FROM food_log_counts WHERE day < $1"
 # Only foods that exist: an id a client made up (or a food since deleted) is no one's
@@ -91,19 +101,21 @@ class CountsPass:
         """Up to ``limit`` noted documents, their notes removed (committed at once)."""
         return [ChangedDocument(*r) for r in await self._conn.fetch(_TAKE, limit)]
 
-    async def replace(self, counts: dict[int, list[DayCount]]) -> int:
-        """Each document's rows become ``counts[doc_id]``, all in one transaction; how
-        many rows were written."""
-        doc_ids, food_ids, days, logs = [], [], [], []
-        for doc_id, rows in counts.items():
+    async def replace(self, counts: dict[tuple[UUID, int], list[DayCount]]) -> int:
+        """Each document's rows become ``counts[(user_id, doc_id)]``, all in one
+        transaction; how many rows were written."""
+        user_ids, doc_ids, food_ids, days, logs = [], [], [], [], []
+        for (user_id, doc_id), rows in counts.items():
             for row in rows:
+                user_ids.append(user_id)
                 doc_ids.append(doc_id)
                 food_ids.append(row.food_id)
                 days.append(row.day)
                 logs.append(row.logs)
         async with self._conn.transaction():
-            await self._conn.execute(_CLEAR, list(counts))
-            status: str = await self._conn.execute(_INSERT, doc_ids, food_ids, days, logs)
+            await self._conn.execute(_CLEAR, [u for u, _ in counts], [d for _, d in counts])
+            status: str = await self._conn.execute(_INSERT, user_ids, doc_ids, food_ids, days,
+                                                   logs)
         return int(status.split()[-1])
 
     async def prune(self, before: date) -> int:
@@ -129,9 +141,10 @@ class FoodCounts:
                 if not conn.is_closed():
                     await conn.fetchval(_UNLOCK, POPULAR_LOCK)
 
-    async def note_changed(self, doc_ids: Sequence[int]) -> None:
-        """Note these documents again (a pass took them and could not finish)."""
-        await self._pool.execute(_NOTE, list(doc_ids))
+    async def note_changed(self, documents: Sequence[tuple[UUID, int]]) -> None:
+        """Note these (user_id, doc_id) documents again (a pass took them and could not
+        finish)."""
+        await self._pool.execute(_NOTE, [u for u, _ in documents], [d for _, d in documents])
 
     async def popular(self, first: date, last: date, limit: int) -> list[tuple[UUID, int]]:
         """The ``limit`` foods logged most from ``first`` to ``last``, with their logs;

@@ -18,15 +18,25 @@ import asyncpg
 from .database import DedicatedConnection
 
 # Many documents in one statement, read only: each (user, name) that has a row comes
-# back with its stored updates in order (one row with NULL data if it has none). A
-# document's row is made with its first update (_MAKE_MANY), so opening a name nobody
-# wrote to costs no write at all.
+# back with its counter and its stored updates in order (one row with NULL data if it
+# has none). A document's row is made with its first update (_MAKE_MANY), so opening a
+# name nobody wrote to costs no write at all. Read in one snapshot, the counter covers
+# exactly the updates read. Every join names user_id: the primary keys lead with it,
+# and Citus routes a join only on its distribution column.
 _LOAD_MANY = """
-SELECT w.o, d.id, u.data
+SELECT w.o, d.id, d.last_seq, u.data
 FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS w(user_id, name, o)
 JOIN documents d ON d.user_id = w.user_id AND d.name = w.name
-LEFT JOIN doc_updates u ON u.doc_id = d.id
+LEFT JOIN doc_updates u ON u.user_id = d.user_id AND u.doc_id = d.id
 ORDER BY w.o, u.seq
+"""
+
+# The counters of many documents: how far each one's stored updates go (a catch-up
+# reloads only the rooms behind them). Documents with no row are left out.
+_COUNTERS_MANY = """
+SELECT w.o, d.last_seq
+FROM unnest($1::uuid[], $2::text[]) WITH ORDINALITY AS w(user_id, name, o)
+JOIN documents d ON d.user_id = w.user_id AND d.name = w.name
 """
 
 # The names of the documents of many users, at most $2 each (the caller asks for one
@@ -40,7 +50,7 @@ CROSS JOIN LATERAL (SELECT name FROM documents WHERE user_id = w.user_id LIMIT $
 # How many documents each of many users has, and their stored bytes.
 _TOTALS_MANY = """
 SELECT d.user_id, count(DISTINCT d.id), coalesce(sum(octet_length(u.data)), 0)::bigint
-FROM documents d LEFT JOIN doc_updates u ON u.doc_id = d.id
+FROM documents d LEFT JOIN doc_updates u ON u.user_id = d.user_id AND u.doc_id = d.id
 WHERE d.user_id = ANY($1::uuid[])
 GROUP BY d.user_id
 """
@@ -71,27 +81,50 @@ UNION ALL
 SELECT w.o, m.id FROM made m JOIN wanted w ON w.user_id = m.user_id AND w.name = m.name
 """
 
-# One statement for a whole batch: the rows keep the batch order, so sequence numbers
-# rise in the order the updates were applied.
+# One statement for a whole batch. Each document's counter gives its updates their
+# seq, in batch order (a batch may hold several rows of one document): numbers no
+# global sequence hands out, so one document's updates are ordered by the document's
+# own row, on whatever node holds it. The documents' rows are locked first, in
+# (user_id, id) order, so two instances writing some of the same documents wait for
+# each other in one order, never in a cycle; a document deleted meanwhile is not
+# found, and its updates are dropped (the statement returns no seq for them).
 #
 # The same statement notes each document written to for the popular list's aggregator
 # (food_log_changes, modi_sync/popular.py): in the updates' transaction at no extra
 # round trip, and one row per document however often it is written. Notes go in in
-# doc id order, so two instances noting some of the same documents wait for each other
-# in one order, never in a cycle.
+# (user_id, doc_id) order, for the same reason as the locks.
 _APPEND = """
-WITH noted AS (
-    INSERT INTO food_log_changes (doc_id)
-    SELECT DISTINCT d FROM unnest($1::bigint[]) AS n(d) ORDER BY d
+WITH batch AS (
+    SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bytea[]) WITH ORDINALITY
+        AS t(user_id, doc_id, data, o)
+), locked AS MATERIALIZED (
+    SELECT d.user_id, d.id, d.last_seq FROM documents d
+    WHERE (d.user_id, d.id) IN (SELECT user_id, doc_id FROM batch)
+    ORDER BY d.user_id, d.id
+    FOR UPDATE
+), numbered AS MATERIALIZED (
+    SELECT b.user_id, b.doc_id, b.data, b.o,
+           l.last_seq + row_number() OVER (PARTITION BY b.user_id, b.doc_id ORDER BY b.o)
+               AS seq
+    FROM batch b JOIN locked l ON l.user_id = b.user_id AND l.id = b.doc_id
+), counted AS (
+    UPDATE documents d SET last_seq = n.seq
+    FROM (SELECT user_id, doc_id, max(seq) AS seq FROM numbered GROUP BY user_id, doc_id) n
+    WHERE d.user_id = n.user_id AND d.id = n.doc_id
+), noted AS (
+    INSERT INTO food_log_changes (user_id, doc_id)
+    SELECT DISTINCT user_id, doc_id FROM numbered ORDER BY user_id, doc_id
     ON CONFLICT DO NOTHING
+), stored AS (
+    INSERT INTO doc_updates (user_id, doc_id, seq, data)
+    SELECT user_id, doc_id, seq, data FROM numbered ORDER BY o
 )
-INSERT INTO doc_updates (doc_id, data)
-SELECT d, u FROM unnest($1::bigint[], $2::bytea[]) WITH ORDINALITY AS t(d, u, o)
-ORDER BY o
-RETURNING seq
+SELECT o, seq FROM numbered
 """
 
-_EXISTING = "SELECT id FROM documents WHERE id = ANY($1::bigint[])"
+# A document known by its id alone (commands, tests): its owner, through documents_id.
+# The server's own callers pass the owner and skip this.
+_OWNER = "SELECT user_id FROM documents WHERE id = $1"
 _USERS_EXISTING = "SELECT id FROM users WHERE id = ANY($1::uuid[])"
 
 _INFO_SELECT = """
@@ -99,57 +132,61 @@ SELECT d.id, d.user_id, d.name,
        coalesce(sum(octet_length(u.data)), 0)::bigint AS size_bytes,
        count(u.seq) AS updates,
        greatest(d.created_at, max(u.created_at)) AS updated_at
-FROM documents d LEFT JOIN doc_updates u ON u.doc_id = d.id
+FROM documents d LEFT JOIN doc_updates u ON u.user_id = d.user_id AND u.doc_id = d.id
 """
 _LIST = _INFO_SELECT + """
-WHERE d.user_id = $1 GROUP BY d.id ORDER BY d.name LIMIT $2 OFFSET $3
+WHERE d.user_id = $1 GROUP BY d.user_id, d.id ORDER BY d.name LIMIT $2 OFFSET $3
 """
 _AFTER = _INFO_SELECT + """
-WHERE d.user_id = $1 AND d.name > $2 GROUP BY d.id ORDER BY d.name LIMIT $3
+WHERE d.user_id = $1 AND d.name > $2 GROUP BY d.user_id, d.id ORDER BY d.name LIMIT $3
 """
 _COUNT = "SELECT count(*) FROM documents WHERE user_id = $1"
-_INFO_ONE = _INFO_SELECT + "WHERE d.user_id = $1 AND d.name = $2 GROUP BY d.id"
-_INFO_ALL = _INFO_SELECT + "GROUP BY d.id HAVING count(u.seq) >= $1 ORDER BY d.id"
+_INFO_ONE = _INFO_SELECT + "WHERE d.user_id = $1 AND d.name = $2 GROUP BY d.user_id, d.id"
+_INFO_ALL = _INFO_SELECT + "GROUP BY d.user_id, d.id HAVING count(u.seq) >= $1 ORDER BY d.id"
 
 _DELETE = "DELETE FROM documents WHERE user_id = $1 AND name = $2 RETURNING id"
 
 # Compaction: one document at a time (the advisory lock), the rows read are exactly
 # the rows replaced (a row committed meanwhile, whatever its seq, is kept), and the
-# merged row takes the newest replaced seq so the log keeps its order.
+# merged row takes the newest replaced seq, so the log keeps its order and no seq is
+# ever given twice (the document's counter never goes back).
 _COMPACT_LOCK = "SELECT pg_advisory_xact_lock(1668246644, $1::int)"
 _COMPACT_READ = """
-SELECT seq, data, created_at FROM doc_updates WHERE doc_id = $1 ORDER BY seq
+SELECT seq, data, created_at FROM doc_updates WHERE user_id = $1 AND doc_id = $2 ORDER BY seq
 """
-_COMPACT_DELETE = "DELETE FROM doc_updates WHERE doc_id = $1 AND seq = ANY($2::bigint[])"
+_COMPACT_DELETE = """
+DELETE FROM doc_updates WHERE user_id = $1 AND doc_id = $2 AND seq = ANY($3::bigint[])
+"""
 _COMPACT_INSERT = """
-INSERT INTO doc_updates (seq, doc_id, data, created_at) OVERRIDING SYSTEM VALUE
-VALUES ($1, $2, $3, $4)
+INSERT INTO doc_updates (user_id, doc_id, seq, data, created_at) VALUES ($1, $2, $3, $4, $5)
 """
-# A snapshot only when the document has none newer than the interval ($4).
+# A snapshot only when the document has none newer than the interval ($5).
 _SNAPSHOT_INSERT = """
-INSERT INTO doc_snapshots (doc_id, cut_seq, data)
-SELECT $1, $2, $3 WHERE NOT EXISTS (
-    SELECT 1 FROM doc_snapshots WHERE doc_id = $1 AND taken_at > now() - $4::interval
+INSERT INTO doc_snapshots (user_id, doc_id, cut_seq, data)
+SELECT $1, $2, $3, $4 WHERE NOT EXISTS (
+    SELECT 1 FROM doc_snapshots
+    WHERE user_id = $1 AND doc_id = $2 AND taken_at > now() - $5::interval
 )
 """
 _SNAPSHOTS = """
 SELECT id, taken_at, cut_seq, octet_length(data) AS size_bytes
-FROM doc_snapshots WHERE doc_id = $1 ORDER BY taken_at
+FROM doc_snapshots WHERE user_id = $1 AND doc_id = $2 ORDER BY taken_at
 """
 _SNAPSHOT_AT = """
 SELECT taken_at, cut_seq, data FROM doc_snapshots
-WHERE doc_id = $1 AND taken_at <= $2 ORDER BY taken_at DESC LIMIT 1
+WHERE user_id = $1 AND doc_id = $2 AND taken_at <= $3 ORDER BY taken_at DESC LIMIT 1
 """
 _ROWS_AFTER = """
 SELECT data FROM doc_updates
-WHERE doc_id = $1 AND seq > $2 AND created_at <= $3 ORDER BY seq
+WHERE user_id = $1 AND doc_id = $2 AND seq > $3 AND created_at <= $4 ORDER BY seq
 """
 _PURGE_SNAPSHOTS = "DELETE FROM doc_snapshots WHERE taken_at < $1"
-# One document's snapshots, all of them or all but its newest ($2). Under the
+# One document's snapshots, all of them or all but its newest ($3). Under the
 # compaction lock: no compaction of the document adds one while they go.
 _PURGE_DOC_SNAPSHOTS = """
-DELETE FROM doc_snapshots WHERE doc_id = $1 AND id IS DISTINCT FROM (
-    SELECT id FROM doc_snapshots WHERE doc_id = $1 AND $2 ORDER BY taken_at DESC, id DESC LIMIT 1
+DELETE FROM doc_snapshots WHERE user_id = $1 AND doc_id = $2 AND id IS DISTINCT FROM (
+    SELECT id FROM doc_snapshots WHERE user_id = $1 AND doc_id = $2 AND $3
+    ORDER BY taken_at DESC, id DESC LIMIT 1
 )
 """
 
@@ -158,6 +195,7 @@ DELETE FROM doc_snapshots WHERE doc_id = $1 AND id IS DISTINCT FROM (
 class StoredDocument:
     doc_id: int
     updates: list[bytes]
+    last_seq: int = 0  # the document's counter: its updates so far are numbered up to it
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +259,7 @@ class UpdateLog:
         async with self._pool.acquire() as conn:
             await conn.fetch(_LOAD_MANY, [], [])
             await conn.fetch(_MAKE_MANY, [], [])
-            await conn.fetch(_APPEND, [], [])
+            await conn.fetch(_APPEND, [], [], [])
             await conn.fetch(_NAMES_MANY, [], 0)
             await conn.fetch(_TOTALS_MANY, [])
 
@@ -240,10 +278,10 @@ class UpdateLog:
         """``load`` for many (user, name) at once, in one round trip."""
         result: list[StoredDocument | None] = [None] * len(wanted)
         rows = await self._pool.fetch(_LOAD_MANY, [u for u, _ in wanted], [n for _, n in wanted])
-        for o, doc_id, data in rows:
+        for o, doc_id, last_seq, data in rows:
             stored = result[o - 1]
             if stored is None:
-                stored = result[o - 1] = StoredDocument(doc_id, [])
+                stored = result[o - 1] = StoredDocument(doc_id, [], last_seq)
             if data is not None:
                 stored.updates.append(data)
         return result
@@ -315,6 +353,19 @@ class UpdateLog:
         doc_id: int | None = await self._pool.fetchval(_DELETE, user_id, name)
         return doc_id
 
+    async def owner(self, doc_id: int) -> UUID | None:
+        """The user whose document has this id; None if there is none."""
+        owner: UUID | None = await self._pool.fetchval(_OWNER, doc_id)
+        return owner
+
+    async def _key(self, doc_id: int, user_id: UUID | None) -> tuple[UUID, int]:
+        # Every statement below names the owner: it leads the tables' keys.
+        if user_id is None:
+            user_id = await self.owner(doc_id)
+            if user_id is None:  # no such document: statements that name it find nothing
+                return UUID(int=0), doc_id
+        return user_id, doc_id
+
     async def compact(
         self,
         doc_id: int,
@@ -322,16 +373,19 @@ class UpdateLog:
         *,
         snapshot_every: timedelta | None,
         dry_run: bool = False,
+        user_id: UUID | None = None,
     ) -> Compaction:
         """Replace the document's stored updates with ``merge(updates)``, in one transaction.
 
         With ``snapshot_every``, the result is also kept as a dated snapshot unless the
-        document already has one that recent (``timedelta(0)``: always).
+        document already has one that recent (``timedelta(0)``: always). ``user_id``,
+        the document's owner, saves a lookup by id.
         """
+        user_id, doc_id = await self._key(doc_id, user_id)
         keep_snapshot = snapshot_every is not None
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(_COMPACT_LOCK, doc_id % 2**31)
-            rows = await conn.fetch(_COMPACT_READ, doc_id)
+            rows = await conn.fetch(_COMPACT_READ, user_id, doc_id)
             before = sum(len(r["data"]) for r in rows)
             if not rows or (len(rows) == 1 and not keep_snapshot):
                 return Compaction(len(rows), before, len(rows), before)
@@ -339,59 +393,73 @@ class UpdateLog:
             if dry_run:
                 return Compaction(len(rows), before, 1, len(merged))
             cut = rows[-1]["seq"]
-            await conn.execute(_COMPACT_DELETE, doc_id, [r["seq"] for r in rows])
-            await conn.execute(_COMPACT_INSERT, cut, doc_id, merged, rows[-1]["created_at"])
+            await conn.execute(_COMPACT_DELETE, user_id, doc_id, [r["seq"] for r in rows])
+            await conn.execute(_COMPACT_INSERT, user_id, doc_id, cut, merged,
+                               rows[-1]["created_at"])
             if keep_snapshot:
-                await conn.execute(_SNAPSHOT_INSERT, doc_id, cut, merged, snapshot_every)
+                await conn.execute(_SNAPSHOT_INSERT, user_id, doc_id, cut, merged,
+                                   snapshot_every)
         return Compaction(len(rows), before, 1, len(merged))
 
-    async def snapshots(self, doc_id: int) -> list[Snapshot]:
-        return [Snapshot(**dict(r)) for r in await self._pool.fetch(_SNAPSHOTS, doc_id)]
+    async def snapshots(self, doc_id: int, user_id: UUID | None = None) -> list[Snapshot]:
+        user_id, doc_id = await self._key(doc_id, user_id)
+        return [Snapshot(**dict(r)) for r in await self._pool.fetch(_SNAPSHOTS, user_id, doc_id)]
 
-    async def updates_as_of(self, doc_id: int, at: datetime) -> list[bytes]:
+    async def updates_as_of(self, doc_id: int, at: datetime,
+                            user_id: UUID | None = None) -> list[bytes]:
         """The updates that made the document as it was at ``at``, as far as kept.
 
         The newest snapshot taken by then, plus the updates stored after its cut and
         by ``at`` that no later compaction has merged away.
         """
+        user_id, doc_id = await self._key(doc_id, user_id)
         async with self._pool.acquire() as conn:
-            snap = await conn.fetchrow(_SNAPSHOT_AT, doc_id, at)
+            snap = await conn.fetchrow(_SNAPSHOT_AT, user_id, doc_id, at)
             cut = snap["cut_seq"] if snap else 0
-            rows = await conn.fetch(_ROWS_AFTER, doc_id, cut, at)
+            rows = await conn.fetch(_ROWS_AFTER, user_id, doc_id, cut, at)
         return ([snap["data"]] if snap else []) + [r[0] for r in rows]
 
     async def purge_snapshots(self, older_than: datetime) -> int:
         async with self._pool.acquire() as conn:
             return await purge_snapshots(conn, older_than)
 
-    async def purge_document_snapshots(self, doc_id: int, *, keep_latest: bool) -> int:
+    async def purge_document_snapshots(self, doc_id: int, *, keep_latest: bool,
+                                       user_id: UUID | None = None) -> int:
         """Drop the document's dated snapshots, but its newest with ``keep_latest``; how
         many went. For erasing one entry: the caller has just compacted the document, so
         its newest snapshot (if that compaction kept one) holds nothing deleted before."""
+        user_id, doc_id = await self._key(doc_id, user_id)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(_COMPACT_LOCK, doc_id % 2**31)
-            status: str = await conn.execute(_PURGE_DOC_SNAPSHOTS, doc_id, keep_latest)
+            status: str = await conn.execute(_PURGE_DOC_SNAPSHOTS, user_id, doc_id, keep_latest)
         return int(status.split()[-1])
 
-    async def append_many(self, doc_ids: list[int], updates: list[bytes]) -> list[int | None]:
-        """Store a batch of updates in one round trip and one transaction.
+    async def counters_many(self, keys: Sequence[tuple[UUID, str]]) -> list[int | None]:
+        """Each (user, name) document's counter, in one round trip; None for one with
+        no row (nothing stored)."""
+        counters: list[int | None] = [None] * len(keys)
+        rows = await self._pool.fetch(_COUNTERS_MANY, [u for u, _ in keys], [n for _, n in keys])
+        for o, last_seq in rows:
+            counters[o - 1] = last_seq
+        return counters
 
-        Returns their sequence numbers in batch order; None for an update whose
-        document was deleted meanwhile (it is dropped, and the rest still stored).
+    async def append_many(
+        self, doc_ids: Sequence[int], updates: Sequence[bytes],
+        user_ids: Sequence[UUID] | None = None,
+    ) -> list[int | None]:
+        """Store a batch of updates in one statement (one round trip, one transaction).
+
+        Returns their seqs in batch order, each the next of its document's counter; None
+        for an update whose document was deleted meanwhile (it is dropped, and the rest
+        still stored). ``user_ids``, the documents' owners: the server always passes
+        them; without them (tools, tests) each owner is looked up by id first.
         """
-        try:
-            rows = await self._pool.fetch(_APPEND, doc_ids, updates)
-            return sorted(r[0] for r in rows)
-        except asyncpg.ForeignKeyViolationError:
-            pass
-        alive = {r[0] for r in await self._pool.fetch(_EXISTING, doc_ids)}
-        keep = [i for i, d in enumerate(doc_ids) if d in alive]
-        rows = await self._pool.fetch(
-            _APPEND, [doc_ids[i] for i in keep], [updates[i] for i in keep]
-        )
+        if user_ids is None:
+            user_ids = [(await self._key(d, None))[0] for d in doc_ids]
+        rows = await self._pool.fetch(_APPEND, list(user_ids), list(doc_ids), list(updates))
         seqs: list[int | None] = [None] * len(doc_ids)
-        for i, seq in zip(keep, sorted(r[0] for r in rows), strict=True):
-            seqs[i] = seq
+        for o, seq in rows:
+            seqs[o - 1] = seq
         return seqs
 
 

@@ -71,7 +71,7 @@ async def test_a_silent_instances_clients_expire_within_the_awareness_timeout(
     update = ghost.encode_awareness_update([ghost.client_id])
     dead = DocChannel(redis, uuid.uuid4())  # another instance, as the bus sees it
     try:
-        await dead.publish([(AWARENESS, (uuid.UUID(user["user"]["id"]), "default"), update)])
+        await dead.publish([(AWARENESS, (uuid.UUID(user["user"]["id"]), "default"), update, 0)])
     finally:
         await dead.close()
     await eventually(lambda: ghost.client_id in laptop.awareness.states)

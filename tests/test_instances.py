@@ -127,15 +127,16 @@ def test_one_message_carries_many_updates_and_splits_when_large():
     for i in range(20):
         workouts[str(i)] = "x" * 100
     instance, user = uuid.uuid4(), uuid.uuid4()
-    (message,) = encode(instance, [(UPDATE, (user, "default"), u) for u in updates], 7)
+    records = [(UPDATE, (user, "default"), u, seq) for seq, u in enumerate(updates, 40)]
+    (message,) = encode(instance, records, 7)
     assert message[:24] == instance.bytes + (7).to_bytes(8, "big")  # sender, number
-    assert [(e.kind, e.key, e.update) for e in decode(message)] == [
-        (UPDATE, (user, "default"), u) for u in updates]
+    # Each update keeps its seq in its document, for a receiver's catch-up.
+    assert [(e.kind, e.key, e.update, e.seq) for e in decode(message)] == records
 
     big = bytes(600 * 1024)
     keys = [(user, "a"), (uuid.uuid4(), "b." * 32), (user, "c")]
-    messages = encode(instance, [(UPDATE, keys[0], big), (UPDATE, keys[1], big),
-                                 (DELETED, keys[2], b"")], 7)
+    messages = encode(instance, [(UPDATE, keys[0], big, 1), (UPDATE, keys[1], big, 1),
+                                 (DELETED, keys[2], b"", 0)], 7)
     assert [m[16:24] for m in messages] == [(7).to_bytes(8, "big"), (8).to_bytes(8, "big")]
     assert [e.key for m in messages for e in decode(m)] == keys
     assert decode(messages[0][:-10]) == decode(messages[0])[:1]  # a cut record is dropped
@@ -235,14 +236,14 @@ async def test_a_gap_in_another_instance_numbers_makes_an_instance_read_its_room
     key = (uuid.UUID(user["user"]["id"]), "default")
     other = DocChannel(redis, uuid.uuid4())  # another instance, as the bus sees it
     try:
-        await other.publish([(UPDATE, key, _update("heard 1"))])
+        await other.publish([(UPDATE, key, _update("heard 1"), 0)])
         await _store_unheard(pool, db, user, "missed")
-        await other.publish([(UPDATE, key, _update("heard 2"))])
+        await other.publish([(UPDATE, key, _update("heard 2"), 0)])
         await eventually(lambda: "heard 2" in there.workouts())
         assert "missed" not in there.workouts()  # numbers 1, 2: nothing missed, not read
 
         other.skip()  # as if message 3 failed to go out
-        await other.publish([(UPDATE, key, _update("heard 4"))])
+        await other.publish([(UPDATE, key, _update("heard 4"), 0)])
         await eventually(lambda: "missed" in there.workouts())
         assert {"first", "heard 1", "heard 2", "heard 4"} <= set(there.workouts())
     finally:
@@ -308,10 +309,10 @@ async def test_batches_not_published_while_alone_leave_a_gap(redis):
         hello = await asyncio.wait_for(anext(heard), 5)
         assert (hello.number, hello.events[0].kind) == (1, HELLO)
         key = (uuid.uuid4(), "default")
-        publisher.publish([(key, _update("a"))])
-        publisher.publish([(key, _update("b"))])  # one gap for the whole stretch
+        publisher.publish([(key, _update("a"), 0)])
+        publisher.publish([(key, _update("b"), 0)])  # one gap for the whole stretch
         publisher.others = True
-        publisher.publish([(key, _update("c"))])
+        publisher.publish([(key, _update("c"), 0)])
         message = await asyncio.wait_for(anext(heard), 5)
         assert message.number == 3 and len(message.events) == 1
         gaps = Gaps(uuid.uuid4())
@@ -334,7 +335,7 @@ async def test_listeners_a_recheck_finds_are_shown_the_gap_without_waiting_for_a
     try:
         await publisher.start()
         publisher.others = False  # alone, as far as it knows
-        publisher.publish([((uuid.uuid4(), "default"), _update("unsent"))])
+        publisher.publish([((uuid.uuid4(), "default"), _update("unsent"), 0)])
         listener = await subscribe_doc_events(redis)  # its hello went to nobody
         heard = doc_events(listener, ignore=uuid.uuid4())
         message = await asyncio.wait_for(anext(heard), 5)
@@ -362,11 +363,11 @@ async def test_updates_unpublished_after_a_hello_show_as_a_gap_once_someone_answ
         assert not gaps.missed(await asyncio.wait_for(anext(heard), 5))  # its first hello
         publisher.others = False
         key = (uuid.uuid4(), "default")
-        publisher.publish([(key, _update("while alone"))])
+        publisher.publish([(key, _update("while alone"), 0)])
         publisher.subscribed_again()
         again = await asyncio.wait_for(anext(heard), 5)
         assert again.events[0].kind == HELLO and gaps.missed(again)
-        publisher.publish([(key, _update("after the hello"))])  # still alone: unsent
+        publisher.publish([(key, _update("after the hello"), 0)])  # still alone: unsent
         publisher.heard(DocMessage(other, 1, [DocEvent(ACK, (instance, ""), b"")]))
         answer = await asyncio.wait_for(anext(heard), 5)
         assert answer.events[0].kind == HELLO and gaps.missed(answer)

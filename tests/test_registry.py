@@ -31,11 +31,13 @@ class CountingLog(UpdateLog):
     def __init__(self, pool: asyncpg.Pool) -> None:
         super().__init__(pool)
         self.queries: list[int] = []
+        self.loaded: list[DocKey] = []  # every document each load query asked for
         self.listed: list[int] = []  # users whose names each query read
         self.fail_next = False
 
     async def load_many(self, wanted: Sequence[DocKey]) -> list[StoredDocument | None]:
         self.queries.append(len(wanted))
+        self.loaded.extend(wanted)
         if self.fail_next:
             self.fail_next = False
             raise ConnectionError("database went away")
@@ -182,6 +184,55 @@ async def test_after_a_catch_up_the_names_are_read_again(registry, update_log, u
     registry.catch_up()
     assert _workouts(await registry.get((user_id, "unheard"))) == {"unheard"}
     assert update_log.listed == [1, 1]
+
+
+async def test_a_catch_up_reloads_only_the_rooms_behind_their_documents(
+        registry, update_log, user_id, pool, caplog):
+    """Each room knows the last seq of its document it applied: from its load, its own
+    commits, and the bus. A catch-up reads the counters of every room's document in one
+    query and reads again only the rooms behind theirs."""
+    names = ["quiet", "mine", "heard", "missed", "holed"]
+    for name in names:
+        await _store(pool, user_id, name)
+    rooms = {name: await registry.get((user_id, name)) for name in names}
+    assert {r.applied_seq for r in rooms.values()} == {1}  # as loaded
+
+    # Written through this instance: its own commit.
+    rooms["mine"].apply_update(_update("mine 2"), None)
+    await eventually(lambda: rooms["mine"].applied_seq == 2)
+    # Another instance stores updates; the bus brings some of them, with their seqs.
+    other = UpdateLog(pool)
+
+    async def elsewhere(name: str, label: str, heard: bool) -> None:
+        update = _update(label)
+        (seq,) = await other.append_many([rooms[name].doc_id], [update], [user_id])
+        if heard:
+            registry.handle_doc_events([DocEvent(UPDATE, (user_id, name), update, seq)])
+
+    await elsewhere("heard", "heard 2", heard=True)
+    await elsewhere("missed", "missed 2", heard=False)
+    await elsewhere("holed", "holed 2", heard=False)  # seq 2 lost, seq 3 heard: behind
+    await elsewhere("holed", "holed 3", heard=True)
+    assert rooms["heard"].applied_seq == 2 and rooms["holed"].applied_seq == 1
+    assert "holed 3" in _workouts(rooms["holed"]) and "holed 2" not in _workouts(rooms["holed"])
+
+    update_log.loaded.clear()
+    caplog.set_level("INFO", logger="modi_sync.sync.registry")
+    registry.catch_up()
+    await eventually(lambda: "caught up after a gap" in caplog.text)
+    assert sorted(name for _, name in update_log.loaded) == ["holed", "missed"]
+    assert "2 of 5 rooms in memory are behind" in caplog.text
+    assert _workouts(rooms["missed"]) == {"missed", "missed 2"}
+    assert _workouts(rooms["holed"]) == {"holed", "holed 2", "holed 3"}
+    assert rooms["missed"].applied_seq == 2 and rooms["holed"].applied_seq == 3
+    assert all(registry.rooms[(user_id, name)] is rooms[name] for name in names)
+
+    # Up to date now: the next catch-up reads no room again.
+    update_log.loaded.clear()
+    caplog.clear()
+    registry.catch_up()
+    await eventually(lambda: "caught up after a gap" in caplog.text)
+    assert update_log.loaded == [] and "0 of 5 rooms" in caplog.text
 
 
 async def test_a_room_written_here_is_loaded_after_it_leaves_memory(update_log, user_id):

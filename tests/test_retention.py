@@ -54,7 +54,8 @@ async def _audit_kept(db: asyncpg.Connection, request_id: str) -> bool:
 
 async def _snapshot(db: asyncpg.Connection, doc_id: int, age: timedelta) -> int:
     snapshot_id: int = await db.fetchval(
-        "INSERT INTO doc_snapshots (doc_id, taken_at, cut_seq, data) VALUES ($1, $2, 0, '')"
+        "INSERT INTO doc_snapshots (user_id, doc_id, taken_at, cut_seq, data)"
+        " SELECT user_id, id, $2, 0, '' FROM documents WHERE id = $1"
         " RETURNING id", doc_id, datetime.now(UTC) - age)
     return snapshot_id
 

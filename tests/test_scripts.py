@@ -38,8 +38,11 @@ async def _document_with_updates(dsn: str, count: int) -> int:
             f"cron-{uuid.uuid4().hex[:8]}@example.com")
         doc_id = await conn.fetchval(
             "INSERT INTO documents (user_id, name) VALUES ($1, 'd') RETURNING id", user_id)
-        await conn.executemany("INSERT INTO doc_updates (doc_id, data) VALUES ($1, $2)",
-                               [(doc_id, u) for u in updates])
+        await conn.executemany(
+            "INSERT INTO doc_updates (user_id, doc_id, seq, data) VALUES ($1, $2, $3, $4)",
+            [(user_id, doc_id, seq, u) for seq, u in enumerate(updates, 1)])
+        await conn.execute("UPDATE documents SET last_seq = $2 WHERE id = $1", doc_id,
+                           len(updates))
     finally:
         await conn.close()
     return doc_id

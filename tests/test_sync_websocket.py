@@ -579,8 +579,9 @@ async def test_a_stored_row_that_does_not_load_closes_1011_and_http_answers_503(
     user = await register(client)
     doc_id = await db.fetchval("INSERT INTO documents (user_id, name) VALUES ($1, 'broken')"
                                " RETURNING id", UUID(user["user"]["id"]))
-    await db.execute("INSERT INTO doc_updates (doc_id, data) VALUES ($1, 'not an update')",
-                     doc_id)
+    await db.execute("INSERT INTO doc_updates (user_id, doc_id, seq, data)"
+                     " VALUES ($1, $2, 1, 'not an update')", UUID(user["user"]["id"]), doc_id)
+    await db.execute("UPDATE documents SET last_seq = 1 WHERE id = $1", doc_id)
 
     ws = await client.session.ws_connect(ws_url(client, "broken", user["access_token"]))
     assert await close_code_of(ws) == 1011

@@ -31,9 +31,10 @@ class CountingLog(UpdateLog):
         self.batches: list[int] = []
         self.created: list[int] = []
 
-    async def append_many(self, doc_ids: list[int], updates: list[bytes]) -> list[int | None]:
+    async def append_many(self, doc_ids: Sequence[int], updates: Sequence[bytes],
+                          user_ids: Sequence[uuid.UUID] | None = None) -> list[int | None]:
         self.batches.append(len(updates))
-        return await super().append_many(doc_ids, updates)
+        return await super().append_many(doc_ids, updates, user_ids)
 
     async def create_documents(self, keys: Sequence[tuple[uuid.UUID, str]]) -> list[int | None]:
         self.created.append(len(keys))
@@ -49,7 +50,9 @@ class Target:
 
     def __init__(self, doc_id: int | None, key: tuple[uuid.UUID, str] | None = None) -> None:
         self.doc_id = doc_id
-        self.key = key or (uuid.uuid4(), "default")
+        # The writer stores a row under its document's key (owner, id): a document of
+        # _new_doc's has its owner's key.
+        self.key = key or (_OWNERS.get(doc_id, uuid.uuid4()), "default")
         self.committed_seqs: list[tuple[bytes, Any, int]] = []
         self.merged: list[int] = []  # how many updates each merge took
         self.failures = 0
@@ -103,9 +106,14 @@ async def _erase_opaque_documents(pool: asyncpg.Pool) -> AsyncIterator[None]:
     await pool.execute("DELETE FROM users WHERE email LIKE 'w-%@example.com'")
 
 
+_OWNERS: dict[int | None, uuid.UUID] = {}  # the owner of each document _new_doc made
+
+
 async def _new_doc(pool: asyncpg.Pool) -> int:
     user = await UserStore(pool).create(f"w-{uuid.uuid4().hex[:10]}@example.com", "x")
-    return (await UpdateLog(pool).load(user.id, "default")).doc_id
+    doc_id = (await UpdateLog(pool).load(user.id, "default")).doc_id
+    _OWNERS[doc_id] = user.id
+    return doc_id
 
 
 async def _rows(db: asyncpg.Connection, doc_id: int) -> list[bytes]:

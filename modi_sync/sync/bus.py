@@ -46,13 +46,14 @@ from storage.doc_events import (
     DocChannel,
     DocKey,
     DocMessage,
+    Record,
 )
 
 from ..metrics import BUS_LAG
 
 log = logging.getLogger(__name__)
 
-_Record = tuple[bytes, DocKey, bytes]
+_Record = Record
 
 # Awareness waiting to go out, at most: it is ephemeral, and a client renews its state
 # every 15 s, so what is dropped when Redis lags is soon said again.
@@ -71,8 +72,8 @@ class UpdatePublisher:
     ) -> None:
         self._channel = channel
         self._instance = instance
-        self._hello: _Record = (HELLO, (instance, ""), b"")
-        self._pending: deque[tuple[DocKey, bytes]] = deque()
+        self._hello: _Record = (HELLO, (instance, ""), b"", 0)
+        self._pending: deque[tuple[DocKey, bytes, int]] = deque()  # (key, update, seq)
         self._control: list[_Record] = []  # hellos and answers, sent before updates
         self._ephemeral: deque[_Record] = deque(maxlen=MAX_EPHEMERAL)  # awareness
         self._max_pending = max_pending
@@ -90,7 +91,8 @@ class UpdatePublisher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def publish(self, updates: list[tuple[DocKey, bytes]]) -> None:
+    def publish(self, updates: list[tuple[DocKey, bytes, int]]) -> None:
+        """Stored (key, update, seq) to go out to the other instances."""
         if not self.others:  # nobody else listens: nothing to send
             if not self._skipped:  # but if one did unbeknown, it will see a gap
                 self._channel.skip()
@@ -110,13 +112,13 @@ class UpdatePublisher:
     def publish_awareness(self, key: DocKey, update: bytes) -> None:
         """An awareness update of ``key``'s clients here, for the other instances."""
         if self.others:
-            self._ephemeral.append((AWARENESS, key, update))
+            self._ephemeral.append((AWARENESS, key, update, 0))
             self._wakeup.set()
 
     def query_awareness(self, key: DocKey) -> None:
         """Ask the instances holding ``key`` for its clients' awareness."""
         if self.others:
-            self._ephemeral.append((AWARENESS_QUERY, key, b""))
+            self._ephemeral.append((AWARENESS_QUERY, key, b"", 0))
             self._wakeup.set()
 
     async def start(self) -> None:
@@ -155,7 +157,7 @@ class UpdatePublisher:
         self._someone_listens()
         for event in message.events:
             if event.kind == HELLO:
-                self._control.append((ACK, (message.sender, ""), b""))
+                self._control.append((ACK, (message.sender, ""), b"", 0))
                 self._wakeup.set()
             elif event.kind == ACK and event.key[0] == self._instance:
                 self._answers.add(message.sender)
@@ -205,7 +207,8 @@ class UpdatePublisher:
                 while self._pending:
                     batch = [self._pending.popleft()
                              for _ in range(min(len(self._pending), 1000))]
-                    await self._channel.publish((UPDATE, key, u) for key, u in batch)
+                    await self._channel.publish(
+                        (UPDATE, key, u, seq) for key, u, seq in batch)
                     self._published_again()
             except Exception as exc:
                 if not self._failed:  # once per outage, not once per batch

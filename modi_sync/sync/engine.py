@@ -72,6 +72,7 @@ class SyncEngine:
             instance=self.instance,
             awareness_bus=self.publisher,
             awareness_timeout=settings.awareness_timeout_seconds,
+            counters_log=update_log,
         )
         self._gaps = Gaps(self.instance)
         self._listeners = [
@@ -133,5 +134,7 @@ class SyncEngine:
         self.registry.catch_up()
 
 
-async def _compact(update_log: UpdateLog, settings: Settings, doc_id: int) -> Compaction:
-    return await compact_document(update_log, doc_id, snapshot_every=settings.snapshot_every)
+async def _compact(update_log: UpdateLog, settings: Settings, user_id: uuid.UUID,
+                   doc_id: int) -> Compaction:
+    return await compact_document(update_log, doc_id, snapshot_every=settings.snapshot_every,
+                                  user_id=user_id)

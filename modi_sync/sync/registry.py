@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -61,7 +62,7 @@ class Quota:
 
 @dataclass(frozen=True, slots=True)
 class AutoCompaction:
-    compact: Callable[[int], Awaitable[Compaction]]
+    compact: Callable[[UUID, int], Awaitable[Compaction]]  # (owner, document id)
     max_updates: int
     max_bytes: int
     min_interval: float = 60.0  # seconds between two compactions of one document
@@ -90,12 +91,19 @@ class RoomRegistry:
         instance: uuid.UUID | None = None,
         awareness_bus: AwarenessBus | None = None,
         awareness_timeout: float = 30.0,
+        counters_log: UpdateLog | None = None,
     ) -> None:
         """``awareness_bus``: carries awareness to and from the other instances. A state
         not renewed within ``awareness_timeout`` seconds is removed (y-protocols' clients
-        renew theirs every 15 s)."""
+        renew theirs every 15 s). ``counters_log``: where a catch-up reads the documents'
+        counters, beside the loader (``update_log`` may be one connection of its own,
+        which runs one statement at a time); ``update_log`` if None."""
         self.instance = instance or uuid.uuid4()  # tells our bus messages from others'
         self._loader = DocumentLoader(update_log, self._loaded, self._listed)
+        self._counters_log = counters_log or update_log
+        # Rooms a catch-up reads again, until their load answers; when it started.
+        self._reloading: set[RoomKey] = set()
+        self._catch_up_started = 0.0
         self._writer = writer
         self._idle_seconds = idle_seconds
         self._limits = limits
@@ -157,6 +165,8 @@ class RoomRegistry:
     def _loaded(self, key: RoomKey, stored: StoredDocument | None | Exception) -> None:
         """The loader's answer for ``key``: make the room and hand it to every caller,
         or, for a room already in memory, bring it up to date (``catch_up``)."""
+        if key in self._reloading:
+            self._reloaded(key)
         waiting = self._loading.pop(key, None)
         if waiting is None:
             self._caught_up(key, stored)
@@ -188,9 +198,10 @@ class RoomRegistry:
                                          self._quota.max_documents, self._quota.max_bytes)
 
     def _make_room(self, key: RoomKey, stored: StoredDocument | None) -> Room:
-        doc_id, updates = (stored.doc_id, stored.updates) if stored else (None, [])
+        doc_id, updates, last_seq = (
+            (stored.doc_id, stored.updates, stored.last_seq) if stored else (None, [], 0))
         room = Room(
-            key, doc_id, updates, self._writer,
+            key, doc_id, updates, self._writer, last_seq=last_seq,
             limits=self._limits, usage_of=self._usage.get,
             on_broken=self._discard, on_grown=self._maybe_compact,
             share_awareness=self._bus.publish_awareness if self._bus else None,
@@ -309,7 +320,7 @@ class RoomRegistry:
             if room is None:
                 continue  # not in memory here: the next load reads it from storage
             if event.kind == UPDATE:
-                room.apply_stored(event.update)
+                room.apply_stored(event.update, event.seq)
             elif event.kind == DELETED:
                 self.drop_document(event.key)
             elif event.kind == AWARENESS:
@@ -337,7 +348,14 @@ class RoomRegistry:
                 AWARENESS_SWEEP_SECONDS, self._sweep_awareness)
 
     def catch_up(self) -> None:
-        """Messages of the bus may have been missed: read every room from storage again.
+        """Messages of the bus may have been missed: read again the rooms that missed some.
+
+        A room knows the last seq of its document it applied (from its load, its own
+        commits and the bus), and the documents' counters say how far their stored
+        updates go: they are read in one statement for every room in memory, and only
+        the rooms behind their counter are read again. A room that missed nothing is
+        left alone. The loads under way are read again whatever their counter, since
+        their read may predate a missed update.
 
         The reloads queue behind the loads under way, so a room being made gets its
         reload after it is made. The loader's answer for a key nobody waits for is a
@@ -346,12 +364,46 @@ class RoomRegistry:
         """
         CATCH_UPS.inc()
         self._names.forget_all()  # a document may have been made unheard
-        keys = [*self.rooms, *self._loading]
+        self._catch_up_started = time.monotonic()
+        for key in list(self._loading):
+            self._reload(key)
+        self._spawn(self._reload_behind(list(self.rooms)))
+
+    def _reload(self, key: RoomKey) -> None:
+        self._reloading.add(key)
+        self._loader.load(key)
+
+    async def _reload_behind(self, keys: list[RoomKey]) -> None:
+        """Read again the rooms of ``keys`` still in memory that are behind their
+        document's counter; all of them if the counters cannot be read."""
+        counters: list[int | None] | None = None
         if keys:
-            log.info("reading %d documents from storage again: bus messages may be lost",
-                     len(keys))
-        for key in keys:
-            self._loader.load(key)
+            try:
+                counters = await self._counters_log.counters_many(keys)
+            except Exception as exc:
+                log.warning("reading the documents' counters failed (%s); reading every "
+                            "room again", exc)
+        behind = []
+        for i, key in enumerate(keys):
+            room = self.rooms.get(key)
+            if room is None:
+                continue  # gone from memory: its next load reads it from storage
+            counter = None if counters is None else counters[i]
+            if counters is None or (counter is not None and counter > room.applied_seq):
+                behind.append(key)  # (no counter: nothing stored, nothing to miss)
+        log.info("catching up after a gap on the bus: %d of %d rooms in memory are behind "
+                 "their documents, reading them again", len(behind), len(keys))
+        for key in behind:
+            self._reload(key)
+        if not self._reloading:
+            self._reloaded(None)
+
+    def _reloaded(self, key: RoomKey | None) -> None:
+        if key is not None:
+            self._reloading.discard(key)
+        if not self._reloading:
+            log.info("caught up after a gap on the bus in %.3f s",
+                     time.monotonic() - self._catch_up_started)
 
     def _caught_up(self, key: RoomKey, stored: StoredDocument | None | Exception) -> None:
         room = self.rooms.get(key)
@@ -401,7 +453,7 @@ class RoomRegistry:
     async def _compact(self, room: Room, auto: AutoCompaction) -> None:
         assert room.doc_id is not None
         try:
-            result = await auto.compact(room.doc_id)
+            result = await auto.compact(room.key[0], room.doc_id)
         except Exception:
             # Not retried while the room stays in memory: a failure here repeats.
             log.exception("automatic compaction of %s/%s failed", *room.key,

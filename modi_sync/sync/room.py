@@ -124,14 +124,22 @@ class Room:
         usage_of: Callable[[UUID], Usage | None] | None = None,
         share_awareness: Callable[[RoomKey, bytes], None] | None = None,
         on_awareness: Callable[[Room], None] | None = None,
+        last_seq: int = 0,
     ) -> None:
         """``share_awareness``: sends an awareness update of this room's clients to the
         other instances (bus.py); ``on_awareness``: told when the room holds awareness
-        states, which expire unless renewed (``expire_awareness``)."""
+        states, which expire unless renewed (``expire_awareness``). ``last_seq``: the
+        document's counter as loaded with ``updates``."""
         self.key = key
         self.doc_id = doc_id  # None until the document's first update is stored
         self.connections: set[Connection] = set()
         self.last_ticket = 0  # writer ticket of the newest update applied here
+        # Every stored update of the document numbered up to here is applied here (a
+        # catch-up leaves the room alone if the document's counter is no further). The
+        # seqs applied past a hole (an update of another instance's that has not
+        # arrived) wait in _seqs_ahead, made only when there is one.
+        self.applied_seq = last_seq
+        self._seqs_ahead: set[int] | None = None
         self.stored_bytes = sum(len(u) for u in updates)
         self.stored_updates = len(updates)
         self.compacted_at = float("-inf")  # event-loop time of the last compaction
@@ -313,14 +321,17 @@ class Room:
         already has.
         """
         self._broadcast(create_update_message(update), origin)
+        self._applied(seq)
         if self._on_grown is not None:
             self._on_grown(self)
 
-    def apply_stored(self, update: bytes) -> None:
-        """An update another instance (or a command) already stored: apply and fan out."""
+    def apply_stored(self, update: bytes, seq: int = 0) -> None:
+        """An update another instance (or a command) already stored as ``seq`` (0: not
+        known): apply and fan out."""
         if self._apply_stored(update):
             self.stored_bytes += len(update)
             self.stored_updates += 1
+            self._applied(seq)
 
     def catch_up(self, stored: StoredDocument) -> None:
         """What storage holds now, read again because bus messages may have been lost:
@@ -330,6 +341,30 @@ class Room:
         if stored.updates and self._apply_stored(merge_updates(*stored.updates)):
             self.stored_updates = max(self.stored_updates, len(stored.updates))
             self.stored_bytes = max(self.stored_bytes, sum(len(u) for u in stored.updates))
+            self._applied_through(stored.last_seq)
+
+    def _applied(self, seq: int) -> None:
+        """The stored update ``seq`` is applied here. Seqs of one document are dense
+        (each group commit takes the next ones of its counter), so a seq past
+        ``applied_seq + 1`` means one in between has not arrived yet."""
+        if seq == self.applied_seq + 1:
+            self._applied_through(seq)
+        elif seq > self.applied_seq:
+            if self._seqs_ahead is None:
+                self._seqs_ahead = set()
+            self._seqs_ahead.add(seq)
+
+    def _applied_through(self, seq: int) -> None:
+        """Every stored update up to ``seq`` is applied here."""
+        self.applied_seq = max(self.applied_seq, seq)
+        ahead = self._seqs_ahead
+        if ahead is None:
+            return
+        while self.applied_seq + 1 in ahead:
+            self.applied_seq += 1
+        ahead.difference_update([s for s in ahead if s <= self.applied_seq])
+        if not ahead:
+            self._seqs_ahead = None
 
     def _apply_stored(self, update: bytes) -> bool:
         try:

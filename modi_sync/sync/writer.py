@@ -61,7 +61,7 @@ class GroupCommitWriter:
         update_log: UpdateLog,
         *,
         max_batch: int = 2048,
-        publish: Callable[[list[tuple[DocKey, bytes]]], None] | None = None,
+        publish: Callable[[list[tuple[DocKey, bytes, int]]], None] | None = None,
     ) -> None:
         self._update_log = update_log
         self._publish = publish
@@ -124,7 +124,8 @@ class GroupCommitWriter:
         try:
             rows = await self._make_documents(self._merged(batch))
             seqs = await self._update_log.append_many(
-                [_row_id(target) for target, _, _ in rows], [update for _, update, _ in rows]
+                [_row_id(target) for target, _, _ in rows], [update for _, update, _ in rows],
+                [target.key[0] for target, _, _ in rows],
             )
         except Exception:
             COMMIT_FAILURES.inc()
@@ -139,7 +140,7 @@ class GroupCommitWriter:
         COMMIT_BATCH.observe(len(batch))
         UPDATES_STORED.inc(len(batch))
         self._committed = last_ticket
-        stored: list[tuple[DocKey, bytes]] = []
+        stored: list[tuple[DocKey, bytes, int]] = []
         for (target, update, origin), seq in zip(rows, seqs, strict=True):
             if seq is None:
                 # Its document row is gone. An erased document's room is closing
@@ -147,7 +148,7 @@ class GroupCommitWriter:
                 # reload, and its clients resend what they have.
                 target.write_failed()
                 continue
-            stored.append((target.key, update))
+            stored.append((target.key, update, seq))
             try:
                 target.committed(update, origin, seq)
             except Exception:
