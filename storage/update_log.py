@@ -87,7 +87,10 @@ SELECT w.o, m.id FROM made m JOIN wanted w ON w.user_id = m.user_id AND w.name =
 # own row, on whatever node holds it. The documents' rows are locked first, in
 # (user_id, id) order, so two instances writing some of the same documents wait for
 # each other in one order, never in a cycle; a document deleted meanwhile is not
-# found, and its updates are dropped (the statement returns no seq for them).
+# found, and its updates are dropped (the statement returns no seq for them). The lock
+# is FOR NO KEY UPDATE, what the counter's update takes anyway: the foreign-key checks
+# of other writers (snapshots, food counts) do not wait for it. The lookup goes through
+# documents_id (id = ANY), one index probe per document whatever the table's size.
 #
 # The same statement notes each document written to for the popular list's aggregator
 # (food_log_changes, modi_sync/popular.py): in the updates' transaction at no extra
@@ -99,9 +102,9 @@ WITH batch AS (
         AS t(user_id, doc_id, data, o)
 ), locked AS MATERIALIZED (
     SELECT d.user_id, d.id, d.last_seq FROM documents d
-    WHERE (d.user_id, d.id) IN (SELECT user_id, doc_id FROM batch)
+    WHERE d.id = ANY($2::bigint[]) AND (d.user_id, d.id) IN (SELECT user_id, doc_id FROM batch)
     ORDER BY d.user_id, d.id
-    FOR UPDATE
+    FOR NO KEY UPDATE
 ), numbered AS MATERIALIZED (
     SELECT b.user_id, b.doc_id, b.data, b.o,
            l.last_seq + row_number() OVER (PARTITION BY b.user_id, b.doc_id ORDER BY b.o)
@@ -110,10 +113,10 @@ WITH batch AS (
 ), counted AS (
     UPDATE documents d SET last_seq = n.seq
     FROM (SELECT user_id, doc_id, max(seq) AS seq FROM numbered GROUP BY user_id, doc_id) n
-    WHERE d.user_id = n.user_id AND d.id = n.doc_id
+    WHERE d.id = n.doc_id AND d.user_id = n.user_id
 ), noted AS (
     INSERT INTO food_log_changes (user_id, doc_id)
-    SELECT DISTINCT user_id, doc_id FROM numbered ORDER BY user_id, doc_id
+    SELECT user_id, id FROM locked ORDER BY user_id, id
     ON CONFLICT DO NOTHING
 ), stored AS (
     INSERT INTO doc_updates (user_id, doc_id, seq, data)
