@@ -8,6 +8,7 @@ the end, so runs never see each other's rows.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import os
 import secrets
@@ -30,6 +31,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
+from redis.asyncio import Redis
 
 from modi_sync.app import create_app
 from modi_sync.config import Settings
@@ -295,3 +297,40 @@ def embedded_server() -> Iterator[ServerProcess]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+async def redis(services: ServiceUrls) -> AsyncIterator[Redis]:
+    """A direct Redis client, to look at or plant keys."""
+    client = Redis.from_url(services.redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+# -- the `modi-sync` command -------------------------------------------------------------
+
+
+async def run_cli_raw(services: ServiceUrls, *args: str, stdin: bytes = b"",
+                      database_url: str | None = None,
+                      timeout: float = 120) -> tuple[int, bytes, str]:
+    """``modi-sync ARGS`` in a process of its own, on the session's services (or
+    ``database_url``): its exit code, stdout as bytes and stderr."""
+    env = dict(os.environ, DATABASE_URL=database_url or services.database_url,
+               REDIS_URL=services.redis_url, JWT_SECRET=JWT_SECRET)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "modi_sync.cli", *args, env=env,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(stdin), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out, err.decode()
+
+
+async def run_cli(services: ServiceUrls, *args: str, stdin: bytes = b"",
+                  database_url: str | None = None) -> tuple[int, str, str]:
+    """``run_cli_raw`` with stdout as text."""
+    code, out, err = await run_cli_raw(services, *args, stdin=stdin,
+                                       database_url=database_url)
+    return code, out.decode(), err

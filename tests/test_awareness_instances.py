@@ -7,25 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
-import pytest
 from pycrdt import Awareness, Doc
-from redis.asyncio import Redis
 
 from storage.doc_events import AWARENESS, CHANNEL, DocChannel, decode
 
-from .conftest import ServiceUrls, register, synced
+from .conftest import register, synced
 from .yclient import YClient, eventually, stays_false
-
-
-@pytest.fixture
-async def redis(services: ServiceUrls) -> AsyncIterator[Redis]:
-    client = Redis.from_url(services.redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def _state(conn: YClient, other: YClient) -> dict | None:

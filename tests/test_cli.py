@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 import uuid
 
-from .conftest import JWT_SECRET, ServiceUrls
-
-
-async def _cli(services: ServiceUrls, *args: str,
-               stdin: bytes = b"") -> tuple[int, str, str]:
-    env = dict(os.environ, DATABASE_URL=services.database_url, REDIS_URL=services.redis_url,
-               JWT_SECRET=JWT_SECRET)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modi_sync.cli", *args, env=env,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
-    return proc.returncode, out.decode(), err.decode()
+from .conftest import run_cli
 
 
 async def test_user_create_admin_reads_the_password_from_stdin(services, client):
     email = f"admin-{uuid.uuid4().hex[:8]}@example.com"
-    code, out, err = await _cli(services, "user", "create", email, "--admin",
+    code, out, err = await run_cli(services, "user", "create", email, "--admin",
                                 stdin=b"a strong admin password\n")
     assert code == 0, err
     assert email in out
@@ -37,13 +22,14 @@ async def test_user_create_admin_reads_the_password_from_stdin(services, client)
 
 async def test_user_create_refuses_a_duplicate_and_a_short_password(services):
     email = f"dup-{uuid.uuid4().hex[:8]}@example.com"
-    assert (await _cli(services, "user", "create", email, stdin=b"long enough pw\n"))[0] == 0
-    code, _, err = await _cli(services, "user", "create", email.upper(), stdin=b"long enough pw\n")
+    assert (await run_cli(services, "user", "create", email, stdin=b"long enough pw\n"))[0] == 0
+    code, _, err = await run_cli(services, "user", "create", email.upper(),
+                                 stdin=b"long enough pw\n")
     assert code == 1 and "exists" in err
-    code, _, err = await _cli(services, "user", "create", "x@example.com", stdin=b"short\n")
+    code, _, err = await run_cli(services, "user", "create", "x@example.com", stdin=b"short\n")
     assert code == 2 and "password" in err
 
 
 async def test_password_is_not_an_argument(services):
-    code, _, err = await _cli(services, "user", "create", "y@example.com", "hunter2hunter2")
+    code, _, err = await run_cli(services, "user", "create", "y@example.com", "hunter2hunter2")
     assert code == 2 and "unrecognized arguments" in err

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,7 +14,7 @@ from modi_sync.app_keys import REGISTRY
 from modi_sync.history import compact_document
 from storage.update_log import UpdateLog
 
-from .conftest import JWT_SECRET, Client, ServiceUrls, register, ws_url
+from .conftest import Client, register, run_cli, ws_url
 from .yclient import YClient, eventually
 
 
@@ -31,16 +29,6 @@ def _doc_of(updates: list[bytes]) -> Doc:
     for update in updates:
         doc.apply_update(update)
     return doc
-
-
-async def _cli(services: ServiceUrls, *args: str) -> tuple[int, str, str]:
-    env = dict(os.environ, DATABASE_URL=services.database_url, REDIS_URL=services.redis_url,
-               JWT_SECRET=JWT_SECRET)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modi_sync.cli", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def _client_with_edits(
@@ -87,7 +75,7 @@ async def test_deleted_content_leaves_no_byte_in_the_log(client, db, services):
     assert await _has(db, user_id, "diary", b"EMBARRASSING-SNACK-42")
     updates = len(await _rows(db, user_id, "diary"))
 
-    code, out, err = await _cli(services, "compact", "--doc", f"{user_id}/diary")
+    code, out, err = await run_cli(services, "compact", "--doc", f"{user_id}/diary")
     assert code == 0, err
     assert f"compacted 1 documents: {updates} -> 1 updates" in out
 
@@ -242,24 +230,24 @@ async def _rows_below(db: asyncpg.Connection, user_id: uuid.UUID, name: str, n: 
 async def test_compact_all_dry_run_min_updates_and_exit_codes(client, db, services):
     _, user_id, conn, _ = await _client_with_edits(client, "many", 5)
     assert await _count(db, user_id, "many", 5)
-    code, out, _ = await _cli(services, "compact", "--all", "--min-updates", "5", "--dry-run")
+    code, out, _ = await run_cli(services, "compact", "--all", "--min-updates", "5", "--dry-run")
     assert code == 0 and out.startswith("would compact")
     assert await _count(db, user_id, "many", 5)  # a dry run changes nothing
-    code, out, _ = await _cli(services, "compact", "--doc", f"{user_id}/many",
+    code, out, _ = await run_cli(services, "compact", "--doc", f"{user_id}/many",
                               "--min-updates", "6")
     assert code == 0 and "compacted 0 documents" in out
-    code, _, err = await _cli(services, "compact", "--doc", f"{uuid.uuid4()}/nothing")
+    code, _, err = await run_cli(services, "compact", "--doc", f"{uuid.uuid4()}/nothing")
     assert code == 3 and "no document" in err
-    code, _, _ = await _cli(services, "compact", "--doc", "not-a-ref")
+    code, _, _ = await run_cli(services, "compact", "--doc", "not-a-ref")
     assert code == 2
-    code, _, _ = await _cli(services, "compact")  # --doc or --all is required
+    code, _, _ = await run_cli(services, "compact")  # --doc or --all is required
     assert code == 2
     await conn.disconnect()
 
 
 async def test_history_and_restore_bring_back_a_past_state(client, db, services):
     pair, user_id, conn, _ = await _client_with_edits(client, "plan", 3)
-    code, _, err = await _cli(services, "compact", "--doc", f"{user_id}/plan")
+    code, _, err = await run_cli(services, "compact", "--doc", f"{user_id}/plan")
     assert code == 0, err
     before = datetime.now(UTC)
     await eventually(lambda: datetime.now(UTC) > before + timedelta(milliseconds=20))
@@ -278,9 +266,10 @@ async def test_history_and_restore_bring_back_a_past_state(client, db, services)
     await offline.wait_synced()
     await offline.disconnect()
 
-    code, out, _ = await _cli(services, "history", f"{user_id}/plan")
+    code, out, _ = await run_cli(services, "history", f"{user_id}/plan")
     assert code == 0 and "up to update" in out
-    code, out, err = await _cli(services, "restore", f"{user_id}/plan", "--at", before.isoformat())
+    code, out, err = await run_cli(services, "restore", f"{user_id}/plan", "--at",
+                                   before.isoformat())
     assert code == 0, err
     assert "restored" in out
 

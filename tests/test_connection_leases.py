@@ -5,24 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-
-import pytest
-from redis.asyncio import Redis
 
 from storage.connection_leases import ConnectionLeases
 
-from .conftest import Client, ServiceUrls, register, synced, ws_url
+from .conftest import Client, register, synced, ws_url
 from .yclient import YClient, eventually
-
-
-@pytest.fixture
-async def redis(services: ServiceUrls) -> AsyncIterator[Redis]:
-    client = Redis.from_url(services.redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def _close_code(client: Client, token: str) -> int | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import sys
 import uuid
 from pathlib import Path
 
@@ -18,19 +17,8 @@ import asyncpg
 import pytest
 from pycrdt import Doc, Map
 
-from .conftest import JWT_SECRET, ServiceUrls, register, synced
+from .conftest import ServiceUrls, register, run_cli, synced
 from .yclient import YClient, eventually
-
-
-async def _cli(services: ServiceUrls, *args: str) -> tuple[int, str, str]:
-    env = dict(os.environ, DATABASE_URL=services.database_url, REDIS_URL=services.redis_url,
-               JWT_SECRET=JWT_SECRET)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modi_sync.cli", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def _pg_dump_candidates() -> list[Path]:
@@ -126,7 +114,7 @@ async def test_compact_purge_leaves_no_trace_of_a_deleted_entry(client, db, serv
     await eventually(lambda: _stored(db, user_id, "diary", logs.to_py()))
 
     # A compaction with snapshots on (the default): a dated snapshot holds the entry.
-    code, _, err = await _cli(services, "compact", "--doc", ref, "--min-updates", "1")
+    code, _, err = await run_cli(services, "compact", "--doc", ref, "--min-updates", "1")
     assert code == 0, err
     assert any(secret.encode() in s for s in await _snapshots(db, user_id, "diary"))
 
@@ -135,13 +123,13 @@ async def test_compact_purge_leaves_no_trace_of_a_deleted_entry(client, db, serv
     assert _holds(await _dump(pg_dump, services), secret)
 
     # Plain compaction clears the log, but keeps the older snapshot, and the entry in it.
-    code, _, err = await _cli(services, "compact", "--doc", ref)
+    code, _, err = await run_cli(services, "compact", "--doc", ref)
     assert code == 0, err
     assert not any(secret.encode() in r for r in await _rows(db, user_id, "diary"))
     assert any(secret.encode() in s for s in await _snapshots(db, user_id, "diary"))
     assert _holds(await _dump(pg_dump, services), secret)
 
-    code, out, err = await _cli(services, "compact", "--doc", ref, "--purge")
+    code, out, err = await run_cli(services, "compact", "--doc", ref, "--purge")
     assert code == 0, err
     assert "2 earlier snapshots of them dropped (--purge)" in out
 
@@ -159,16 +147,16 @@ async def test_purge_reaches_a_one_row_log_and_dry_run_changes_nothing(client, d
     conn = await synced(client, pair["access_token"], "notes")
     conn.doc.get("food_logs", type=Map)["a"] = Map({"food_id": "rice"})
     await eventually(lambda: _stored(db, user_id, "notes", {"a": {"food_id": "rice"}}))
-    assert (await _cli(services, "compact", "--doc", ref, "--min-updates", "1"))[0] == 0
+    assert (await run_cli(services, "compact", "--doc", ref, "--min-updates", "1"))[0] == 0
     assert len(await _rows(db, user_id, "notes")) == 1  # below plain compact's default 2
 
-    code, out, err = await _cli(services, "compact", "--doc", ref, "--purge", "--dry-run")
+    code, out, err = await run_cli(services, "compact", "--doc", ref, "--purge", "--dry-run")
     assert code == 0, err
     assert "would compact 1 documents" in out and "1 earlier snapshots of them would be" in out
     before = await _snapshot_ids(db, user_id)
     assert len(before) == 1
 
-    code, out, err = await _cli(services, "compact", "--doc", ref, "--purge")
+    code, out, err = await run_cli(services, "compact", "--doc", ref, "--purge")
     assert code == 0, err
     assert "compacted 1 documents" in out and "1 earlier snapshots of them dropped" in out
     after = await _snapshot_ids(db, user_id)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -21,20 +20,10 @@ from storage.audit import AuditEntry
 from storage.erasure import erase_account
 from storage.foods import FoodStore, NewFood
 
-from .conftest import Client, ServiceUrls, register, synced
-from .test_cli import _cli
+from .conftest import Client, register, run_cli, synced
 from .yclient import YClient, eventually
 
 PASSWORD = "correct horse"
-
-
-@pytest.fixture
-async def redis(services: ServiceUrls) -> AsyncIterator[Redis]:
-    client = Redis.from_url(services.redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 @dataclass
@@ -186,11 +175,11 @@ async def test_erasing_through_the_route_leaves_nothing_but_stripped_audit_entri
 async def test_erasing_through_the_command_is_the_same(make_client, pool, db, redis, services):
     first, second = await make_client(), await make_client()
     account = await _full_account(first, second, pool)
-    code, out, err = await _cli(services, "user", "delete", account.email, "--yes")
+    code, out, err = await run_cli(services, "user", "delete", account.email, "--yes")
     assert code == 0, err
     await _sockets_closed(account)
     await _assert_erased(account, db, redis)
-    again, _, err = await _cli(services, "user", "delete", str(account.id), "--yes")
+    again, _, err = await run_cli(services, "user", "delete", str(account.id), "--yes")
     assert again == 3 and "no account" in err
 
 

@@ -4,11 +4,8 @@ measured by bench/export.py, not here."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import os
 import stat
-import sys
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +20,7 @@ from modi_sync.app_keys import REGISTRY, UPDATE_LOG
 from modi_sync.contract import DOCUMENT_ROOTS
 from storage.foods import FoodStore, NewFood
 
-from .conftest import JWT_SECRET, Client, ServiceUrls, register, synced, unique_gtin13
+from .conftest import Client, register, run_cli_raw, synced, unique_gtin13
 from .yclient import eventually
 
 EXPORT = "/api/v1/users/me/export"
@@ -261,22 +258,11 @@ async def test_an_error_midway_cuts_the_connection(client, caplog):
 # -- modi-sync user export ----------------------------------------------------------------
 
 
-async def _cli(services: ServiceUrls, *args: str) -> tuple[int, bytes, str]:
-    env = dict(os.environ, DATABASE_URL=services.database_url, REDIS_URL=services.redis_url,
-               JWT_SECRET=JWT_SECRET)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modi_sync.cli", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out, err.decode()
-
-
 async def test_the_command_writes_the_same_export(services, client, pool, tmp_path: Path):
     pair, socket = await _account_with_data(client, pool)
     await socket.disconnect()
     output = tmp_path / "export.json"
-    code, out, err = await _cli(services, "user", "export", pair["user"]["email"],
+    code, out, err = await run_cli_raw(services, "user", "export", pair["user"]["email"],
                                 "--output", str(output))
     assert code == 0, err
     assert out == b""
@@ -294,7 +280,7 @@ async def test_the_command_writes_the_same_export(services, client, pool, tmp_pa
     assert data["audit"][-1]["ip"] is None
 
     # By id, to stdout.
-    code, out, err = await _cli(services, "user", "export", pair["user"]["id"])
+    code, out, err = await run_cli_raw(services, "user", "export", pair["user"]["id"])
     assert code == 0, err
     by_id = orjson.loads(out)["data"]
     assert by_id["profile"] == data["profile"]
@@ -304,7 +290,7 @@ async def test_the_command_writes_the_same_export(services, client, pool, tmp_pa
 
 async def test_the_command_says_when_there_is_no_such_account(services, tmp_path: Path):
     output = tmp_path / "nobody.json"
-    code, out, err = await _cli(services, "user", "export", "nobody@example.com",
+    code, out, err = await run_cli_raw(services, "user", "export", "nobody@example.com",
                                 "--output", str(output))
     assert code == 3
     assert "no account nobody@example.com" in err

@@ -4,13 +4,11 @@ progress bar, and the autoload of the embedded default."""
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import os
 import pty
 import re
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -41,7 +39,7 @@ from modi_sync.food_import import (
 )
 from storage.food_cache import FOODS_VERSION
 
-from .conftest import JWT_SECRET, ServerProcess, ServiceUrls, _with_database
+from .conftest import JWT_SECRET, ServerProcess, ServiceUrls, _with_database, run_cli
 
 HEADER = "source_id,name,brand,barcode,calories,protein,carbs,fat\n"
 
@@ -53,33 +51,12 @@ def _barcode(seed: int | None = None) -> str:
     return body + str((10 - total % 10) % 10)
 
 
-async def _cli(dsn: str, services: ServiceUrls, *args: str) -> tuple[int, str, str]:
-    env = dict(os.environ, DATABASE_URL=dsn, REDIS_URL=services.redis_url,
-               JWT_SECRET=JWT_SECRET)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modi_sync.cli", "foods", "import", *args, env=env,
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def _rows(db: asyncpg.Connection, source: str) -> dict[str, asyncpg.Record]:
     rows = await db.fetch(
         "SELECT source_id, name, brand, barcode, calories, protein, carbs, fat, verified,"
         " verified_at, created_by, updated_at, xmin::text AS xmin"
         " FROM foods WHERE source = $1", source)
     return {row["source_id"]: row for row in rows}
-
-
-@pytest.fixture
-async def redis(services: ServiceUrls) -> AsyncIterator[Redis]:
-    client = Redis.from_url(services.redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def _foods_version(redis: Redis) -> int:
@@ -104,7 +81,7 @@ async def test_a_csv_imports_verified_foods_and_a_second_import_changes_nothing(
                     + "a3,Crème fraîche,,,292,2.1,2.9,30\n")
     source = path.name.removesuffix(".csv")  # rows naming no source take the file's name
 
-    code, out, err = await _cli(services.database_url, services, str(path))
+    code, out, err = await run_cli(services, "foods", "import", str(path))
     assert code == 0, err
     assert out.strip() == f"{path.name}: 3 inserted, 0 updated, 0 unchanged, 0 invalid"
     first = await _rows(db, source)
@@ -115,7 +92,7 @@ async def test_a_csv_imports_verified_foods_and_a_second_import_changes_nothing(
     assert all(r["verified"] and r["verified_at"] and r["created_by"] is None
                for r in first.values())
 
-    code, out, err = await _cli(services.database_url, services, str(path))
+    code, out, err = await run_cli(services, "foods", "import", str(path))
     assert code == 0, err
     assert "0 inserted, 0 updated, 3 unchanged" in out
     second = await _rows(db, source)
@@ -123,7 +100,7 @@ async def test_a_csv_imports_verified_foods_and_a_second_import_changes_nothing(
            [(r["xmin"], r["updated_at"]) for r in first.values()]  # not one row written
 
     path.write_text(HEADER + f"a1,\"Oats, rolled\",Acme,{upc},380,13.15,67.7,6.52\n")
-    code, out, err = await _cli(services.database_url, services, str(path))
+    code, out, err = await run_cli(services, "foods", "import", str(path))
     assert "0 inserted, 1 updated, 0 unchanged" in out
     assert (await _rows(db, source))["a1"]["calories"] == 380
 
@@ -193,7 +170,7 @@ async def test_invalid_rows_are_reported_by_line_and_nothing_is_imported(
         services, db, tmp_path):
     path = tmp_path / f"bad-{uuid.uuid4().hex[:8]}.csv"
     _invalid_csv(path, _barcode())
-    code, out, err = await _cli(services.database_url, services, str(path))
+    code, out, err = await run_cli(services, "foods", "import", str(path))
     assert code == 65
     assert re.findall(r"line \d+: .*", err) == EXPECTED_INVALID
     assert "9 invalid rows; nothing imported" in err
@@ -205,7 +182,7 @@ async def test_skip_invalid_imports_the_valid_rows_and_still_reports_the_rest(
         services, db, tmp_path):
     path = tmp_path / f"bad-{uuid.uuid4().hex[:8]}.csv"
     _invalid_csv(path, _barcode())
-    code, out, err = await _cli(services.database_url, services, str(path), "--skip-invalid")
+    code, out, err = await run_cli(services, "foods", "import", str(path), "--skip-invalid")
     assert code == 0, err
     assert re.findall(r"line \d+: .*", err) == EXPECTED_INVALID
     assert "2 inserted, 0 updated, 0 unchanged, 9 invalid" in out
@@ -269,12 +246,12 @@ async def test_a_csv_over_the_row_bound_is_refused_whole(pool, redis, db, tmp_pa
 
 async def test_a_file_that_is_neither_csv_nor_json_nor_there_is_refused(services, tmp_path):
     (tmp_path / "foods.xml").write_text("<foods/>")
-    code, _, err = await _cli(services.database_url, services, str(tmp_path / "foods.xml"))
+    code, _, err = await run_cli(services, "foods", "import", str(tmp_path / "foods.xml"))
     assert code == 65 and ".csv, .json" in err
-    code, _, err = await _cli(services.database_url, services, str(tmp_path / "none.csv"))
+    code, _, err = await run_cli(services, "foods", "import", str(tmp_path / "none.csv"))
     assert code == 66 and "none.csv" in err
     (tmp_path / "nohead.csv").write_text("id,title\n1,x\n")
-    code, _, err = await _cli(services.database_url, services, str(tmp_path / "nohead.csv"))
+    code, _, err = await run_cli(services, "foods", "import", str(tmp_path / "nohead.csv"))
     assert code == 65 and "no column name, calories" in err
 
 
@@ -316,7 +293,7 @@ def _read_all(leader: int) -> str:
 async def test_the_command_draws_no_bar_into_a_pipe(services, tmp_path):
     path = tmp_path / f"quiet-{uuid.uuid4().hex[:8]}.csv"
     path.write_text(HEADER + "1,Pear,,,57,0.36,15.23,0.14\n")
-    code, out, err = await _cli(services.database_url, services, str(path))
+    code, out, err = await run_cli(services, "foods", "import", str(path))
     assert code == 0 and "\r" not in out + err and "[#" not in err
 
 
@@ -363,7 +340,7 @@ async def test_the_first_start_loads_the_dataset_and_a_later_one_does_not(
         assert await conn.fetchval("SELECT count(*) FROM foods") == 8788
 
         # The one command for a fresh install (or a repair): the dataset, no FILE.
-        code, out, err = await _cli(fresh_dsn, services)
+        code, out, err = await run_cli(services, "foods", "import", database_url=fresh_dsn)
         assert code == 0, err
         assert "1 inserted, 0 updated, 8788 unchanged, 0 invalid" in out
     finally:

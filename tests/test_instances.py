@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import pytest
 from pycrdt import Doc, Map
 from redis.asyncio import Redis
 
@@ -34,7 +32,7 @@ from storage.doc_events import (
 )
 from storage.update_log import UpdateLog
 
-from .conftest import Client, ServiceUrls, register, synced
+from .conftest import Client, register, synced
 from .yclient import eventually
 
 
@@ -155,15 +153,6 @@ async def test_a_password_change_on_one_instance_refuses_old_tokens_on_the_other
     assert resp.status == 200
     assert await there.wait_closed(timeout=2) == 4401  # the second instance heard of it
     assert (await second.get("/api/v1/docs", headers=old)).status == 401
-
-
-@pytest.fixture
-async def redis(services: ServiceUrls) -> AsyncIterator[Redis]:
-    client = Redis.from_url(services.redis_url)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def test_an_instance_alone_publishes_nothing_and_starts_on_a_hello(make_client, redis, db):

@@ -5,9 +5,7 @@ the audit log's append-only trigger that only retention (and erasure) get past."
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -21,21 +19,10 @@ from modi_sync.retention import retention_pass
 from modi_sync.runtime import Storage, open_storage
 from storage.retention import RETENTION_LOCK
 
-from .conftest import JWT_SECRET, ServiceUrls, register
+from .conftest import register, run_cli
 from .yclient import eventually
 
 DAY = timedelta(days=1)
-
-
-async def _cli(services: ServiceUrls, *args: str) -> tuple[int, str, str]:
-    env = dict(os.environ, DATABASE_URL=services.database_url, REDIS_URL=services.redis_url,
-               JWT_SECRET=JWT_SECRET)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modi_sync.cli", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def _audit_entry(db: asyncpg.Connection, age: timedelta) -> str:
@@ -85,7 +72,7 @@ async def test_the_command_removes_what_is_past_retention_and_keeps_the_rest(
     old_entry, new_entry = await _audit_entry(db, 366 * DAY), await _audit_entry(db, 364 * DAY)
     old_snap, new_snap = await _snapshot(db, doc_id, 31 * DAY), await _snapshot(db, doc_id, DAY)
 
-    code, out, err = await _cli(services, "retention", "run")
+    code, out, err = await run_cli(services, "retention", "run")
     assert code == 0, err
     match = re.fullmatch(r"removed (\d+) audit entries, (\d+) snapshots, \d+ images\n", out)
     assert match and int(match[1]) >= 1 and int(match[2]) >= 1, out
@@ -108,7 +95,7 @@ async def test_a_pass_skips_while_another_instance_holds_the_lock(services, stor
         assert await db.fetchval("SELECT pg_try_advisory_xact_lock($1::bigint)",
                                  RETENTION_LOCK)
         assert await retention_pass(storage) is None
-        code, _, err = await _cli(services, "retention", "run")
+        code, _, err = await run_cli(services, "retention", "run")
         assert code == 75 and "another instance" in err
         assert await _audit_kept(db, old_entry)
     removed = await retention_pass(storage)  # the lock went with that transaction

@@ -3,29 +3,13 @@ run finds no such account (exit 3); without ``--yes`` the email must be typed.""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import sys
 import uuid
 
 import asyncpg
 from pycrdt import Map
 
-from .conftest import JWT_SECRET, ServiceUrls, register, synced
+from .conftest import register, run_cli, synced
 from .yclient import eventually
-
-
-async def _cli(services: ServiceUrls, *args: str,
-               stdin: bytes = b"") -> tuple[int, str, str]:
-    env = dict(os.environ, DATABASE_URL=services.database_url, REDIS_URL=services.redis_url,
-               JWT_SECRET=JWT_SECRET)
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "modi_sync.cli", *args, env=env,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(stdin), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def _held(db: asyncpg.Connection, user_id: uuid.UUID) -> tuple[int, int]:
@@ -46,14 +30,14 @@ async def test_user_delete_erases_the_account_and_a_second_run_finds_none(client
 
     await eventually(document_stored)
 
-    code, out, err = await _cli(services, "user", "delete", email.upper(), "--yes")
+    code, out, err = await run_cli(services, "user", "delete", email.upper(), "--yes")
     assert code == 0, err
     assert f"erased account {user_id}" in out and "audit entries stripped" in out
     assert email not in out  # the output may end up in a log; the email must not
     assert await _held(db, user_id) == (0, 0)
     assert await conn.wait_closed() == 4401  # its socket closed, as for the REST route
 
-    code, out, err = await _cli(services, "user", "delete", str(user_id), "--yes")
+    code, out, err = await run_cli(services, "user", "delete", str(user_id), "--yes")
     assert code == 3 and f"no account {user_id}" in err and out == ""
 
 
@@ -61,11 +45,11 @@ async def test_user_delete_wants_the_email_typed_without_yes(client, db, service
     email = f"confirm-{uuid.uuid4().hex[:8]}@example.com"
     user_id = uuid.UUID((await register(client, email))["user"]["id"])
 
-    code, _, err = await _cli(services, "user", "delete", str(user_id), stdin=b"wrong@x.y\n")
+    code, _, err = await run_cli(services, "user", "delete", str(user_id), stdin=b"wrong@x.y\n")
     assert code == 1 and "nothing erased" in err
     assert (await _held(db, user_id))[0] == 1
 
-    code, out, err = await _cli(services, "user", "delete", str(user_id),
+    code, out, err = await run_cli(services, "user", "delete", str(user_id),
                                 stdin=email.encode() + b"\n")
     assert code == 0, err
     assert (await _held(db, user_id))[0] == 0
