@@ -95,6 +95,26 @@ async def _post_update(server: ServerProcess, token: str, key: str) -> tuple[int
         return resp.status, await resp.json()
 
 
+async def _closed_and_writing_offline(scribes: list[Scribe]) -> None:
+    """The writers' rooms failed to store and closed them (1011); they write on offline."""
+    await eventually(lambda: all(CloseCode.INTERNAL_ERROR in s.closes for s in scribes),
+                     timeout=30)
+    before = {s.tag: len(s.written) for s in scribes}
+    await eventually(lambda: all(len(s.written) >= before[s.tag] + 100 for s in scribes))
+
+
+async def _all_hold_everything(server: ServerProcess, token: str, scribes: list[Scribe],
+                               everyone: list[Scribe]) -> set[str]:
+    """After the fault: the writers stop, the update refused over HTTP was sent again,
+    and every client holds every entry written. Returns the entries written."""
+    for scribe in scribes:
+        scribe.stop_writing()
+    await eventually(lambda: _posted(server, token, "http-0"))
+    written = {k for s in scribes for k in s.written} | {"http-0"}
+    await eventually(lambda: all(s.held() >= written for s in everyone), timeout=30)
+    return written
+
+
 async def _posted(server: ServerProcess, token: str, key: str) -> bool:
     """Sent again until stored, as an app's background sync does after a 503."""
     return (await _post_update(server, token, key))[0] == 200
@@ -204,13 +224,9 @@ async def test_postgres_restarted_while_clients_write(pg_setup: PgSetup) -> None
 
             await asyncio.to_thread(pg.stop)
             down = loop.time()
-            written_before = {s.tag: len(s.written) for s in scribes}
             # 503 while it is down (each probe waits up to 2 s for PostgreSQL).
             await eventually(lambda: _ready_is(server, 503))
-            # The writers' rooms failed to store and closed them; they write on offline.
-            await eventually(lambda: all(CloseCode.INTERNAL_ERROR in s.closes for s in scribes))
-            await eventually(lambda: all(len(s.written) >= written_before[s.tag] + 100
-                                         for s in scribes))
+            await _closed_and_writing_offline(scribes)
             # A write over HTTP meanwhile: refused, so the app sends it again later.
             outage_post = await _post_update(server, token, "http-0")
 
@@ -221,11 +237,7 @@ async def test_postgres_restarted_while_clients_write(pg_setup: PgSetup) -> None
             await eventually(lambda: _ready_is(server, 200), timeout=30)
             figures.ready_after_s = loop.time() - up
 
-            for scribe in scribes:
-                scribe.stop_writing()
-            await eventually(lambda: _posted(server, token, "http-0"))
-            written = {k for s in scribes for k in s.written} | {"http-0"}
-            await eventually(lambda: all(s.held() >= written for s in everyone), timeout=30)
+            written = await _all_hold_everything(server, token, scribes, everyone)
             figures.converged_after_s = loop.time() - up
         finally:
             for scribe in everyone:
@@ -460,11 +472,7 @@ async def test_postgres_disk_full_while_clients_write(
 
             filled = await asyncio.to_thread(fill, filler)
             full = loop.time()
-            await eventually(lambda: all(CloseCode.INTERNAL_ERROR in s.closes for s in scribes),
-                             timeout=30)
-            written_before = {s.tag: len(s.written) for s in scribes}
-            await eventually(lambda: all(len(s.written) >= written_before[s.tag] + 100
-                                         for s in scribes))
+            await _closed_and_writing_offline(scribes)
             outage_post = await _post_update(server, token, "http-0")
 
             filler.unlink()
@@ -473,11 +481,7 @@ async def test_postgres_disk_full_while_clients_write(
             assert cluster.running(), "PostgreSQL itself stopped on the full disk"
             await eventually(lambda: _ready_is(server, 200), timeout=30)
             figures.ready_after_s = loop.time() - freed
-            for scribe in scribes:
-                scribe.stop_writing()
-            await eventually(lambda: _posted(server, token, "http-0"))
-            written = {k for s in scribes for k in s.written} | {"http-0"}
-            await eventually(lambda: all(s.held() >= written for s in everyone), timeout=30)
+            written = await _all_hold_everything(server, token, scribes, everyone)
             figures.converged_after_s = loop.time() - freed
         finally:
             for scribe in everyone:
