@@ -25,47 +25,9 @@ import * as Y from 'yjs'
 import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
 import * as awarenessProtocol from 'y-protocols/awareness'
-import * as readline from 'node:readline'
+import { cfg, emit, now, sleep, urlFor, waitFor } from './driven.mjs'
 
-const cfg = JSON.parse(process.argv[2])
 const REMOTE = Symbol('remote')
-const now = () => performance.now()
-const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-
-const hardTimer = setTimeout(() => {
-  emit({ result: { ok: false, error: `hard time limit ${cfg.hardLimitMs} ms reached` } })
-  process.exit(3)
-}, cfg.hardLimitMs ?? 300000)
-hardTimer.unref()
-
-// Words from the driving script, one a line on stdin.
-const words = []
-let wordWaiter = null
-let stdinEnded = false
-const rl = readline.createInterface({ input: process.stdin })
-rl.on('line', (line) => { words.push(line.trim()); wordWaiter?.() })
-rl.on('close', () => { stdinEnded = true; wordWaiter?.() })
-const waitFor = async (word, ms) => {
-  const until = now() + ms
-  while (now() < until) {
-    const i = words.indexOf(word)
-    if (i >= 0) { words.splice(i, 1); return true }
-    if (stdinEnded) return false
-    await new Promise((resolve) => {
-      const timer = setTimeout(resolve, Math.max(0, until - now()))
-      wordWaiter = () => { clearTimeout(timer); resolve() }
-    })
-    wordWaiter = null
-  }
-  return false
-}
-
-const urlFor = (tokenIndex, name) => {
-  const tokens = cfg.tokens ?? ['']
-  return cfg.urlTemplate.replace('{name}', encodeURIComponent(name))
-    .replace('{token}', encodeURIComponent(tokens[tokenIndex % tokens.length]))
-}
 
 const MSG_SYNC = 0
 const STEP1 = 0

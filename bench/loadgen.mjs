@@ -26,49 +26,10 @@ import WebSocket, { WebSocketServer } from 'ws'
 import * as Y from 'yjs'
 import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
-import * as readline from 'node:readline'
+import { cfg, emit, now, sleep, urlFor, waitFor } from './driven.mjs'
 
-const cfg = JSON.parse(process.argv[2])
 const HOCUS = cfg.proto === 'hocuspocus'
 const REMOTE = Symbol('remote')
-const now = () => performance.now()
-const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
-
-// Whatever happens, this process ends.
-const hardTimer = setTimeout(() => {
-  emit({ result: { ok: false, error: `hard time limit ${cfg.hardLimitMs} ms reached` } })
-  process.exit(3)
-}, cfg.hardLimitMs ?? 300000)
-hardTimer.unref()
-
-// Wait for `word` on a line of stdin (run.py's go-ahead), at most `ms`.
-const stdinLines = []
-let stdinWaiter = null
-let stdinEnded = false
-const rl = readline.createInterface({ input: process.stdin })
-rl.on('line', (line) => { stdinLines.push(line.trim()); stdinWaiter?.() })
-rl.on('close', () => { stdinEnded = true; stdinWaiter?.() })
-const waitFor = async (word, ms) => {
-  const until = now() + ms
-  while (now() < until) {
-    const i = stdinLines.indexOf(word)
-    if (i >= 0) { stdinLines.splice(i, 1); return true }
-    if (stdinEnded || cfg.noStdin) return false
-    await new Promise((resolve) => {
-      const timer = setTimeout(resolve, Math.max(0, until - now()))
-      stdinWaiter = () => { clearTimeout(timer); resolve() }
-    })
-    stdinWaiter = null
-  }
-  return false
-}
-
-const urlFor = (docIndex, name) => {
-  const tokens = cfg.tokens ?? ['']
-  return cfg.urlTemplate.replace('{name}', encodeURIComponent(name))
-    .replace('{token}', encodeURIComponent(tokens[docIndex % tokens.length]))
-}
 
 // -- one client -------------------------------------------------------------------------
 
