@@ -82,30 +82,30 @@ class Documents:
     # -- one document ---------------------------------------------------------------------
 
     async def json(self, user_id: UUID, name: str) -> dict[str, Any]:
-        """The document schema's roots as JSON; other roots are left out."""
+        """The document schema's roots as JSON; other roots are left out. Read a slice
+        of entries at a time, as ``entries`` reads them, so that a large document does
+        not hold the event loop (docs/performance.md, "Figures behind the code"): each
+        entry is read whole, as it is when its slice is."""
         room = await self._room(user_id, name)
-        content = _content(room)
-        await self._stored(room.last_ticket)
+        content: dict[str, Any] = {}
+        for root in DOCUMENT_ROOTS:
+            part: dict[str, Any] = {}
+            async for items in _slices(room, root):
+                part.update(items)
+            content[root] = part
+        await self._stored(room.last_ticket)  # whatever was read, stored before it is shown
         return content
 
     async def entries(self, user_id: UUID, name: str, root: str,
                       ) -> AsyncIterator[list[Any]]:
         """The values of one map root, as JSON, ``_ENTRIES_AT_ONCE`` at a time, for a
         reader of a large root (the daily summary reads a food log of thousands of
-        entries). Reading 5,000 at once held the event loop for 20 to 70 ms, and pycrdt
-        keeps the GIL, so a thread would not help: the loop serves others between two
-        slices instead. An entry is read as it is when its slice is; one deleted
-        meanwhile is left out."""
+        entries): the loop serves others between two slices. An entry is read as it is
+        when its slice is; one deleted meanwhile is left out."""
         room = await self._room(user_id, name)
-        await self._stored(room.last_ticket)
-        shared = room.doc.get(root, type=Map)
-        keys = list(shared.keys())
-        for start in range(0, len(keys), _ENTRIES_AT_ONCE):
-            with room.doc.transaction():
-                values = [_json(value) for key in keys[start:start + _ENTRIES_AT_ONCE]
-                          if (value := shared.get(key)) is not None]
-            yield values
-            await asyncio.sleep(0)
+        async for items in _slices(room, root):
+            yield [value for _, value in items]
+        await self._stored(room.last_ticket)  # the reader's loop ends once all is stored
 
     async def stored_json(self, keys: Sequence[DocKey], roots: Sequence[str] = DOCUMENT_ROOTS,
                           ) -> dict[int, dict[str, Any]]:
@@ -281,8 +281,24 @@ class Documents:
 
 
 def _content(room: Room) -> dict[str, Any]:
-    """The document schema's roots as JSON; other roots are left out."""
-    return {root: room.doc.get(root, type=Map).to_py() or {} for root in DOCUMENT_ROOTS}
+    """The document schema's roots as JSON, all of one state; other roots are left out."""
+    with room.doc.transaction():
+        return {root: _root(room.doc, root) for root in DOCUMENT_ROOTS}
+
+
+async def _slices(room: Room, root: str) -> AsyncIterator[list[tuple[str, Any]]]:
+    """The (key, JSON value) entries of a map root, ``_ENTRIES_AT_ONCE`` at a time, the
+    event loop serving others between two slices. pycrdt keeps the GIL, so a thread
+    would not help. An entry deleted meanwhile is left out."""
+    shared = room.doc.get(root, type=Map)
+    keys = list(shared.keys())
+    for start in range(0, len(keys), _ENTRIES_AT_ONCE):
+        if start:
+            await asyncio.sleep(0)
+        with room.doc.transaction():  # closed before the yield: the reader may await
+            items = [(key, _json(value)) for key in keys[start:start + _ENTRIES_AT_ONCE]
+                     if (value := shared.get(key)) is not None]
+        yield items
 
 
 def _root(doc: Doc[Any], root: str) -> Any:

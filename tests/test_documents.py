@@ -46,6 +46,38 @@ async def test_an_update_through_the_service_is_stored_first_then_reaches_anothe
     await listener.disconnect()
 
 
+async def test_a_large_document_is_read_as_json_a_slice_at_a_time(client):
+    """GET /api/v1/docs/{name} of a large document lets the event loop serve others
+    between slices of entries, rather than holding it for the whole document."""
+    pair = await register(client)
+    user_id = UUID(pair["user"]["id"])
+    documents = client.server.app[DOCUMENTS]
+    doc = Doc()
+    workouts = doc.get("workouts", type=Map)
+    with doc.transaction():
+        for i in range(1200):  # five slices
+            workouts[f"w{i}"] = Map({"name": "squat", "sets": i})
+    await documents.apply(user_id, "big", doc.get_update())
+
+    turns = 0
+    reading = True
+
+    async def ticker() -> None:
+        nonlocal turns
+        while reading:
+            turns += 1
+            await asyncio.sleep(0)
+
+    ticking = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    turns = 0
+    content = await documents.json(user_id, "big")
+    reading = False
+    await ticking
+    assert content["workouts"] == workouts.to_py()
+    assert turns >= 4  # a turn of the loop between each two of the five slices
+
+
 async def test_json_state_and_deletion(client, db):
     pair = await register(client)
     user_id = UUID(pair["user"]["id"])
