@@ -34,7 +34,7 @@ db_user() {
 }
 
 sql() {  # sql PORT STATEMENT: one statement on a node's postgres database
-    as_owner "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -At -h "$HOST" -p "$1" \
+    PGOPTIONS="-c client_min_messages=warning" as_owner "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -At -h "$HOST" -p "$1" \
         -U "$(db_user)" -d postgres -c "$2"
 }
 
