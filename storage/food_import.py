@@ -67,7 +67,11 @@ WITH written AS (
         name = EXCLUDED.name, brand = EXCLUDED.brand, barcode = EXCLUDED.barcode,
         calories = EXCLUDED.calories, protein = EXCLUDED.protein,
         carbs = EXCLUDED.carbs, fat = EXCLUDED.fat,
-        verified = true, verified_at = coalesce(f.verified_at, now()), updated_at = now()
+        -- EXCLUDED's times are now() (the column default for updated_at): Citus takes
+        -- no now() in DO UPDATE SET ("functions used in the DO UPDATE SET clause of
+        -- INSERTs on distributed tables must be marked IMMUTABLE").
+        verified = true, verified_at = coalesce(f.verified_at, EXCLUDED.verified_at),
+        updated_at = EXCLUDED.updated_at
     -- Only a row that differs is written: a second import leaves every row as it was.
     WHERE (f.name, f.brand, f.barcode, f.calories, f.protein, f.carbs, f.fat, f.verified)
           IS DISTINCT FROM

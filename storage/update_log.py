@@ -40,11 +40,15 @@ JOIN documents d ON d.user_id = w.user_id AND d.name = w.name
 """
 
 # The names of the documents of many users, at most $2 each (the caller asks for one
-# more than it keeps, to tell a list cut short).
+# more than it keeps, to tell a list cut short). A window per user rather than a LIMIT
+# in a lateral subquery, which Citus cannot push down to the shards ("Limit clause is
+# currently unsupported when a lateral subquery references a column from a table
+# function"); it reads each user's document rows, as _TOTALS_MANY does in the same batch.
 _NAMES_MANY = """
-SELECT w.user_id, d.name
-FROM unnest($1::uuid[]) AS w(user_id)
-CROSS JOIN LATERAL (SELECT name FROM documents WHERE user_id = w.user_id LIMIT $2) d
+SELECT user_id, name
+FROM (SELECT user_id, name, row_number() OVER (PARTITION BY user_id) AS n
+      FROM documents WHERE user_id = ANY($1::uuid[])) d
+WHERE n <= $2
 """
 
 # How many documents each of many users has, and their stored bytes.

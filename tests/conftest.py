@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -71,6 +72,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceUrls]:
             _run_sql(external_db, f'CREATE DATABASE "{name}"')
             started.append(lambda: _run_sql(external_db, f'DROP DATABASE "{name}" WITH (FORCE)'))
             database_url = _with_database(external_db, name)
+            _citus_workers(external_db, name, started)
         else:
             pg = EmbeddedPostgres(_private_dir() / "pg")
             database_url = pg.start()
@@ -85,6 +87,29 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceUrls]:
     finally:
         for stop in reversed(started):
             stop()
+
+
+def _citus_workers(coordinator: str, name: str, started: list) -> None:
+    """With ``MODI_TEST_CITUS_WORKERS`` ("host:port,..."), ``DATABASE_URL`` is a Citus
+    coordinator (scripts/citus_cluster.sh): the session's database is made on each worker
+    too, the citus extension in every copy, and the workers registered in the
+    coordinator's; migration 007 then distributes the tables (docs/scaling.md)."""
+    workers = [w for w in os.environ.get("MODI_TEST_CITUS_WORKERS", "").split(",") if w]
+    if not workers:
+        return
+    url = urlsplit(coordinator)
+    user = url.netloc.rpartition("@")[0]
+    for worker in workers:
+        dsn = url._replace(netloc=f"{user}@{worker}" if user else worker).geturl()
+        _run_sql(dsn, f'CREATE DATABASE "{name}"')
+        started.append(lambda dsn=dsn: _run_sql(dsn, f'DROP DATABASE "{name}" WITH (FORCE)'))
+        _run_sql(_with_database(dsn, name), "CREATE EXTENSION citus")
+    here = _with_database(coordinator, name)
+    _run_sql(here, "CREATE EXTENSION citus")
+    _run_sql(here, f"SELECT citus_set_coordinator_host('{url.hostname}', {url.port or 5432})")
+    for worker in workers:
+        host, _, port = worker.rpartition(":")
+        _run_sql(here, f"SELECT citus_add_node('{host}', {int(port)})")
 
 
 def _private_dir() -> Path:

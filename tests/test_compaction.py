@@ -20,7 +20,8 @@ from .yclient import YClient, eventually
 
 async def _rows(db: asyncpg.Connection, user_id: uuid.UUID, name: str) -> list[bytes]:
     return [r[0] for r in await db.fetch(
-        "SELECT u.data FROM doc_updates u JOIN documents d ON d.id = u.doc_id"
+        "SELECT u.data FROM doc_updates u"
+        " JOIN documents d ON d.user_id = u.user_id AND d.id = u.doc_id"
         " WHERE d.user_id = $1 AND d.name = $2 ORDER BY u.seq", user_id, name)]
 
 

@@ -38,7 +38,7 @@ async def test_a_dedicated_connection_lost_while_idle_is_replaced(pool, db):
     try:
         first = await dedicated.fetchval("SELECT pg_backend_pid()")
         # With a timeout it returns once the backend has exited, not when signalled.
-        assert await db.fetchval("SELECT pg_terminate_backend($1, 10000)", first)
+        assert await db.fetchval("SELECT pg_terminate_backend($1::int, 10000)", first)
         with contextlib.suppress(*_LOST):  # fails only if the loss is not noticed yet
             await dedicated.fetchval("SELECT 1")
         assert await dedicated.fetchval("SELECT pg_backend_pid()") != first
@@ -52,7 +52,7 @@ async def test_a_dedicated_connection_lost_during_a_query_fails_it_then_is_repla
         first = await dedicated.fetchval("SELECT pg_backend_pid()")
         sleeping = asyncio.ensure_future(dedicated.execute("SELECT pg_sleep(30)"))
         await eventually(lambda: _is_sleeping(db, first))
-        assert await db.fetchval("SELECT pg_terminate_backend($1, 10000)", first)
+        assert await db.fetchval("SELECT pg_terminate_backend($1::int, 10000)", first)
         with pytest.raises(_LOST):
             await asyncio.wait_for(sleeping, 10)
         assert await dedicated.fetchval("SELECT pg_backend_pid()") != first
