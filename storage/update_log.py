@@ -88,39 +88,40 @@ SELECT w.o, m.id FROM made m JOIN wanted w ON w.user_id = m.user_id AND w.name =
 # One statement for a whole batch. Each document's counter gives its updates their
 # seq, in batch order (a batch may hold several rows of one document): numbers no
 # global sequence hands out, so one document's updates are ordered by the document's
-# own row, on whatever node holds it. The documents' rows are locked first, in
-# (user_id, id) order, so two instances writing some of the same documents wait for
-# each other in one order, never in a cycle; a document deleted meanwhile is not
-# found, and its updates are dropped (the statement returns no seq for them). The lock
-# is FOR NO KEY UPDATE, what the counter's update takes anyway: the foreign-key checks
-# of other writers (snapshots, food counts) do not wait for it. The lookup goes through
-# documents_id (id = ANY), one index probe per document whatever the table's size.
+# own row, on whatever node holds it. The UPDATE that moves a counter locks its row
+# and, in READ COMMITTED, reads the newest value of a row another instance moved
+# meanwhile, so two batches of one document get distinct seqs; a document deleted
+# meanwhile is not found, and its updates are dropped (the statement returns no seq
+# for them). The counters are locked in the order the plan meets their rows: on plain
+# PostgreSQL an index scan of documents_id (id = ANY, one probe per document whatever
+# the table's size) meets them in id order, so two instances writing some of the same
+# documents wait for each other in one order. No plan promises that order, and on
+# Citus each shard locks its own, so a deadlock stays possible: PostgreSQL then aborts
+# one statement, and ``append_many`` runs it again. An explicit ordered lock (SELECT
+# ... ORDER BY ... FOR UPDATE) would rule it out, but Citus takes row locks only in a
+# statement on one shard, and a batch holds many users (docs/scaling.md).
 #
 # The same statement notes each document written to for the popular list's aggregator
 # (food_log_changes, modi_sync/popular.py): in the updates' transaction at no extra
 # round trip, and one row per document however often it is written. Notes go in in
-# (user_id, doc_id) order, for the same reason as the locks.
+# (user_id, doc_id) order, so two instances noting some of the same documents wait for
+# each other in one order, never in a cycle.
 _APPEND = """
 WITH batch AS (
     SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bytea[]) WITH ORDINALITY
         AS t(user_id, doc_id, data, o)
-), locked AS MATERIALIZED (
-    SELECT d.user_id, d.id, d.last_seq FROM documents d
-    WHERE d.id = ANY($2::bigint[]) AND (d.user_id, d.id) IN (SELECT user_id, doc_id FROM batch)
-    ORDER BY d.user_id, d.id
-    FOR NO KEY UPDATE
+), counted AS MATERIALIZED (
+    UPDATE documents d SET last_seq = d.last_seq + c.n
+    FROM (SELECT user_id, doc_id, count(*) AS n FROM batch GROUP BY user_id, doc_id) c
+    WHERE d.id = ANY($2::bigint[]) AND d.user_id = c.user_id AND d.id = c.doc_id
+    RETURNING d.user_id, d.id, d.last_seq - c.n AS base
 ), numbered AS MATERIALIZED (
     SELECT b.user_id, b.doc_id, b.data, b.o,
-           l.last_seq + row_number() OVER (PARTITION BY b.user_id, b.doc_id ORDER BY b.o)
-               AS seq
-    FROM batch b JOIN locked l ON l.user_id = b.user_id AND l.id = b.doc_id
-), counted AS (
-    UPDATE documents d SET last_seq = n.seq
-    FROM (SELECT user_id, doc_id, max(seq) AS seq FROM numbered GROUP BY user_id, doc_id) n
-    WHERE d.id = n.doc_id AND d.user_id = n.user_id
+           c.base + row_number() OVER (PARTITION BY b.user_id, b.doc_id ORDER BY b.o) AS seq
+    FROM batch b JOIN counted c ON c.user_id = b.user_id AND c.id = b.doc_id
 ), noted AS (
     INSERT INTO food_log_changes (user_id, doc_id)
-    SELECT user_id, id FROM locked ORDER BY user_id, id
+    SELECT user_id, id FROM counted ORDER BY user_id, id
     ON CONFLICT DO NOTHING
 ), stored AS (
     INSERT INTO doc_updates (user_id, doc_id, seq, data)
@@ -463,7 +464,13 @@ class UpdateLog:
         """
         if user_ids is None:
             user_ids = [(await self._key(d, None))[0] for d in doc_ids]
-        rows = await self._pool.fetch(_APPEND, list(user_ids), list(doc_ids), list(updates))
+        args = (list(user_ids), list(doc_ids), list(updates))
+        try:
+            rows = await self._pool.fetch(_APPEND, *args)
+        except asyncpg.DeadlockDetectedError:
+            # Its own transaction was rolled back whole, and the other one goes on:
+            # again, it waits for that one instead (the lock order above).
+            rows = await self._pool.fetch(_APPEND, *args)
         seqs: list[int | None] = [None] * len(doc_ids)
         for o, seq in rows:
             seqs[o - 1] = seq

@@ -404,3 +404,50 @@ async def test_a_new_document_of_a_deleted_user_fails_alone_not_the_batch(
     assert await _rows(db, made.doc_id) == [b"m"]
     assert (orphan.failures, fresh.failures) == (1, 1)
     assert orphan.committed_seqs == [] and fresh.committed_seqs == []
+
+
+async def _append_waits_for_a_lock(db: asyncpg.Connection) -> bool:
+    return bool(await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND query LIKE '%INSERT INTO food_log_changes%' AND datname = current_database()"))
+
+
+async def _row_locked(db: asyncpg.Connection, doc_id: int) -> bool:
+    try:
+        await db.execute("SELECT 1 FROM documents WHERE id = $1 FOR NO KEY UPDATE NOWAIT", doc_id)
+    except asyncpg.LockNotAvailableError:
+        return True
+    return False
+
+
+async def test_a_batch_that_deadlocks_with_another_writer_is_stored_on_its_second_try(
+        pool, services, db):
+    """The batch locks its documents' counters as its plan meets them; another writer
+    that locks two of them the other way round deadlocks with it. PostgreSQL aborts the
+    batch's statement (the rival waits 30 s before looking for deadlocks), and it is run
+    again and stored whole, once the rival is done."""
+    docs = [await _new_doc(pool), await _new_doc(pool)]
+    rival = await asyncpg.connect(services.database_url)
+    deadlocked, runs = False, 0
+    try:
+        await rival.execute("SET deadlock_timeout = '30s'")
+        for first, then in ((docs[1], docs[0]), (docs[0], docs[1])):
+            async with rival.transaction():
+                await rival.execute(
+                    "SELECT 1 FROM documents WHERE id = $1 FOR NO KEY UPDATE", first)
+                storing = asyncio.create_task(UpdateLog(pool).append_many(
+                    docs, [b"a", b"b"], [_OWNERS[d] for d in docs]))
+                await eventually(lambda: _append_waits_for_a_lock(db))
+                if await _row_locked(db, then):  # the batch holds it: a cycle
+                    deadlocked = True
+                    await rival.execute(
+                        "SELECT 1 FROM documents WHERE id = $1 FOR NO KEY UPDATE", then)
+            runs += 1
+            assert await asyncio.wait_for(storing, 30) == [runs, runs]
+            if deadlocked:
+                break
+    finally:
+        await rival.close()
+    assert deadlocked, "the batch never held one counter while waiting for the other"
+    assert await _rows(db, docs[0]) == [b"a"] * runs
+    assert await _rows(db, docs[1]) == [b"b"] * runs
