@@ -30,10 +30,12 @@ _UNLOCK = "SELECT pg_advisory_unlock($1::bigint)"
 # transaction still open would make every group commit that notes the same document
 # wait for that transaction (the unique index), and the hot path waits for nothing of
 # ours. A document written after this statement is noted again, for the next pass.
+# No row lock picks the notes: the pass's advisory lock already keeps other passes
+# out, and Citus refuses FOR UPDATE in a statement over many users' shards.
 _TAKE = """
 WITH taken AS (
     DELETE FROM food_log_changes WHERE (user_id, doc_id) IN (
-        SELECT user_id, doc_id FROM food_log_changes LIMIT $1 FOR UPDATE SKIP LOCKED
+        SELECT user_id, doc_id FROM food_log_changes LIMIT $1
     )
     RETURNING user_id, doc_id
 )

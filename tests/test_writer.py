@@ -412,9 +412,12 @@ async def _append_waits_for_a_lock(db: asyncpg.Connection) -> bool:
         " AND query LIKE '%INSERT INTO food_log_changes%' AND datname = current_database()"))
 
 
+_LOCK_DOC = "SELECT 1 FROM documents WHERE user_id = $1 AND id = $2 FOR NO KEY UPDATE"
+
+
 async def _row_locked(db: asyncpg.Connection, doc_id: int) -> bool:
     try:
-        await db.execute("SELECT 1 FROM documents WHERE id = $1 FOR NO KEY UPDATE NOWAIT", doc_id)
+        await db.execute(_LOCK_DOC + " NOWAIT", _OWNERS[doc_id], doc_id)
     except asyncpg.LockNotAvailableError:
         return True
     return False
@@ -426,6 +429,8 @@ async def test_a_batch_that_deadlocks_with_another_writer_is_stored_on_its_secon
     that locks two of them the other way round deadlocks with it. PostgreSQL aborts the
     batch's statement (the rival waits 30 s before looking for deadlocks), and it is run
     again and stored whole, once the rival is done."""
+    if await db.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'citus'"):
+        pytest.skip("on Citus the batch waits in the workers, out of this database's sight")
     docs = [await _new_doc(pool), await _new_doc(pool)]
     rival = await asyncpg.connect(services.database_url)
     deadlocked, runs = False, 0
@@ -433,15 +438,13 @@ async def test_a_batch_that_deadlocks_with_another_writer_is_stored_on_its_secon
         await rival.execute("SET deadlock_timeout = '30s'")
         for first, then in ((docs[1], docs[0]), (docs[0], docs[1])):
             async with rival.transaction():
-                await rival.execute(
-                    "SELECT 1 FROM documents WHERE id = $1 FOR NO KEY UPDATE", first)
+                await rival.execute(_LOCK_DOC, _OWNERS[first], first)
                 storing = asyncio.create_task(UpdateLog(pool).append_many(
                     docs, [b"a", b"b"], [_OWNERS[d] for d in docs]))
                 await eventually(lambda: _append_waits_for_a_lock(db))
                 if await _row_locked(db, then):  # the batch holds it: a cycle
                     deadlocked = True
-                    await rival.execute(
-                        "SELECT 1 FROM documents WHERE id = $1 FOR NO KEY UPDATE", then)
+                    await rival.execute(_LOCK_DOC, _OWNERS[then], then)
             runs += 1
             assert await asyncio.wait_for(storing, 30) == [runs, runs]
             if deadlocked:
