@@ -202,19 +202,20 @@ async def test_a_crash_midway_leaves_the_account_whole(make_client, pool, db):
     try:
         async with blocker.transaction():
             await blocker.execute(
-                "SELECT 1 FROM doc_updates u JOIN documents d ON d.id = u.doc_id "
-                "WHERE d.user_id = $1 FOR UPDATE OF u", user_id)
+                "SELECT 1 FROM doc_updates WHERE user_id = $1 FOR UPDATE", user_id)
             erasing = asyncio.create_task(erase_account(pool, user_id, AuditEntry(
                 "test", "account.deleted", "user", user_id)))
 
             async def stuck() -> int | None:
+                # Waiting for the lock; on Citus, for the worker that waits for it.
                 pid: int | None = await db.fetchval(
-                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                    "AND query LIKE 'DELETE FROM users%'")
+                    "SELECT pid FROM pg_stat_activity WHERE state = 'active' "
+                    "AND wait_event_type IN ('Lock', 'IPC', 'Client', 'Extension') "
+                    "AND query LIKE 'DELETE FROM users%' AND datname = current_database()")
                 return pid
 
             await eventually(stuck)
-            assert await db.fetchval("SELECT pg_terminate_backend($1)", await stuck())
+            assert await db.fetchval("SELECT pg_terminate_backend($1::int)", await stuck())
             with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError, OSError)):
                 await erasing
     finally:
