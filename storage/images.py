@@ -99,28 +99,35 @@ RETURNING id, doc_name, content_type, width, height, size, status, attempts, res
 _GET = _SELECT + "WHERE user_id = $1 AND id = $2"
 _OF_USER = _SELECT + "WHERE user_id = $1 ORDER BY created_at, id"
 
-# The oldest job that is queued, or whose lease ran out with attempts left.
+# The oldest job that is queued, or whose lease ran out with attempts left. No row lock
+# picks it (Citus refuses FOR UPDATE over many users' shards): two workers may pick the
+# same one, and the UPDATE's own condition, checked again on the newest row once the
+# other's update is committed, leaves the later one with nothing (``claim`` tries again).
 _CLAIM = """
-UPDATE images SET status = 'processing', attempts = attempts + 1, worker = $1,
-                  lease_until = now() + make_interval(secs => $2)
-WHERE (user_id, id) = (
+UPDATE images SET status = 'processing', attempts = attempts + 1, worker = $2,
+                  lease_until = now() + make_interval(secs => $3)
+WHERE (user_id, id) IN (
     SELECT user_id, id FROM images
     WHERE (status = 'queued' OR (status = 'processing' AND lease_until < now()))
-      AND attempts < $3
-    ORDER BY created_at
-    LIMIT 1
-    FOR UPDATE SKIP LOCKED)
+      AND attempts < $1
+    ORDER BY created_at LIMIT 1)
+  AND (status = 'queued' OR (status = 'processing' AND lease_until < now()))
+  AND attempts < $1
 RETURNING id, user_id, doc_name, data, attempts
 """
+_ANY_CLAIMABLE = """
+SELECT EXISTS (
+    SELECT 1 FROM images
+    WHERE (status = 'queued' OR (status = 'processing' AND lease_until < now()))
+      AND attempts < $1)
+"""
+_CLAIM_TRIES = 5  # claims lost to other workers in a row before this one gives up
 # Leases that ran out with no attempt left: their workers died every time.
 _ABANDONED = """
 UPDATE images SET status = 'failed', data = NULL, worker = NULL, lease_until = NULL,
                   finished_at = now(),
-                  error = 'its worker stopped ' || attempts || ' times while reading it'
-WHERE (user_id, id) IN (
-    SELECT user_id, id FROM images
-    WHERE status = 'processing' AND lease_until < now() AND attempts >= $1
-    FOR UPDATE SKIP LOCKED)
+                  error = 'its worker stopped ' || attempts::text || ' times while reading it'
+WHERE status = 'processing' AND lease_until < now() AND attempts >= $1
 RETURNING id, user_id, doc_name, status, error
 """
 _RENEW = """
@@ -134,11 +141,14 @@ WHERE user_id = $1 AND id = $2 AND worker = $3 AND status = 'processing'
 RETURNING id, user_id, doc_name, status, error
 """
 # A read that failed: queued again while attempts are left, else failed for good.
+_REQUEUED = """
+UPDATE images SET status = 'queued', worker = NULL, lease_until = NULL, error = $4
+WHERE user_id = $1 AND id = $2 AND worker = $3 AND status = 'processing'
+RETURNING id, user_id, doc_name, status, error
+"""
 _FAILED = """
-UPDATE images SET worker = NULL, lease_until = NULL, error = $4,
-                  status = CASE WHEN attempts < $5 THEN 'queued' ELSE 'failed' END,
-                  data = CASE WHEN attempts < $5 THEN data END,
-                  finished_at = CASE WHEN attempts < $5 THEN NULL ELSE now() END
+UPDATE images SET status = 'failed', worker = NULL, lease_until = NULL, error = $4,
+                  data = NULL, finished_at = now()
 WHERE user_id = $1 AND id = $2 AND worker = $3 AND status = 'processing'
 RETURNING id, user_id, doc_name, status, error
 """
@@ -205,10 +215,16 @@ class ImageStore:
 
     async def claim(self, worker: str, *, lease_seconds: float, max_attempts: int,
                     ) -> Job | None:
-        row = await self._pool.fetchrow(_CLAIM, worker, lease_seconds, max_attempts)
-        if row is None:
-            return None
-        return Job(row["id"], row["user_id"], row["doc_name"], row["data"], row["attempts"])
+        """The oldest claimable job, now this worker's for ``lease_seconds``; None if
+        there is none (or other workers took every one this tried for)."""
+        for _ in range(_CLAIM_TRIES):
+            row = await self._pool.fetchrow(_CLAIM, max_attempts, worker, lease_seconds)
+            if row is not None:
+                return Job(row["id"], row["user_id"], row["doc_name"], row["data"],
+                           row["attempts"])
+            if not await self._pool.fetchval(_ANY_CLAIMABLE, max_attempts):
+                return None
+        return None
 
     async def fail_abandoned(self, max_attempts: int) -> list[Ended]:
         rows = await self._pool.fetch(_ABANDONED, max_attempts)
@@ -235,8 +251,10 @@ class ImageStore:
                      ) -> Ended | None:
         """Queued again while attempts are left (``status`` says which); None when the
         lease was lost."""
-        return _ended(await self._pool.fetchrow(
-            _FAILED, job.user_id, job.id, worker, error, max_attempts))
+        # Its attempts changed at its claim only: while the lease is this worker's
+        # (the statements check that), they are the job's.
+        statement = _REQUEUED if job.attempt < max_attempts else _FAILED
+        return _ended(await self._pool.fetchrow(statement, job.user_id, job.id, worker, error))
 
 
 async def wake_workers(redis: Redis, image_id: UUID) -> None:
