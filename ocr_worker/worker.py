@@ -1,8 +1,8 @@
 """``modi-sync worker``: claims label-reading jobs from PostgreSQL and reads them.
 
-Any number of workers may run, on one machine or many: each claims its jobs with
-``FOR UPDATE SKIP LOCKED`` (storage/images.py) and holds a lease it renews while it
-reads. An upload wakes the workers through Redis; polling every ``ocr_poll_seconds``
+Any number of workers may run, on one machine or many: each claims its jobs with an
+``UPDATE`` whose own condition settles a race (storage/images.py) and holds a lease it
+renews while it reads. An upload wakes the workers through Redis; polling every ``ocr_poll_seconds``
 is only the fallback (a wake-up lost while Redis was away). The reading runs in a
 thread, so the lease is renewed meanwhile; the reader itself is loaded once.
 

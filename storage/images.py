@@ -1,7 +1,7 @@
 """Label photos and their OCR jobs, one row each (storage/migrations/005_images.sql).
 
-A job is claimed with ``FOR UPDATE SKIP LOCKED``: workers on any machine take different
-jobs and never wait for each other. A claim is a lease: the worker renews it while it
+A job is claimed by one ``UPDATE`` whose own condition settles a race: workers on any
+machine take different jobs (``_CLAIM``). A claim is a lease: the worker renews it while it
 reads, and a job whose lease ran out (its worker died) is claimed again, until its
 attempts are used up; then it fails with a reason. Every change of a job is made only
 by the worker holding its lease (``worker`` and ``status`` in the WHERE clause), so a
