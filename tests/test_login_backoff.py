@@ -124,7 +124,8 @@ async def test_a_device_that_signed_in_before_is_not_locked_out(make_client):
     assert (await _login(client, email, WRONG)).status == 401
     await _assert_backing_off(await _login(client, email, RIGHT), at_most=1)
     # ... and for tokens that are not this account's, or not genuine.
-    forged = owner["device_token"][:-4] + ("BBBB" if owner["device_token"].endswith("AAAA") else "AAAA")
+    device_token = owner["device_token"]
+    forged = device_token[:-4] + ("BBBB" if device_token.endswith("AAAA") else "AAAA")
     for device in (stranger["device_token"], forged, "x" * 64):
         await _assert_backing_off(await _login(client, email, RIGHT, device), at_most=1)
     # The owner's device signs in at once.

@@ -157,8 +157,8 @@ async def test_behind_a_tls_terminator_each_client_keeps_its_own_address(
     login = {"email": f"nobody-{random.getrandbits(48):x}@example.com",
              "password": "wrong password"}
     # From 198.18.0.0/15, which no other test uses: their login counters are this test's.
-    a, b = (f"198.{random.randint(18, 19)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
-            for _ in range(2))
+    a, b = (f"198.{random.randint(18, 19)}.{random.randint(0, 255)}.{host}"
+            for host in random.sample(range(1, 255), 2))  # never the same address
 
     async def status(http: aiohttp.ClientSession, forwarded_for: str) -> int:
         resp = await http.post(f"{base}/api/v1/auth/login", json=login,
