@@ -13,9 +13,12 @@ then ``--requests`` more (its room in memory: ``warm``). Reports p50 and p99 of 
 warm requests and the median of the cold ones, over ``--reps`` restarts. During the warm
 requests a second connection asks ``GET /health`` back to back: its slowest answers
 show how long a summary holds the event loop, which every other client of the
-instance waits on.
+instance waits on. With ``--stalls`` the server also times its own event-loop callbacks
+and garbage collections (bench/loop_stalls), and the report names the longest of each
+during the warm requests, with where it happened.
 
     .venv/bin/python bench/daily_summary.py [--entries 5000] [--requests 200] [--reps 3]
+        [--stalls]
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+import tempfile
 import time
 import uuid
 from datetime import date, timedelta
@@ -34,7 +39,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import ModiServer, keep_off_server_core, median, modi_source  # noqa: E402
+from common import BENCH, ModiServer, keep_off_server_core, median, modi_source  # noqa: E402
 
 FIRST_DAY = date(2030, 3, 1)
 MEALS = ("breakfast", "lunch", "dinner", "snack")
@@ -78,10 +83,10 @@ async def store(dsn: str, user_id: str, entries: int, foods: int, days: int) -> 
         await pool.close()
 
 
-async def timed_requests(server: ModiServer, token: str,
-                         count: int) -> tuple[float, list[float], list[float]]:
-    """The first request's seconds, each of ``count`` more, and those of the health
-    checks answered meanwhile."""
+async def timed_requests(server: ModiServer, token: str, count: int,
+                         ) -> tuple[float, list[float], list[float], tuple[float, float]]:
+    """The first request's seconds, each of ``count`` more, those of the health checks
+    answered meanwhile, and when (``time.time()``) the warm requests began and ended."""
     url = f"{server.http}/api/v1/food-logs/daily-summary?date={FIRST_DAY.isoformat()}"
     headers = {"Authorization": f"Bearer {token}"}
     times: list[float] = []
@@ -98,15 +103,17 @@ async def timed_requests(server: ModiServer, token: str,
             if resp.status != 200:
                 raise RuntimeError(f"{resp.status}: {body[:300]!r}")
             if probe is None:  # from the first warm request on: the load is the loader's
+                warm_from = time.time()
                 probe = asyncio.create_task(_probe(prober, f"{server.http}/health", health,
                                                    done))
         done.set()
+        warm_to = time.time()
         if probe is not None:
             await probe
     summary = json.loads(body)["data"]
     if summary["total"]["entries"] == 0 or summary["unknown_food_ids"]:
         raise RuntimeError(f"an unexpected summary: {summary}")
-    return times[0], times[1:], health
+    return times[0], times[1:], health, (warm_from, warm_to)
 
 
 async def _probe(session: aiohttp.ClientSession, url: str, times: list[float],
@@ -123,6 +130,19 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def longest_stalls(path: Path, windows: list[tuple[int, float, float]]) -> dict[str, dict]:
+    """The longest ``loop`` and ``gc`` record of bench/loop_stalls in ``path`` that one of
+    the (server pid, from, to) ``windows`` holds, by kind."""
+    longest: dict[str, dict] = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        held = any(pid == record["pid"] and start <= record["t"] <= end
+                   for pid, start, end in windows)
+        if held and record["ms"] > longest.get(record["kind"], {"ms": 0})["ms"]:
+            longest[record["kind"]] = record
+    return longest
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=5000, help="food logs in the document")
@@ -133,13 +153,22 @@ def main() -> int:
     parser.add_argument("--modi-rev", default="HEAD", metavar="REV",
                         help="the commit of modi-sync to run (a snapshot; see README.md); "
                         "'worktree': the work tree as it is")
+    parser.add_argument("--stalls", action="store_true",
+                        help="time the server's event-loop callbacks and collections too")
     args = parser.parse_args()
     keep_off_server_core()
 
-    server = ModiServer.fresh({"MODI_POPULAR_INTERVAL": "0"}, src=modi_source(args.modi_rev))
+    env = {"MODI_POPULAR_INTERVAL": "0"}
+    stalls = None
+    if args.stalls:
+        stalls = Path(tempfile.mkstemp(prefix="modi-stalls-", suffix=".jsonl")[1])
+        env |= {"MODI_BENCH_STALLS": str(stalls), "PYTHONPATH": os.pathsep.join(
+            filter(None, (str(BENCH / "loop_stalls"), os.environ.get("PYTHONPATH"))))}
+    server = ModiServer.fresh(env, src=modi_source(args.modi_rev))
     cold: list[float] = []
     warm: list[float] = []
     health: list[float] = []
+    windows: list[tuple[int, float, float]] = []
     try:
         server.start()
         account = server.register()
@@ -149,7 +178,10 @@ def main() -> int:
             server.stop()
             server.start()
             token = server.login(account["user"]["email"])["access_token"]
-            first, rest, probed = asyncio.run(timed_requests(server, token, args.requests))
+            first, rest, probed, (warm_from, warm_to) = asyncio.run(
+                timed_requests(server, token, args.requests))
+            assert server.proc is not None
+            windows.append((server.proc.pid, warm_from, warm_to))
             cold.append(first)
             warm.extend(rest)
             health.extend(probed)
@@ -170,6 +202,15 @@ def main() -> int:
     print(f"| `GET /health` meanwhile, p99 ({len(health)} requests) | "
           f"{percentile(health, 0.99) * 1e3:.2f} |")
     print(f"| `GET /health` meanwhile, slowest | {max(health) * 1e3:.2f} |")
+    if stalls is not None:
+        longest = longest_stalls(stalls, windows)
+        stalls.unlink()
+        for kind, what, over in (("loop", "event-loop callback", "5"),
+                                 ("gc", "garbage collection", "2")):
+            record = longest.get(kind)
+            print(f"| the server's longest {what} during the warm requests | "
+                  + (f"{record['ms']:.1f} ({record['where']}) |" if record
+                     else f"none over {over} |"))
     return 0
 
 
