@@ -11,8 +11,9 @@ again keeps its rows, which age out of the window; a deleted one loses them with
 
 Every server runs a pass every ``popular_interval_seconds`` (60: the list is fresh
 within a few minutes), the first one an interval after start-up; one instance at a
-time (an advisory lock), the others skip their round. A pass that fails, or is
-cancelled at shutdown, gives back the notes it took and did not finish with.
+time (an advisory lock), the others skip their round. The notes a pass takes are kept
+until their counts are written: a pass that fails, is cancelled at shutdown or dies
+with its process leaves them for the next, which notes them again first.
 """
 
 from __future__ import annotations
@@ -90,8 +91,10 @@ def count_food_logs(food_logs: Any, first: date, last: date) -> list[DayCount]:
 
 @dataclass
 class PassReport:
-    """What one pass did: the documents it took and read, the rows it wrote."""
+    """What one pass did: the notes of an unfinished pass it restored, the documents it
+    took and read, the rows it wrote."""
 
+    restored: int = 0
     taken: int = 0
     read: list[int] = field(default_factory=list)
     rows: int = 0
@@ -112,31 +115,21 @@ class PopularAggregator:
             if counts is None:
                 return None
             first, last = window(self._today())
+            report = PassReport(restored=await counts.restore())
             pruned = await counts.prune(first)
-            report = PassReport()
             try:
                 for _ in range(MAX_BATCHES_PER_PASS):
                     taken = await counts.take_changed(TAKEN_AT_ONCE)
                     report.taken += len(taken)
-                    await self._recount_or_give_back(counts, taken, first, last, report)
+                    for start in range(0, len(taken), READ_AT_ONCE):
+                        await self._recount(counts, taken[start:start + READ_AT_ONCE], first,
+                                            last, report)
                     if len(taken) < TAKEN_AT_ONCE:
                         break
             finally:
                 if pruned or report.read:  # the cached lists are out of date
                     await bump_popular_version(self._redis)
             return report
-
-    async def _recount_or_give_back(self, counts: CountsPass, taken: list[ChangedDocument],
-                                    first: date, last: date, report: PassReport) -> None:
-        done = 0
-        try:
-            for done in range(0, len(taken), READ_AT_ONCE):
-                await self._recount(counts, taken[done:done + READ_AT_ONCE], first, last,
-                                    report)
-            done = len(taken)
-        finally:  # failed or cancelled: what was not recounted is noted again
-            if done < len(taken):
-                await self._counts.note_changed([(d.user_id, d.doc_id) for d in taken[done:]])
 
     async def _recount(self, counts: CountsPass, chunk: list[ChangedDocument],
                        first: date, last: date, report: PassReport) -> None:
@@ -147,7 +140,7 @@ class PopularAggregator:
         rows = {(d.user_id, d.doc_id): count_food_logs(contents[d.doc_id]["food_logs"], first,
                                                        last)
                 for d in chunk if d.doc_id in contents}
-        report.rows += await counts.replace(rows)
+        report.rows += await counts.replace(rows, chunk)
         report.read.extend(doc_id for _, doc_id in rows)
 
 
@@ -163,7 +156,11 @@ async def scheduled_popular(app: web.Application) -> AsyncIterator[None]:
         report = await aggregator.run_once()
         if report is None:
             log.debug("popular: another instance holds the lock; round skipped")
-        elif report.taken:
+            return
+        if report.restored:
+            log.info("popular: %d documents taken by a pass that did not finish are noted"
+                     " again", report.restored)
+        if report.taken:
             log.debug("popular: %d documents recounted, %d rows", len(report.read),
                       report.rows)
 

@@ -5,6 +5,8 @@ counts of the last 30 days, across users."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -253,7 +255,12 @@ class _FailingDocuments:
         return await self._documents.stored_json(*args)
 
 
-async def test_a_failed_pass_gives_its_notes_back(app_client, aggregator, db, monkeypatch):
+async def _noted(db: asyncpg.Connection, table: str) -> set[int]:
+    return {r[0] for r in await db.fetch(f"SELECT doc_id FROM {table}")}
+
+
+async def test_a_failed_pass_leaves_its_notes_to_the_next(app_client, aggregator, db,
+                                                          monkeypatch):
     monkeypatch.setattr("modi_sync.popular.READ_AT_ONCE", 1)  # one document per read
     food, = await _foods(db, 1)
     await aggregator.run_once()  # nothing else noted
@@ -267,12 +274,52 @@ async def test_a_failed_pass_gives_its_notes_back(app_client, aggregator, db, mo
                                 today=lambda: TODAY)
     with pytest.raises(ConnectionError):
         await failing.run_once()
-    left = {r[0] for r in await db.fetch("SELECT doc_id FROM food_log_changes")}
-    assert len(noted - left) == 1  # the one read before the failure was counted ...
-    assert await _counts(db, [food]) == {food: 1}
+    left = await _noted(db, "food_log_taken")
+    assert len(noted - left) == 1 and left <= noted  # the one read before the failure ...
+    assert await _counts(db, [food]) == {food: 1}  # ... was counted, the other two kept
+    assert not await _noted(db, "food_log_changes") & noted
 
-    report = await aggregator.run_once()  # ... and the next pass does the other two
-    assert report is not None and set(report.read) == noted & left
+    report = await aggregator.run_once()  # the next pass notes them again and counts them
+    assert report is not None and report.restored == 2 and set(report.read) == left
+    assert await _counts(db, [food]) == {food: 3}
+    assert not await _noted(db, "food_log_taken")
+
+
+_TAKE_AND_DIE = """
+import asyncio, os, signal, sys
+from storage.database import create_pool
+from storage.food_counts import FoodCounts
+
+async def main():
+    pool = await create_pool(sys.argv[1], max_size=1)
+    async with FoodCounts(pool).exclusive() as counts:
+        taken = await counts.take_changed(500)
+        print(len(taken), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)  # between the take and the counts
+
+asyncio.run(main())
+"""
+
+
+async def test_a_pass_killed_after_taking_its_notes_loses_none(app_client, aggregator, db,
+                                                               services):
+    food, = await _foods(db, 1)
+    await aggregator.run_once()  # nothing else noted
+    diaries = [await _diary(app_client) for _ in range(3)]
+    for diary in diaries:
+        await diary.log(food)
+    noted = {await d.doc_id() for d in diaries}
+
+    killed = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _TAKE_AND_DIE, services.database_url,
+        stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(killed.communicate(), 60)
+    assert killed.returncode == -signal.SIGKILL and int(out) >= 3
+    assert await _noted(db, "food_log_taken") >= noted
+    assert not await _noted(db, "food_log_changes") & noted
+
+    report = await aggregator.run_once()  # its lock went with its connection
+    assert report is not None and report.restored >= 3 and noted <= set(report.read)
     assert await _counts(db, [food]) == {food: 3}
 
 

@@ -34,6 +34,8 @@ SHARED = {
                  "(failed logins), and its append-only triggers",
 }
 
+REFERENCE = ("users", "foods", "food_words")  # of SHARED: a copy on every Citus node
+
 # Identity columns of per-user tables that name a row and order nothing that needs a
 # global order.
 ROW_IDS = {
@@ -117,6 +119,26 @@ async def test_the_shared_tables_exist_and_the_row_ids_are_no_order(pool, db):
     assert await db.fetchval(
         "SELECT count(*) FROM information_schema.columns WHERE table_schema = 'public'"
         " AND table_name = 'documents' AND column_name = 'last_seq'") == 1
+
+
+async def test_on_citus_each_table_is_placed_as_docs_scaling_says(pool, db):
+    """With citus in the database (MODI_TEST_CITUS_WORKERS, docs/scaling.md): every
+    per-user table distributed by user_id, co-located with documents; the shared ones
+    reference tables; audit_log and schema_migrations the coordinator's alone. A later
+    migration that forgets to distribute its table fails here."""
+    if not await db.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'citus'"):
+        pytest.skip("no citus in this database")
+    placed = {r["table_name"]: r for r in await db.fetch(
+        "SELECT table_name::text, citus_table_type, distribution_column, colocation_id"
+        " FROM citus_tables")}
+    tables = {r["relname"] for r in await db.fetch(_TABLES, "public")}
+    colocated = placed["documents"]["colocation_id"]
+    for name in sorted(tables - set(SHARED)):
+        assert (placed[name]["citus_table_type"], placed[name]["distribution_column"],
+                placed[name]["colocation_id"]) == ("distributed", "user_id", colocated), name
+    for name in REFERENCE:
+        assert placed[name]["citus_table_type"] == "reference", name
+    assert not set(SHARED) - set(REFERENCE) & set(placed)
 
 
 @pytest.mark.parametrize(("ddl", "broken"), [
