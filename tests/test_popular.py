@@ -259,15 +259,21 @@ async def _noted(db: asyncpg.Connection, table: str) -> set[int]:
     return {r[0] for r in await db.fetch(f"SELECT doc_id FROM {table}")}
 
 
+async def _three_noted(client: Client, aggregator: PopularAggregator,
+                       db: asyncpg.Connection) -> tuple[uuid.UUID, set[int]]:
+    """A food, logged once in each of three new documents, the only ones noted."""
+    food, = await _foods(db, 1)
+    await aggregator.run_once()  # nothing else noted
+    diaries = [await _diary(client) for _ in range(3)]
+    for diary in diaries:
+        await diary.log(food)
+    return food, {await d.doc_id() for d in diaries}
+
+
 async def test_a_failed_pass_leaves_its_notes_to_the_next(app_client, aggregator, db,
                                                           monkeypatch):
     monkeypatch.setattr("modi_sync.popular.READ_AT_ONCE", 1)  # one document per read
-    food, = await _foods(db, 1)
-    await aggregator.run_once()  # nothing else noted
-    diaries = [await _diary(app_client) for _ in range(3)]
-    for diary in diaries:
-        await diary.log(food)
-    noted = {await d.doc_id() for d in diaries}
+    food, noted = await _three_noted(app_client, aggregator, db)
 
     failing = PopularAggregator(_FailingDocuments(app_client.app[DOCUMENTS]),  # type: ignore[arg-type]
                                 app_client.app[POOL], app_client.app[REDIS],
@@ -303,12 +309,7 @@ asyncio.run(main())
 
 async def test_a_pass_killed_after_taking_its_notes_loses_none(app_client, aggregator, db,
                                                                services):
-    food, = await _foods(db, 1)
-    await aggregator.run_once()  # nothing else noted
-    diaries = [await _diary(app_client) for _ in range(3)]
-    for diary in diaries:
-        await diary.log(food)
-    noted = {await d.doc_id() for d in diaries}
+    food, noted = await _three_noted(app_client, aggregator, db)
 
     killed = await asyncio.create_subprocess_exec(
         sys.executable, "-c", _TAKE_AND_DIE, services.database_url,
