@@ -29,10 +29,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cold_load import make_updates  # noqa: E402
+from cold_load import store_histories  # noqa: E402
 from common import (  # noqa: E402
     BENCH,
     ModiServer,
+    add_modi_rev,
     keep_off_server_core,
     modi_source,
     node_ready,
@@ -50,15 +51,7 @@ async def store(src: Path, dsn: str, keys: list[tuple[uuid.UUID, str]], updates:
 
     pool = await create_pool(dsn, max_size=2)
     try:
-        log = UpdateLog(pool)
-        for start in range(0, len(keys), 500):
-            ids = await log.create_documents(keys[start:start + 500])
-            doc_ids, rows = [], []
-            for n, doc_id in enumerate(ids):
-                made = make_updates(updates, seed=start + n)
-                doc_ids += [doc_id] * len(made)
-                rows += made
-            await log.append_many(doc_ids, rows)
+        await store_histories(UpdateLog(pool), keys, updates)
     finally:
         await pool.close()
 
@@ -116,7 +109,7 @@ def main() -> int:
     parser.add_argument("--accounts", type=int, default=20)
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=100)
-    parser.add_argument("--modi-rev", default="HEAD")
+    add_modi_rev(parser)
     args = parser.parse_args()
     missing = node_ready()
     if missing:

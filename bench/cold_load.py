@@ -36,6 +36,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -44,6 +45,7 @@ from common import (  # noqa: E402
     BENCH,
     CLIENT_CORE,
     ModiServer,
+    add_modi_rev,
     median,
     modi_source,
     node_ready,
@@ -64,6 +66,23 @@ def make_updates(count: int, seed: int) -> list[bytes]:
             workouts[str(uuid.uuid4())] = {"name": "bench press", "sets": 3, "reps": 8,
                                            "weight": 60 + (i % 40) / 2}
     return updates
+
+
+async def store_histories(log: Any, keys: list[tuple[uuid.UUID, str]], updates: int) -> int:
+    """Each (user_id, name) document of ``keys`` made, with ``updates`` single-edit
+    updates stored, 500 documents a batch, through ``log`` (a storage UpdateLog); the
+    bytes stored."""
+    total = 0
+    for start in range(0, len(keys), 500):
+        ids = await log.create_documents(keys[start:start + 500])
+        doc_ids, rows = [], []
+        for n, doc_id in enumerate(ids):
+            made = make_updates(updates, seed=start + n)
+            doc_ids += [doc_id] * len(made)
+            rows += made
+        await log.append_many(doc_ids, rows)
+        total += sum(len(r) for r in rows)
+    return total
 
 
 async def insert_documents(dsn: str, user_id: str, names: list[str], count: int) -> int:
@@ -155,9 +174,7 @@ def main() -> int:
     parser.add_argument("--docs", type=int, default=8, help="documents per compaction run")
     parser.add_argument("--reps", type=int, default=3, help="runs per figure (medians)")
     parser.add_argument("--json", metavar="FILE", help="also write the raw figures here")
-    parser.add_argument("--modi-rev", default="HEAD", metavar="REV",
-                        help="the commit of modi-sync to run (a snapshot; see README.md); "
-                        "'worktree': the work tree as it is")
+    add_modi_rev(parser)
     args = parser.parse_args()
     missing = node_ready()
     if missing:

@@ -5,6 +5,7 @@ Everything here talks to 127.0.0.1 only. Every wait has a deadline.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -277,6 +278,13 @@ def _modi_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 _SNAPSHOTS: set[Path] = set()  # made by modi_source; the only sources cleanup deletes
+
+
+def add_modi_rev(parser: argparse.ArgumentParser) -> None:
+    """``--modi-rev``, the option of every bench that runs modi-sync (see modi_source)."""
+    parser.add_argument("--modi-rev", default="HEAD", metavar="REV",
+                        help="the commit of modi-sync to run (a snapshot, so edits to the "
+                        "work tree during a run change nothing); 'worktree': as it is")
 
 
 def modi_source(rev: str) -> Path:

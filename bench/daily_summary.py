@@ -39,7 +39,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import BENCH, ModiServer, keep_off_server_core, median, modi_source  # noqa: E402
+from common import BENCH, ModiServer, add_modi_rev, keep_off_server_core, median, modi_source  # noqa: E402
 
 FIRST_DAY = date(2030, 3, 1)
 MEALS = ("breakfast", "lunch", "dinner", "snack")
@@ -150,9 +150,7 @@ def main() -> int:
     parser.add_argument("--days", type=int, default=10, help="days they are spread over")
     parser.add_argument("--requests", type=int, default=200, help="warm requests per run")
     parser.add_argument("--reps", type=int, default=3, help="runs, server restarted before each")
-    parser.add_argument("--modi-rev", default="HEAD", metavar="REV",
-                        help="the commit of modi-sync to run (a snapshot; see README.md); "
-                        "'worktree': the work tree as it is")
+    add_modi_rev(parser)
     parser.add_argument("--stalls", action="store_true",
                         help="time the server's event-loop callbacks and collections too")
     args = parser.parse_args()

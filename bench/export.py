@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cold_load import make_updates  # noqa: E402
-from common import ModiServer, keep_off_server_core, median, modi_source  # noqa: E402
+from common import ModiServer, add_modi_rev, keep_off_server_core, median, modi_source  # noqa: E402
 
 READ_SIZE = 256 * 1024
 SAMPLE_EVERY = 0.01  # seconds between two RSS samples
@@ -132,9 +132,7 @@ def main() -> int:
     parser.add_argument("--updates", type=int, default=10_000, help="updates per document")
     parser.add_argument("--reps", type=int, default=3, help="runs per account (medians)")
     parser.add_argument("--json", metavar="FILE", help="also write the raw figures here")
-    parser.add_argument("--modi-rev", default="HEAD", metavar="REV",
-                        help="the commit of modi-sync to run (a snapshot; see README.md); "
-                        "'worktree': the work tree as it is")
+    add_modi_rev(parser)
     args = parser.parse_args()
     keep_off_server_core()
 

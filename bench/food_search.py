@@ -37,7 +37,7 @@ import redis.asyncio as redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import ModiServer, keep_off_server_core, modi_source  # noqa: E402
+from common import ModiServer, add_modi_rev, keep_off_server_core, modi_source  # noqa: E402
 
 DESCRIPTORS = ["family pack", "organic", "value", "deluxe", "lite", "classic", "homestyle",
                "fresh", "frozen", "premium", "store brand", "snack size", "original"]
@@ -219,8 +219,7 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=200, help="queries of each kind")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--modi-rev", default="HEAD", metavar="REV",
-                        help="the commit of modi-sync to run; 'worktree': the work tree")
+    add_modi_rev(parser)
     args = parser.parse_args()
     keep_off_server_core()
     server = ModiServer.fresh({"MODI_RATE_LIMIT_USER": "100000000/60"},

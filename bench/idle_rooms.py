@@ -41,10 +41,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cold_load import make_updates  # noqa: E402
+from cold_load import store_histories  # noqa: E402
 from common import (  # noqa: E402
     BENCH,
     ModiServer,
+    add_modi_rev,
     keep_off_server_core,
     modi_source,
     node_ready,
@@ -59,20 +60,8 @@ async def store(dsn: str, keys: list[tuple[uuid.UUID, str]], updates: int) -> in
     from storage.update_log import UpdateLog
 
     pool = await create_pool(dsn, max_size=2)
-    total = 0
     try:
-        log = UpdateLog(pool)
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            ids = await log.create_documents(chunk)
-            doc_ids, rows = [], []
-            for n, doc_id in enumerate(ids):
-                made = make_updates(updates, seed=start + n)
-                doc_ids += [doc_id] * len(made)
-                rows += made
-            await log.append_many(doc_ids, rows)
-            total += sum(len(r) for r in rows)
-        return total
+        return await store_histories(UpdateLog(pool), keys, updates)
     finally:
         await pool.close()
 
@@ -196,9 +185,7 @@ def main() -> int:
                         "after, then a full collection and malloc_trim, with RSS after each")
     parser.add_argument("--quick", action="store_true", help="300 documents, 50 to warm up")
     parser.add_argument("--json", metavar="FILE", help="also write every figure here")
-    parser.add_argument("--modi-rev", default="HEAD", metavar="REV",
-                        help="the commit of modi-sync to run (a snapshot; see README.md); "
-                        "'worktree': the work tree as it is")
+    add_modi_rev(parser)
     args = parser.parse_args()
     if args.quick:
         args.docs, args.warmup_docs, args.accounts, args.idle, args.wait = 300, 50, 3, 2.0, 3.0

@@ -26,6 +26,7 @@ from common import (  # noqa: E402
     ANCHORS_PYTHON,
     CLIENT_CORE,
     ModiServer,
+    add_modi_rev,
     keep_off_server_core,
     modi_source,
     pinned,
@@ -64,7 +65,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", default="w1-50x4",
                         choices=["w1-50x4", "w1-1x50", "w1-rate", "w2-cold", "w3"])
-    parser.add_argument("--modi-rev", default="HEAD")
+    add_modi_rev(parser)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--rate", type=int, default=200, help="py-spy samples per second")
     parser.add_argument("--connections", type=int, default=2000, help="W3: sockets to open")

@@ -44,6 +44,7 @@ from common import (  # noqa: E402
     BENCH,
     GroupMonitor,
     ModiServer,
+    add_modi_rev,
     hwm_kb,
     keep_off_server_core,
     modi_source,
@@ -96,9 +97,7 @@ def main() -> int:
                         help="updates per document stored while the clients are away")
     parser.add_argument("--quick", action="store_true", help="10 documents x 5 clients, 30 updates")
     parser.add_argument("--json", metavar="FILE", help="also write every figure here")
-    parser.add_argument("--modi-rev", default="HEAD", metavar="REV",
-                        help="the commit of modi-sync to run (a snapshot; see README.md); "
-                        "'worktree': the work tree as it is")
+    add_modi_rev(parser)
     args = parser.parse_args()
     if args.quick:
         args.docs, args.clients, args.history, args.extra = 10, 5, 30, 5

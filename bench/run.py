@@ -49,6 +49,7 @@ from common import (  # noqa: E402
     AnchorServer,
     GroupMonitor,
     ModiServer,
+    add_modi_rev,
     anchors_ready,
     have_taskset,
     keep_off_server_core,
@@ -563,9 +564,7 @@ def main() -> int:
     parser.add_argument("--report", metavar="FILES",
                         help="print the table from --json files of earlier runs (comma-separated;"
                         " with --quick for a quick run's), pooling their runs; run nothing")
-    parser.add_argument("--modi-rev", default="HEAD", metavar="REV",
-                        help="the commit of modi-sync to run (a snapshot, so others' edits to "
-                        "the work tree during a run change nothing); 'worktree': as it is")
+    add_modi_rev(parser)
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     reps = args.reps or (1 if args.quick else 3)

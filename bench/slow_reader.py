@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     BENCH,
     ModiServer,
+    add_modi_rev,
     keep_off_server_core,
     modi_source,
     node_ready,
@@ -84,9 +85,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="3 clients of 10 edits/s of 16 kB, 3 s before and after")
     parser.add_argument("--json", metavar="FILE", help="also write every figure here")
-    parser.add_argument("--modi-rev", default="HEAD", metavar="REV",
-                        help="the commit of modi-sync to run (a snapshot; see README.md); "
-                        "'worktree': the work tree as it is")
+    add_modi_rev(parser)
     args = parser.parse_args()
     if args.quick:
         # Larger edits, so the kernel's buffers (up to tcp_wmem's 4 MB on the server's

@@ -49,6 +49,7 @@ from common import (  # noqa: E402
     CLIENT_CORE,
     ModiServer,
     _python,
+    add_modi_rev,
     keep_off_server_core,
     modi_source,
     node_ready,
@@ -325,9 +326,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="30 s, 5 documents x 2 clients, samples every 3 s")
     parser.add_argument("--json", metavar="FILE", help="also write every figure here")
-    parser.add_argument("--modi-rev", default="HEAD", metavar="REV",
-                        help="the commit of modi-sync to run (a snapshot; see README.md); "
-                        "'worktree': the work tree as it is")
+    add_modi_rev(parser)
     parser.add_argument("--measure-docs", metavar="DSN", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure_docs:
