@@ -13,9 +13,9 @@ then ``--requests`` more (its room in memory: ``warm``). Reports p50 and p99 of 
 warm requests and the median of the cold ones, over ``--reps`` restarts. During the warm
 requests a second connection asks ``GET /health`` back to back: its slowest answers
 show how long a summary holds the event loop, which every other client of the
-instance waits on. With ``--stalls`` the server also times its own event-loop callbacks
-and garbage collections (bench/loop_stalls), and the report names the longest of each
-during the warm requests, with where it happened.
+instance waits on. With ``--stalls`` the server also times how long its event loop is
+held and its garbage collections (bench/loop_stalls), and the report names the longest
+of each during the warm requests, with where it happened.
 
     .venv/bin/python bench/daily_summary.py [--entries 5000] [--requests 200] [--reps 3]
         [--stalls]
@@ -39,7 +39,14 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import BENCH, ModiServer, add_modi_rev, keep_off_server_core, median, modi_source  # noqa: E402
+from common import (  # noqa: E402
+    BENCH,
+    ModiServer,
+    add_modi_rev,
+    keep_off_server_core,
+    median,
+    modi_source,
+)
 
 FIRST_DAY = date(2030, 3, 1)
 MEALS = ("breakfast", "lunch", "dinner", "snack")
@@ -152,7 +159,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3, help="runs, server restarted before each")
     add_modi_rev(parser)
     parser.add_argument("--stalls", action="store_true",
-                        help="time the server's event-loop callbacks and collections too")
+                        help="time the server's event-loop holds and collections too")
     args = parser.parse_args()
     keep_off_server_core()
 
@@ -203,7 +210,7 @@ def main() -> int:
     if stalls is not None:
         longest = longest_stalls(stalls, windows)
         stalls.unlink()
-        for kind, what, over in (("loop", "event-loop callback", "5"),
+        for kind, what, over in (("loop", "hold of the event loop", "5"),
                                  ("gc", "garbage collection", "2")):
             record = longest.get(kind)
             print(f"| the server's longest {what} during the warm requests | "

@@ -71,7 +71,7 @@ def _watch(loop: asyncio.AbstractEventLoop, out: _Out, thread_id: int) -> None:
                 return
         ms = (time.perf_counter() - posted) * 1e3
         if ms > LOOP_MS:  # where the samples found it most often (the first on a tie)
-            out.write("loop", ms, samples.most_common(1)[0][0] if samples else "?")
+            out.write("loop", ms, samples.most_common(1)[0][0] if samples else "not sampled")
         time.sleep(0.001)
 
 
